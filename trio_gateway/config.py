@@ -1,0 +1,160 @@
+"""Settings: one dataclass, filled from defaults, a TOML file, `TRIO_GATEWAY_*` and flags.
+
+Each field is a flag (`mock_itl_ms` → `--mock-itl-ms`) and an environment variable
+(`TRIO_GATEWAY_MOCK_ITL_MS`); later sources win: defaults < file < environment < flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TRIO_GATEWAY_"
+
+
+class ConfigError(ValueError):
+    """A bad setting; its message names the key and is meant to be printed as is."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model: str = "mock"
+    # The in-process mock engine (continuous batching, DESIGN §3).
+    mock_ttft_ms: float = 5.0
+    mock_itl_ms: float = 10.0
+    mock_max_num_seqs: int = 256
+    mock_tokens: int = 100
+    max_model_len: int = 32768
+    # Request lifecycle.
+    inactivity_timeout_s: float = 60.0
+    stream_buffer: int = 64
+    max_body_bytes: int = 4 * 1024 * 1024
+    # hypercorn, when started by `trio-gateway serve`.
+    keep_alive_timeout_s: float = 5.0
+    graceful_timeout_s: float = 30.0
+    backlog: int = 2048
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        positive = ("port", "mock_max_num_seqs", "max_model_len", "stream_buffer", "backlog")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.port > 65535:
+            raise ConfigError(f"port: must be at most 65535, got {self.port}")
+        non_negative = (
+            "mock_ttft_ms",
+            "mock_itl_ms",
+            "mock_tokens",
+            "inactivity_timeout_s",
+            "max_body_bytes",
+            "keep_alive_timeout_s",
+            "graceful_timeout_s",
+        )
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must not be negative, got {getattr(self, name)}")
+        if self.mock_itl_ms == 0:
+            raise ConfigError("mock_itl_ms: must be above 0 (it is the engine's step time)")
+        if not self.model:
+            raise ConfigError("model: must not be empty")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+
+    @property
+    def inactivity_timeout(self) -> float:
+        """Seconds a request may go without a chunk; 0 in the setting means never."""
+        return self.inactivity_timeout_s if self.inactivity_timeout_s > 0 else float("inf")
+
+
+def _convert(name: str, kind: type, raw: Any) -> Any:
+    if isinstance(raw, kind) and not (kind is not bool and isinstance(raw, bool)):
+        return raw
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            if kind is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            return kind(text)
+        except ValueError:
+            pass
+    raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}")
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _field_types() -> dict[str, type]:
+    return {f.name: _TYPES[str(f.type)] for f in fields(GatewayConfig)}
+
+
+def load_config(
+    *,
+    file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> GatewayConfig:
+    """Merge the sources; raise `ConfigError` with the offending key on a bad value."""
+    types = _field_types()
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    file = file or environ.get(ENV_PREFIX + "CONFIG") or None
+    if file:
+        try:
+            document = tomllib.loads(Path(file).read_text())
+        except OSError as error:
+            raise ConfigError(f"config: cannot read {file}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config: {file} is not valid TOML: {error}") from None
+        for key, raw in document.items():
+            name = key.replace("-", "_")
+            if name not in types:
+                raise ConfigError(f"{key}: unknown setting in {file}")
+            values[name] = _convert(key, types[name], raw)
+    for name, kind in types.items():
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            values[name] = _convert(env_name, kind, environ[env_name])
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _convert("--" + name.replace("_", "-"), types[name], raw)
+    return GatewayConfig(**values)
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting; unset flags stay None so lower-priority sources show through."""
+    parser.add_argument("--config", help="TOML file of settings (also TRIO_GATEWAY_CONFIG)")
+    defaults = GatewayConfig()
+    for f in fields(GatewayConfig):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=str(f.type).upper(),
+            help=f"default {getattr(defaults, f.name)!r}; env {ENV_PREFIX}{f.name.upper()}",
+        )
+
+
+def config_from_args(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(GatewayConfig)}
+    return load_config(file=args.config, environ=environ, overrides=overrides)
+
+
+def config_names() -> Sequence[str]:
+    return [f.name for f in dataclasses.fields(GatewayConfig)]

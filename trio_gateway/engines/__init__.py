@@ -1,0 +1,1 @@
+"""Engines: whatever turns a `GenerationRequest` into chunks (mock, remote worker, upstream)."""

@@ -1,0 +1,181 @@
+"""A continuous-batching scheduler for the mock engine, as a pure state machine.
+
+Like vLLM's and Dynamo's mocker: at most `max_num_seqs` sequences run, the rest wait; every
+engine step (one `step_s`) each running sequence emits its next token. Sequences that use
+the engine's own step time sit on one grid, so one wake-up serves the whole batch. A
+sequence with its own `itl` (fault injection) keeps its own clock.
+
+The engine runs on its own clock: when the caller is late, `step` performs every step that
+was due (catch-up), as a GPU would have while the event loop was busy. That is what lets the
+gateway coalesce several tokens into one write under load (DESIGN §6).
+
+Backpressure: `emit` returns False when the reader's buffer is full; that sequence pauses
+until a later step, so a slow reader slows its own sequence and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from trio_gateway.generation import Chunk
+from trio_gateway.openai.errors import APIError, internal_error
+
+_VOCABULARY = (
+    "The quick brown fox jumps over the lazy dog while a patient engine streams tokens "
+    "through bounded channels to readers that may be slow or gone and every scope that "
+    "starts work also ends it cleanly so nothing is left running after its request"
+)
+WORDS = tuple(_VOCABULARY.split())
+
+NEVER = math.inf
+
+
+def prompt_token_count(prompt: str) -> int:
+    """OpenAI's rule of thumb (four characters a token): deterministic, tokenizer-free."""
+    return max(1, (len(prompt) + 3) // 4)
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    """One generation inside the scheduler."""
+
+    emit: Callable[[Chunk], bool]
+    on_done: Callable[[], None]
+    target_tokens: int
+    finish_reason: str
+    prompt_tokens: int
+    seed: int = 0
+    ttft: float = 0.0
+    itl: float | None = None  # None: the engine's step
+    stop: tuple[str, ...] = ()
+    error_after: int | None = None
+    stall_after: int | None = None
+    generated: int = 0
+    next_due: float = NEVER
+    error: APIError | None = None
+    finished: bool = False
+    _text: str = field(default="", repr=False)  # kept only when there are stop strings
+
+    def token_text(self, index: int) -> str:
+        word = WORDS[(self.seed + index * 7) % len(WORDS)]
+        return word if index == 0 else " " + word
+
+
+class BatchScheduler:
+    def __init__(self, step_s: float, max_num_seqs: int) -> None:
+        if step_s <= 0:
+            raise ValueError("step_s must be positive")
+        self.step_s = step_s
+        self.max_num_seqs = max_num_seqs
+        self.running: list[Sequence] = []
+        self.waiting: deque[Sequence] = deque()
+        self._anchor = 0.0  # a time on the batch grid
+
+    def submit(self, seq: Sequence, now: float) -> None:
+        if len(self.running) < self.max_num_seqs:
+            self._admit(seq, now)
+        else:
+            self.waiting.append(seq)
+
+    def discard(self, seq: Sequence) -> None:
+        """Forget a sequence at once (its request was cancelled)."""
+        seq.finished = True
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        else:
+            self._remove_running(seq)
+
+    def next_wakeup(self) -> float:
+        """When `step` next has work; NEVER when idle."""
+        if self.waiting and len(self.running) < self.max_num_seqs:
+            return -NEVER
+        return min((seq.next_due for seq in self.running), default=NEVER)
+
+    def step(self, now: float) -> None:
+        """Emit every token due by `now`, then finish, fail and admit sequences."""
+        ended = False
+        for seq in self.running:
+            if seq.next_due <= now:
+                self._advance(seq, now)
+                ended = ended or seq.finished
+        if ended:
+            self.running = [seq for seq in self.running if not seq.finished]
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            self._admit(self.waiting.popleft(), now)
+
+    def _admit(self, seq: Sequence, now: float) -> None:
+        first = now + seq.ttft
+        if seq.itl is None:
+            if any(other.itl is None for other in self.running):
+                first = self._on_grid(first)
+            else:
+                self._anchor = first
+        seq.next_due = first
+        self.running.append(seq)
+
+    def _on_grid(self, t: float) -> float:
+        """The first grid time at or after `t` (the batch's next step boundary)."""
+        steps = math.ceil((t - self._anchor) / self.step_s - 1e-9)
+        return self._anchor + steps * self.step_s
+
+    def _remove_running(self, seq: Sequence) -> None:
+        with contextlib.suppress(ValueError):
+            self.running.remove(seq)
+
+    def _advance(self, seq: Sequence, now: float) -> None:
+        period = self.step_s if seq.itl is None else seq.itl
+        due_steps = 1 + int((now - seq.next_due) / period) if period > 0 else NEVER
+        produced = 0
+        while produced < due_steps and not seq.finished:
+            if seq.stall_after is not None and seq.generated >= seq.stall_after:
+                seq.next_due = NEVER  # a hung backend: holds its slot, says nothing
+                return
+            if seq.error_after is not None and seq.generated >= seq.error_after:
+                self._fail(
+                    seq,
+                    internal_error(f"mock engine: injected failure after {seq.generated} tokens"),
+                )
+                return
+            if not self._emit_next(seq):
+                # The reader is full: pause until the next step, without banking the time.
+                pause = period if period > 0 else self.step_s
+                seq.next_due = self._on_grid(now + pause) if seq.itl is None else now + pause
+                return
+            produced += 1
+        if not seq.finished:
+            seq.next_due += produced * period
+
+    def _emit_next(self, seq: Sequence) -> bool:
+        if seq.target_tokens == 0:
+            return self._deliver(seq, Chunk("", 0, seq.finish_reason, seq.prompt_tokens))
+        text = seq.token_text(seq.generated)
+        finish: str | None = None
+        if seq.stop:
+            candidate = seq._text + text
+            cut = min((i for i in (candidate.find(s) for s in seq.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text = candidate[len(seq._text) : cut] if cut > len(seq._text) else ""
+                finish = "stop"
+            else:
+                seq._text = candidate
+        if finish is None and seq.generated + 1 >= seq.target_tokens:
+            finish = seq.finish_reason
+        return self._deliver(seq, Chunk(text, 1, finish, seq.prompt_tokens if finish else None))
+
+    def _deliver(self, seq: Sequence, chunk: Chunk) -> bool:
+        if not seq.emit(chunk):
+            return False
+        seq.generated += chunk.tokens
+        if chunk.finish_reason is not None:
+            seq.finished = True
+            seq.on_done()
+        return True
+
+    def _fail(self, seq: Sequence, error: APIError) -> None:
+        seq.error = error
+        seq.finished = True
+        seq.on_done()

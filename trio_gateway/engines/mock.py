@@ -1,0 +1,108 @@
+"""The in-process mock engine: a `BatchScheduler` driven by one trio task.
+
+One scheduler loop per engine step, not one sleep per token per request; a request's
+`generate` only parks until its sequence ends, and leaving it (cancellation included)
+removes the sequence from the batch at once.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import trio
+
+from trio_gateway.engines.batch_scheduler import (
+    BatchScheduler,
+    Sequence,
+    prompt_token_count,
+)
+from trio_gateway.generation import Chunk, GenerationRequest
+
+
+class MockEngine:
+    name = "mock"
+
+    def __init__(
+        self,
+        models: tuple[str, ...] = ("mock",),
+        *,
+        ttft_ms: float = 5.0,
+        itl_ms: float = 10.0,
+        max_num_seqs: int = 256,
+        default_tokens: int = 100,
+    ) -> None:
+        self.models = models
+        self.ttft = ttft_ms / 1000
+        self.default_tokens = default_tokens
+        self.scheduler = BatchScheduler(itl_ms / 1000, max_num_seqs)
+        self._sleep: trio.CancelScope | None = None
+        self.started = False
+
+    @property
+    def active(self) -> int:
+        """Sequences running or waiting: what a test checks to see the engine stopped."""
+        return len(self.scheduler.running) + len(self.scheduler.waiting)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.started = True
+        task_status.started()
+        while True:
+            with trio.CancelScope(deadline=self.scheduler.next_wakeup()) as self._sleep:
+                await trio.sleep_forever()
+            self._sleep = None
+            self.scheduler.step(trio.current_time())
+
+    def _wake_by(self, when: float) -> None:
+        if self._sleep is not None and when < self._sleep.deadline:
+            self._sleep.deadline = when
+
+    async def generate(
+        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
+    ) -> None:
+        done = trio.Event()
+        seq = self._sequence(request, send, done)
+        now = trio.current_time()
+        self.scheduler.submit(seq, now)
+        self._wake_by(min(self.scheduler.next_wakeup(), now))
+        try:
+            await done.wait()
+        finally:
+            if not seq.finished:
+                self.scheduler.discard(seq)
+                self._wake_by(self.scheduler.next_wakeup())
+        if seq.error is not None:
+            raise seq.error
+
+    def _sequence(
+        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk], done: trio.Event
+    ) -> Sequence:
+        mock = request.mock
+        target = self.default_tokens
+        if mock is not None and mock.tokens is not None:
+            target = mock.tokens
+        finish_reason = "stop"
+        if request.max_tokens is not None and request.max_tokens < target:
+            target, finish_reason = request.max_tokens, "length"
+        ttft = self.ttft if mock is None or mock.ttft_ms is None else mock.ttft_ms / 1000
+        itl = None if mock is None or mock.itl_ms is None else mock.itl_ms / 1000
+
+        def emit(chunk: Chunk) -> bool:
+            try:
+                send.send_nowait(chunk)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                return False
+            return True
+
+        return Sequence(
+            emit=emit,
+            on_done=done.set,
+            target_tokens=target,
+            finish_reason=finish_reason,
+            prompt_tokens=prompt_token_count(request.prompt),
+            seed=zlib.crc32(request.prompt.encode()),
+            ttft=ttft,
+            itl=itl,
+            stop=request.stop,
+            error_after=None if mock is None else mock.error_after,
+            stall_after=None if mock is None else mock.stall_after,
+        )

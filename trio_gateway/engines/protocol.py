@@ -1,0 +1,33 @@
+"""The one contract every engine kind implements."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+from trio_gateway.generation import Chunk, GenerationRequest
+
+
+class Engine(Protocol):
+    """An engine serves some models and turns requests into chunks.
+
+    `generate` writes chunks into the channel the caller hands it, ending with one chunk that
+    carries a `finish_reason`, and returns. It raises `APIError` for a failure the client
+    should see, and stops at once when its caller's cancel scope is cancelled. It never
+    closes `send`: the caller owns the channel.
+
+    `run` holds the engine's background work (a scheduler loop, connections) and is started
+    with `nursery.start` in the gateway's nursery, so it lives and dies with the gateway.
+    """
+
+    name: str
+    models: tuple[str, ...]
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None: ...
+
+    async def generate(
+        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
+    ) -> None: ...

@@ -1,0 +1,98 @@
+"""OpenAI-shaped errors, and the one taxonomy of how a request can end (DESIGN §2.6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+# The error_type label values a request can end with; "none" is success.
+ERROR_TYPES = (
+    "none",
+    "validation",
+    "not_found",
+    "overload",
+    "cancelled",
+    "response_timeout",
+    "internal",
+    "unavailable",
+    "shutdown",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class APIError(Exception):
+    """An error the client sees as `{"error": {...}}` with an HTTP status.
+
+    `error_type` is our metrics classification; `type` is what OpenAI clients read.
+    """
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | int | None = None
+    error_type: str = "validation"
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.body())
+
+    def stream_frame_body(self) -> dict[str, Any]:
+        """The in-band error of a stream that already started: message, type, code."""
+        return {"error": {"message": self.message, "type": self.type, "code": self.code}}
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, "invalid_request_error", param, code, "validation")
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model",
+        "model_not_found",
+        "not_found",
+    )
+
+
+def route_not_found(method: str, path: str) -> APIError:
+    return APIError(
+        404, f"Unknown route: {method} {path}", "invalid_request_error", None, None, "not_found"
+    )
+
+
+def response_timeout(seconds: float) -> APIError:
+    return APIError(
+        504,
+        f"The engine produced no output for {seconds:g} s; the request was cancelled.",
+        "response_timeout",
+        None,
+        "response_timeout",
+        "response_timeout",
+    )
+
+
+def shutting_down() -> APIError:
+    return APIError(503, "The gateway is shutting down.", "shutdown", None, "shutdown", "shutdown")
+
+
+def client_cancelled() -> APIError:
+    # Status 499 (nginx's "client closed request"): nobody reads it, metrics and logs do.
+    return APIError(499, "The client disconnected.", "cancelled", None, "cancelled", "cancelled")
+
+
+def internal_error(message: str = "The engine failed.") -> APIError:
+    return APIError(500, message, "internal_error", None, "internal_error", "internal")

@@ -1,0 +1,289 @@
+"""Validation of OpenAI request bodies into `GenerationRequest`s.
+
+Hand-written rather than pydantic: the rules are few, the error messages matter, and the hot
+path should not pay for a model per request.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+
+from trio_gateway.generation import Endpoint, GenerationRequest, MockOptions
+from trio_gateway.openai.errors import APIError, invalid_request
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+MAX_STOP_SEQUENCES = 4
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise invalid_request(
+            "We could not parse the JSON body of your request. "
+            "(HINT: This likely means you aren't using your HTTP library correctly.)"
+        ) from None
+    if not isinstance(body, dict):
+        raise invalid_request("The request body must be a JSON object.")
+    return body
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _type_error(param: str, expected: str, value: Any) -> APIError:
+    return invalid_request(
+        f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)}.",
+        param,
+        "invalid_type",
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _optional_number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_number(value):
+        raise _type_error(name, "a number", value)
+    if not low <= value <= high:
+        raise invalid_request(
+            f"Invalid '{name}': {value} is not between {low:g} and {high:g}.",
+            name,
+            "invalid_value",
+        )
+    return float(value)
+
+
+def _max_tokens(body: dict[str, Any], max_model_len: int) -> int | None:
+    chosen: int | None = None
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if not _is_int(value):
+            raise _type_error(name, "an integer", value)
+        if value < 1:
+            raise invalid_request(
+                f"Invalid '{name}': integer below minimum value. Expected a value >= 1, "
+                f"but got {value} instead.",
+                name,
+                "integer_below_min_value",
+            )
+        if value > max_model_len:
+            raise invalid_request(
+                f"Invalid '{name}': {value} exceeds the model's maximum context length of "
+                f"{max_model_len} tokens.",
+                name,
+                "integer_above_max_value",
+            )
+        if chosen is None:
+            chosen = value
+    return chosen
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,) if value else ()
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise _type_error("stop", "a string or an array of strings", value)
+    if len(value) > MAX_STOP_SEQUENCES:
+        raise invalid_request(
+            f"Invalid 'stop': at most {MAX_STOP_SEQUENCES} stop sequences are allowed.",
+            "stop",
+            "array_above_max_length",
+        )
+    return tuple(s for s in value if s)
+
+
+def _mock_options(body: dict[str, Any]) -> MockOptions | None:
+    value = body.get("mock")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _type_error("mock", "an object", value)
+    known = {"tokens", "itl_ms", "ttft_ms", "error_after", "stall_after"}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise invalid_request(
+            f"Unknown field(s) in 'mock': {', '.join(unknown)}.", "mock", "unknown_parameter"
+        )
+    for name in ("tokens", "error_after", "stall_after"):
+        field_value = value.get(name)
+        if field_value is not None and (not _is_int(field_value) or field_value < 0):
+            raise _type_error(f"mock.{name}", "a non-negative integer", field_value)
+    for name in ("itl_ms", "ttft_ms"):
+        field_value = value.get(name)
+        if field_value is not None and (not _is_number(field_value) or field_value < 0):
+            raise _type_error(f"mock.{name}", "a non-negative number", field_value)
+    return MockOptions(
+        tokens=value.get("tokens"),
+        itl_ms=value.get("itl_ms"),
+        ttft_ms=value.get("ttft_ms"),
+        error_after=value.get("error_after"),
+        stall_after=value.get("stall_after"),
+    )
+
+
+def _message_text(content: Any, index: int) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise _type_error(f"messages[{index}].content", "an array of content parts", part)
+            if part["type"] == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise _type_error(f"messages[{index}].content.text", "a string", text)
+                texts.append(text)
+        return "".join(texts)
+    raise _type_error(f"messages[{index}].content", "a string or an array", content)
+
+
+def _chat_prompt(body: dict[str, Any]) -> str:
+    if "messages" not in body:
+        raise invalid_request(
+            "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        raise _type_error("messages", "an array", messages)
+    if not messages:
+        raise invalid_request(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            "messages",
+            "empty_array",
+        )
+    lines = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _type_error(f"messages[{index}]", "an object", message)
+        role = message.get("role")
+        if not isinstance(role, str) or role not in CHAT_ROLES:
+            raise invalid_request(
+                f"Invalid value for 'messages[{index}].role': expected one of "
+                f"{', '.join(sorted(CHAT_ROLES))}.",
+                f"messages[{index}].role",
+                "invalid_value",
+            )
+        lines.append(f"{role}: {_message_text(message.get('content'), index)}")
+    return "\n".join(lines)
+
+
+def _completion_prompt(body: dict[str, Any]) -> str:
+    if "prompt" not in body:
+        raise invalid_request(
+            "Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter"
+        )
+    prompt = body["prompt"]
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        return prompt[0]
+    if isinstance(prompt, list) and prompt and all(_is_int(t) for t in prompt):
+        return " ".join(str(t) for t in prompt)
+    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt):
+        raise invalid_request(
+            "Batched prompts are not supported; send one prompt per request.",
+            "prompt",
+            "unsupported_value",
+        )
+    raise _type_error("prompt", "a string", prompt)
+
+
+def parse_generation_request(
+    body: dict[str, Any],
+    endpoint: Endpoint,
+    request_id: str,
+    *,
+    max_model_len: int,
+    session_header: str | None = None,
+) -> GenerationRequest:
+    """Validate an OpenAI body. Raises `APIError` (400) on the first problem found.
+
+    The model's existence is the caller's question (404), as only it knows the registry.
+    """
+    model = body.get("model")
+    if model is None:
+        raise invalid_request(
+            "Missing required parameter: 'model'.", "model", "missing_required_parameter"
+        )
+    if not isinstance(model, str) or not model:
+        raise _type_error("model", "a non-empty string", model)
+    prompt = _chat_prompt(body) if endpoint == "chat" else _completion_prompt(body)
+
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _type_error("stream", "a boolean", stream)
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _type_error("stream_options", "an object", options)
+        if not stream:
+            raise invalid_request(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                "stream_options",
+                "invalid_value",
+            )
+        include_usage = options.get("include_usage", False) is True
+    n = body.get("n")
+    if n is not None:
+        if not _is_int(n):
+            raise _type_error("n", "an integer", n)
+        if n != 1:
+            raise invalid_request(
+                f"Invalid 'n': {n}. Only n=1 is supported.", "n", "unsupported_value"
+            )
+    _optional_number(body, "temperature", 0.0, 2.0)
+    _optional_number(body, "top_p", 0.0, 1.0)
+    _optional_number(body, "presence_penalty", -2.0, 2.0)
+    _optional_number(body, "frequency_penalty", -2.0, 2.0)
+
+    session_id = body.get("session_id", session_header)
+    if session_id is not None and (not isinstance(session_id, str) or not session_id):
+        raise _type_error("session_id", "a non-empty string", session_id)
+
+    return GenerationRequest(
+        request_id=request_id,
+        endpoint=endpoint,
+        model=model,
+        prompt=prompt,
+        stream=stream,
+        max_tokens=_max_tokens(body, max_model_len),
+        stop=_stop(body),
+        include_usage=include_usage,
+        mock=_mock_options(body),
+        session_id=session_id,
+        body=body,
+    )
