@@ -1,0 +1,84 @@
+"""`trio-gateway serve`: the gateway on hypercorn's trio worker, configured by one dataclass."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from functools import partial
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from trio_gateway import __version__
+from trio_gateway.app import GatewayApp, create_app
+from trio_gateway.config import ConfigError, GatewayConfig, add_config_flags, config_from_args
+
+log = logging.getLogger("trio_gateway")
+
+
+def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
+    hc = HypercornConfig()
+    hc.bind = [f"{config.host}:{config.port}"]
+    hc.keep_alive_timeout = config.keep_alive_timeout_s
+    hc.graceful_timeout = config.graceful_timeout_s
+    hc.backlog = config.backlog
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    return hc
+
+
+async def wait_for_termination_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s, shutting down", signal.Signals(signum).name)
+            return
+
+
+async def serve(app: GatewayApp, config: GatewayConfig) -> None:
+    await hypercorn_serve(
+        app,  # type: ignore[arg-type]
+        hypercorn_config(config),
+        shutdown_trigger=wait_for_termination_signal,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trio-gateway", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the gateway (mock engine by default)")
+    add_config_flags(serve_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as error:
+        print(f"trio-gateway: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        log.info(
+            "serving %s on http://%s:%d (mock engine: ttft %g ms, step %g ms, %d seqs)",
+            config.model,
+            config.host,
+            config.port,
+            config.mock_ttft_ms,
+            config.mock_itl_ms,
+            config.mock_max_num_seqs,
+        )
+        trio.run(partial(serve, create_app(config), config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Small ASGI plumbing shared by the HTTP handlers."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from trio_gateway.openai.errors import APIError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_HEADERS = ((b"content-type", b"application/json"),)
+
+
+class ClientGone(Exception):
+    """The client disconnected before we finished reading its request."""
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body; 413 past `limit` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise APIError(
+                413,
+                f"Request body too large: the limit is {limit} bytes.",
+                "invalid_request_error",
+                None,
+                "request_too_large",
+                "validation",
+            )
+        parts.append(body)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def send_json(
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*JSON_HEADERS, *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(
+    send: Send, error: APIError, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    await send_json(send, error.status, error.encode(), headers)

@@ -1,0 +1,79 @@
+"""Everything but inference, on quart-trio: models, probes, metrics.
+
+Quart gives routing, error handlers and (later) the admin and session APIs; these routes
+are cheap, so the framework's per-request cost does not matter here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from trio_gateway.gateway import Gateway
+from trio_gateway.openai.errors import APIError, model_not_found
+from trio_gateway.openai.responses import models_body
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status=status, content_type="application/json")
+
+
+def create_control_app(gateway: Gateway) -> QuartTrio:
+    app = QuartTrio("trio_gateway")
+    app.config["RESPONSE_TIMEOUT"] = None  # DESIGN §6: quart's 60 s default kills streams
+    created = int(time.time())
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        return _json(models_body(gateway.models, created))
+
+    @app.get("/v1/models/<path:model>")
+    async def get_model(model: str) -> Response:
+        if model not in gateway.models:
+            return _api_error(model_not_found(model))
+        return _json(models_body([model], created)["data"][0])
+
+    @app.get("/health")
+    async def health() -> Response:
+        healthy = gateway.running
+        return _json(
+            {
+                "status": "ok" if healthy else "starting",
+                "inflight": len(gateway.ledger),
+                "models": gateway.models,
+            },
+            200 if healthy else 503,
+        )
+
+    @app.get("/live")
+    async def live() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        if gateway.running:
+            return _json({"status": "ready"})
+        return _json({"status": "not_ready"}, 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gateway.metrics.exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        kind = "invalid_request_error" if status < 500 else "internal_error"
+        return _api_error(APIError(status, error.description or error.name, kind))
+
+    return app
+
+
+def _api_error(error: APIError) -> Response:
+    return _json(error.body(), error.status)

@@ -1,0 +1,116 @@
+"""A flight: one request's engine work, in its own cancel scope, in the gateway's nursery.
+
+The scope is the handle (DESIGN §2): a disconnect, the inactivity timeout or shutdown cancel
+it with a reason, and leaving it is the only way the engine work ends. The engine task runs
+under a nursery the gateway owns, not the ASGI handler's, so the handler stays free to
+write the end of the stream after the engine is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from trio_gateway.engines.protocol import Engine
+from trio_gateway.generation import Chunk, GenerationRequest
+from trio_gateway.http.asgi import Receive
+from trio_gateway.openai.errors import (
+    APIError,
+    client_cancelled,
+    internal_error,
+    response_timeout,
+    shutting_down,
+)
+
+log = logging.getLogger("trio_gateway.flight")
+
+# Why a flight's scope was cancelled.
+CLIENT_DISCONNECTED = "client_disconnected"
+RESPONSE_TIMEOUT = "response_timeout"
+SHUTDOWN = "shutdown"
+HANDLER_EXIT = "handler_exit"
+
+
+@dataclass(eq=False, slots=True)
+class Flight:
+    request_id: str
+    model: str
+    endpoint: str
+    engine: str
+    started_at: float
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    cancel_reason: str | None = None
+    error: APIError | None = None
+    done: trio.Event = field(default_factory=trio.Event)
+
+    def cancel(self, reason: str) -> None:
+        """Cancel the engine work; the first reason given is the one that counts."""
+        if self.cancel_reason is None and not self.done.is_set():
+            self.cancel_reason = reason
+            self.scope.cancel()
+
+    def outcome(self, finish_reason: str | None, inactivity_timeout: float) -> APIError | None:
+        """How the request ended, as the one error the client and the metrics see (or None)."""
+        if self.error is not None:
+            return self.error
+        if finish_reason is not None:
+            return None
+        if self.cancel_reason == CLIENT_DISCONNECTED:
+            return client_cancelled()
+        if self.cancel_reason == RESPONSE_TIMEOUT:
+            return response_timeout(inactivity_timeout)
+        if self.cancel_reason == SHUTDOWN:
+            return shutting_down()
+        if self.cancel_reason == HANDLER_EXIT:
+            return client_cancelled()
+        return internal_error("The engine ended the response without finishing it.")
+
+
+async def run_flight(
+    flight: Flight,
+    engine: Engine,
+    request: GenerationRequest,
+    chunks: trio.MemorySendChannel[Chunk],
+    receive: Receive,
+) -> None:
+    """The engine task: generate into `chunks` beside a watcher of the client's connection.
+
+    Closing `chunks` on the way out (any way out) is what tells the response writer the
+    engine is done.
+    """
+    try:
+        with chunks:
+            try:
+                with flight.scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_watch_disconnect, receive, flight)
+                        try:
+                            await engine.generate(request, chunks)
+                        except APIError as error:
+                            flight.error = error
+                        except Exception:
+                            log.exception(
+                                "engine %s failed on request %s", engine.name, flight.request_id
+                            )
+                            flight.error = internal_error()
+                        finally:
+                            nursery.cancel_scope.cancel()
+            except trio.Cancelled:
+                # Not ours (the flight scope catches its own): the gateway's root scope is
+                # going. The reason is set before `chunks` closes, so the writer sees it.
+                if flight.cancel_reason is None:
+                    flight.cancel_reason = SHUTDOWN
+                raise
+    finally:
+        flight.done.set()
+
+
+async def _watch_disconnect(receive: Receive, flight: Flight) -> None:
+    """hypercorn only reports a gone client to a task waiting on `receive()` (DESIGN §6)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            flight.cancel(CLIENT_DISCONNECTED)
+            return

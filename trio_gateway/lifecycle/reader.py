@@ -1,0 +1,79 @@
+"""The response side of a flight: chunks read in batches, under the inactivity timeout.
+
+Whatever is already queued is taken with the first chunk (`receive_nowait` until
+`WouldBlock`), so under load one response write carries several tokens (DESIGN §2.4).
+"""
+
+from __future__ import annotations
+
+import trio
+
+from trio_gateway.generation import Chunk
+from trio_gateway.lifecycle.flight import RESPONSE_TIMEOUT, Flight
+from trio_gateway.metrics import GatewayMetrics
+
+
+class ChunkReader:
+    def __init__(
+        self,
+        chunks: trio.MemoryReceiveChannel[Chunk],
+        flight: Flight,
+        inactivity_timeout: float,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._chunks = chunks
+        self._flight = flight
+        self._timeout = inactivity_timeout
+        self._metrics = metrics
+        self._ttft = metrics.ttft.labels(flight.model)
+        self._itl = metrics.itl.labels(flight.model)
+        self.ended = False
+        self.tokens = 0
+        self.finish_reason: str | None = None
+        self.prompt_tokens: int | None = None
+        self.first_at: float | None = None
+        self._last_at = 0.0
+
+    async def batch(self) -> list[Chunk]:
+        """The next chunks, at least one unless the engine is done (then `ended` is set).
+
+        Silence longer than the inactivity timeout cancels the flight; the engine then
+        leaves its scope and closes the channel, which ends the read.
+        """
+        while True:
+            with trio.move_on_after(self._timeout):
+                try:
+                    first = await self._chunks.receive()
+                except trio.EndOfChannel:
+                    self.ended = True
+                    return []
+                break
+            self._flight.cancel(RESPONSE_TIMEOUT)
+        batch = [first]
+        while True:
+            try:
+                batch.append(self._chunks.receive_nowait())
+            except trio.WouldBlock:
+                break
+            except trio.EndOfChannel:
+                self.ended = True
+                break
+        self._account(batch)
+        return batch
+
+    def _account(self, batch: list[Chunk]) -> None:
+        tokens = 0
+        for chunk in batch:
+            tokens += chunk.tokens
+            if chunk.finish_reason is not None:
+                self.finish_reason = chunk.finish_reason
+                self.prompt_tokens = chunk.prompt_tokens
+        now = trio.current_time()
+        if self.first_at is None:
+            self.first_at = now
+            self._ttft.observe(now - self._flight.started_at)
+            self._metrics.queued.labels(self._flight.model).dec()
+        elif tokens:
+            self._itl.observe((now - self._last_at) / tokens)
+        self._last_at = now
+        self.tokens += tokens

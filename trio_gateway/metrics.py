@@ -1,0 +1,116 @@
+"""Prometheus metrics, on a registry per gateway so tests and embedded gateways don't collide."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from trio_gateway.openai.errors import APIError
+
+PREFIX = "trio_gateway_"
+
+# `*_created` series double the exposition and no dashboard reads them.
+disable_created_metrics()
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ITL_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.0125,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class GatewayMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            PREFIX + "requests_total",
+            "Requests by how they ended (status success|error; error_type none when success).",
+            ["model", "endpoint", "request_type", "status", "error_type"],
+            registry=r,
+        )
+        self.inflight = Gauge(
+            PREFIX + "inflight_requests",
+            "Requests admitted and not yet ended.",
+            ["model"],
+            registry=r,
+        )
+        self.queued = Gauge(
+            PREFIX + "queued_requests",
+            "Admitted requests still waiting for their first chunk.",
+            ["model"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            PREFIX + "request_duration_seconds",
+            "Time from admission to the end of the response.",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            PREFIX + "time_to_first_token_seconds",
+            "Time from admission to the first chunk.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            PREFIX + "inter_token_latency_seconds",
+            "Time between chunks, observed once per response write as the mean over its tokens.",
+            ["model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.output_tokens = Counter(
+            PREFIX + "output_tokens_total", "Tokens sent to clients.", ["model"], registry=r
+        )
+        self.disconnects = Counter(
+            PREFIX + "disconnected_clients_total",
+            "Clients that went away before their response ended.",
+            ["model"],
+            registry=r,
+        )
+        self.cancellations = Counter(
+            PREFIX + "cancellations_total",
+            "Request scopes cancelled, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
+    def request_ended(
+        self,
+        model: str,
+        endpoint: str,
+        stream: bool,
+        error: APIError | None,
+    ) -> None:
+        self.requests.labels(
+            model,
+            endpoint,
+            "stream" if stream else "unary",
+            "success" if error is None else "error",
+            "none" if error is None else error.error_type,
+        ).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
