@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from trio_gateway.engines.mock import MockEngine
+from trio_gateway.generation import Chunk, GenerationRequest
+
+
+class RecordingEngine:
+    """Wraps an engine and records how each `generate` ended: the lifecycle tests' witness."""
+
+    def __init__(self, inner: MockEngine) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.models = inner.models
+        self.endings: list[str] = []
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self.inner.run(task_status=task_status)
+
+    async def generate(self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]) -> (
+        None
+    ):
+        try:
+            await self.inner.generate(request, send)
+        except trio.Cancelled:
+            self.endings.append("cancelled")
+            raise
+        except BaseException as error:
+            self.endings.append(type(error).__name__)
+            raise
+        self.endings.append("finished")
+
+
+def chat(content: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"model": "mock", "messages": [{"role": "user", "content": content}], **extra}

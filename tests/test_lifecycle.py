@@ -1,0 +1,293 @@
+"""The request lifecycle under MockClock: every way a request ends, counted once, gauges at 0."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+import trio
+
+from tests.asgi_client import Harness, running_gateway
+from tests.conftest import RecordingEngine, chat
+from trio_gateway.config import GatewayConfig
+from trio_gateway.engines.mock import MockEngine
+
+CHAT = "/v1/chat/completions"
+
+
+def recording_engine(**kwargs: float) -> RecordingEngine:
+    return RecordingEngine(MockEngine(("mock",), **kwargs))  # type: ignore[arg-type]
+
+
+def assert_idle(harness: Harness, engine: RecordingEngine) -> None:
+    assert len(harness.gateway.ledger) == 0
+    assert engine.inner.active == 0
+    assert harness.metric("trio_gateway_inflight_requests", model="mock") == 0
+    assert harness.metric("trio_gateway_queued_requests", model="mock") == 0
+
+
+def count(harness: Harness, error_type: str, request_type: str = "stream") -> float:
+    return harness.metric(
+        "trio_gateway_requests_total",
+        model="mock",
+        endpoint="chat",
+        request_type=request_type,
+        status="success" if error_type == "none" else "error",
+        error_type=error_type,
+    )
+
+
+async def test_stream_completes_with_done(autojump_clock: trio.testing.MockClock) -> None:
+    engine = recording_engine(ttft_ms=5, itl_ms=10)
+    async with running_gateway(engines=[engine]) as harness:
+        start = trio.current_time()
+        exchange = await harness.request("POST", CHAT, chat(stream=True, max_tokens=20))
+        elapsed = trio.current_time() - start
+        assert exchange.status == 200
+        assert exchange.headers[b"content-type"].startswith(b"text/event-stream")
+        events = exchange.events()
+        assert events[-1] == "[DONE]"
+        assert len(exchange.tokens()) == 20
+        assert orjson.loads(events[-2])["choices"][0]["finish_reason"] == "length"
+        # 5 ms prefill, then 19 more steps of 10 ms: the engine's clock, not the writer's.
+        assert elapsed == pytest.approx(0.005 + 19 * 0.010, abs=1e-6)
+        assert engine.endings == ["finished"]
+        assert count(harness, "none") == 1
+        assert harness.metric("trio_gateway_output_tokens_total", model="mock") == 20
+        assert_idle(harness, engine)
+
+
+async def test_disconnect_before_first_token(autojump_clock: trio.testing.MockClock) -> None:
+    engine = recording_engine(ttft_ms=10_000)
+    async with running_gateway(engines=[engine]) as harness:
+        exchange = harness.start("POST", CHAT, chat(stream=True))
+        await trio.sleep(1)
+        assert engine.inner.active == 1
+        assert harness.metric("trio_gateway_queued_requests", model="mock") == 1
+        exchange.disconnect()
+        await exchange.finished.wait()
+        assert trio.current_time() < 2  # not the 10 s of prefill
+        assert exchange.status is None  # nothing was ever sent
+        assert engine.endings == ["cancelled"]
+        assert count(harness, "cancelled") == 1
+        assert harness.metric("trio_gateway_disconnected_clients_total", model="mock") == 1
+        assert (
+            harness.metric("trio_gateway_cancellations_total", reason="client_disconnected") == 1
+        )
+        assert_idle(harness, engine)
+
+
+async def test_disconnect_mid_stream(autojump_clock: trio.testing.MockClock) -> None:
+    engine = recording_engine(ttft_ms=5, itl_ms=10)
+    async with running_gateway(engines=[engine]) as harness:
+        exchange = harness.start("POST", CHAT, chat(stream=True, mock={"tokens": 1000}))
+        await exchange.wait_until(lambda e: len(e.tokens()) >= 3)
+        exchange.disconnect()
+        await exchange.finished.wait()
+        assert trio.current_time() < 1  # far from the 10 s the stream would take
+        assert engine.endings == ["cancelled"]
+        assert "[DONE]" not in exchange.events()
+        assert count(harness, "cancelled") == 1
+        assert_idle(harness, engine)
+
+
+async def test_disconnect_during_unary_request(autojump_clock: trio.testing.MockClock) -> None:
+    engine = recording_engine(ttft_ms=5, itl_ms=10)
+    async with running_gateway(engines=[engine]) as harness:
+        exchange = harness.start("POST", CHAT, chat(mock={"tokens": 1000}))
+        await trio.sleep(0.5)
+        exchange.disconnect()
+        await exchange.finished.wait()
+        assert trio.current_time() < 1
+        assert engine.endings == ["cancelled"]
+        assert count(harness, "cancelled", "unary") == 1
+        assert_idle(harness, engine)
+
+
+async def test_inactivity_timeout_mid_stream(autojump_clock: trio.testing.MockClock) -> None:
+    engine = recording_engine(ttft_ms=5, itl_ms=10)
+    config = GatewayConfig(inactivity_timeout_s=7)
+    async with running_gateway(config, engines=[engine]) as harness:
+        exchange = harness.start("POST", CHAT, chat(stream=True, mock={"stall_after": 3}))
+        await exchange.wait_until(lambda e: len(e.tokens()) == 3)
+        silent_since = trio.current_time()
+        await exchange.finished.wait()
+        assert trio.current_time() - silent_since == pytest.approx(7, abs=0.011)
+        events = exchange.events()
+        assert events[-1] == "[DONE]"
+        error = orjson.loads(events[-2])["error"]
+        assert error["type"] == "response_timeout"
+        assert set(error) == {"message", "type", "code"}
+        assert engine.endings == ["cancelled"]
+        assert count(harness, "response_timeout") == 1
+        assert harness.metric("trio_gateway_cancellations_total", reason="response_timeout") == 1
+        assert_idle(harness, engine)
+
+
+async def test_inactivity_timeout_unary_is_504(autojump_clock: trio.testing.MockClock) -> None:
+    engine = recording_engine()
+    async with running_gateway(GatewayConfig(inactivity_timeout_s=3), engines=[engine]) as h:
+        exchange = await h.request("POST", CHAT, chat(mock={"stall_after": 0}))
+        assert exchange.status == 504
+        assert exchange.json()["error"]["type"] == "response_timeout"
+        assert engine.endings == ["cancelled"]
+        assert count(h, "response_timeout", "unary") == 1
+        assert_idle(h, engine)
+
+
+async def test_inactivity_timeout_zero_disables(autojump_clock: trio.testing.MockClock) -> None:
+    engine = recording_engine(itl_ms=100_000)
+    async with running_gateway(GatewayConfig(inactivity_timeout_s=0), engines=[engine]) as h:
+        exchange = await h.request("POST", CHAT, chat(stream=True, max_tokens=3))
+        assert trio.current_time() > 150  # two 100 s silences, no timeout
+        assert exchange.events()[-1] == "[DONE]"
+        assert len(exchange.tokens()) == 3
+        assert count(h, "none") == 1
+
+
+async def test_engine_error_mid_stream(autojump_clock: trio.testing.MockClock) -> None:
+    engine = recording_engine()
+    async with running_gateway(engines=[engine]) as harness:
+        exchange = await harness.request(
+            "POST", CHAT, chat(stream=True, mock={"error_after": 3})
+        )
+        assert exchange.status == 200
+        assert len(exchange.tokens()) == 3
+        events = exchange.events()
+        assert events[-1] == "[DONE]"
+        assert orjson.loads(events[-2])["error"]["type"] == "internal_error"
+        assert engine.endings == ["APIError"]
+        assert count(harness, "internal") == 1
+        assert_idle(harness, engine)
+
+
+async def test_engine_error_before_first_token_is_http_error(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = recording_engine()
+    async with running_gateway(engines=[engine]) as harness:
+        exchange = await harness.request(
+            "POST", CHAT, chat(stream=True, mock={"error_after": 0})
+        )
+        assert exchange.status == 500
+        assert exchange.json()["error"]["code"] == "internal_error"
+        assert count(harness, "internal") == 1
+        assert_idle(harness, engine)
+
+
+async def test_stream_longer_than_quarts_response_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = recording_engine()
+    async with running_gateway(engines=[engine]) as harness:
+        exchange = await harness.request(
+            "POST", CHAT, chat(stream=True, mock={"tokens": 121, "itl_ms": 1000})
+        )
+        assert trio.current_time() >= 120
+        assert len(exchange.tokens()) == 121
+        assert exchange.events()[-1] == "[DONE]"
+        assert count(harness, "none") == 1
+
+
+async def test_bad_requests_do_not_disturb_a_running_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = recording_engine()
+    async with running_gateway(engines=[engine]) as harness:
+        good = harness.start("POST", CHAT, chat(stream=True, max_tokens=50))
+        bad = [
+            await harness.request("POST", CHAT, body=b"{not json"),
+            await harness.request("POST", CHAT, {"model": "mock"}),
+            await harness.request("POST", CHAT, chat(model="nope")),
+            await harness.request("POST", CHAT, chat(n=3)),
+            await harness.request("POST", CHAT, chat(max_tokens=-1)),
+            await harness.request("POST", CHAT, chat(), headers={"content-type": "text/plain"}),
+            await harness.request("POST", CHAT, body=b"x" * (GatewayConfig().max_body_bytes + 1)),
+        ]
+        assert [e.status for e in bad] == [400, 400, 404, 400, 400, 415, 413]
+        for exchange in bad:
+            assert set(exchange.json()["error"]) == {"message", "type", "param", "code"}
+        await good.finished.wait()
+        assert len(good.tokens()) == 50
+        assert good.events()[-1] == "[DONE]"
+        assert_idle(harness, engine)
+
+
+async def test_unary_response_shape(autojump_clock: trio.testing.MockClock) -> None:
+    async with running_gateway() as harness:
+        exchange = await harness.request("POST", CHAT, chat(max_tokens=4))
+        body = exchange.json()
+        assert body["object"] == "chat.completion"
+        assert body["id"].startswith("chatcmpl-")
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        assert len(body["choices"][0]["message"]["content"].split()) == 4
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["usage"]["completion_tokens"] == 4
+        assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 4
+        completion = await harness.request(
+            "POST", "/v1/completions", {"model": "mock", "prompt": "Say", "max_tokens": 2}
+        )
+        assert completion.json()["object"] == "text_completion"
+        assert completion.json()["choices"][0]["text"]
+
+
+async def test_include_usage_and_completion_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_gateway() as harness:
+        exchange = await harness.request(
+            "POST",
+            "/v1/completions",
+            {
+                "model": "mock",
+                "prompt": "Once",
+                "stream": True,
+                "max_tokens": 5,
+                "stream_options": {"include_usage": True},
+            },
+        )
+        events = exchange.events()
+        assert events[-1] == "[DONE]"
+        usage_chunk = orjson.loads(events[-2])
+        assert usage_chunk["choices"] == []
+        assert usage_chunk["usage"]["completion_tokens"] == 5
+        first = orjson.loads(events[0])
+        assert first["object"] == "text_completion"
+
+
+async def test_request_id_header_is_echoed(autojump_clock: trio.testing.MockClock) -> None:
+    async with running_gateway() as harness:
+        ok = await harness.request("POST", CHAT, chat(max_tokens=1), headers={"x-request-id": "r1"})
+        bad = await harness.request("POST", CHAT, {"model": 3}, headers={"x-request-id": "r2"})
+        assert ok.headers[b"x-request-id"] == b"r1"
+        assert bad.headers[b"x-request-id"] == b"r2"
+
+
+async def test_coalesces_queued_chunks_into_one_write(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # itl 0: the engine emits the whole answer in one step, and the writer sends it at once.
+    async with running_gateway() as harness:
+        exchange = await harness.request(
+            "POST", CHAT, chat(stream=True, mock={"tokens": 30, "itl_ms": 0})
+        )
+        assert len(exchange.tokens()) == 30
+        # One write with every token, then the end of the stream once the engine returned.
+        assert exchange.writes[0].count(b'"content":') == 1 + 30  # the role event, 30 tokens
+        assert exchange.writes[1].endswith(b"data: [DONE]\n\n")
+        assert len(exchange.writes) == 2
+
+
+async def test_control_routes(autojump_clock: trio.testing.MockClock) -> None:
+    async with running_gateway() as harness:
+        models = await harness.request("GET", "/v1/models")
+        assert models.json()["data"][0]["id"] == "mock"
+        assert (await harness.request("GET", "/health")).status == 200
+        assert (await harness.request("GET", "/ready")).status == 200
+        assert (await harness.request("GET", "/live")).status == 200
+        metrics = await harness.request("GET", "/metrics")
+        assert b"trio_gateway_inflight_requests" in metrics.body
+        missing = await harness.request("GET", "/nope")
+        assert missing.status == 404
+        assert missing.json()["error"]["type"] == "invalid_request_error"
+        wrong_method = await harness.request("GET", CHAT)
+        assert wrong_method.status == 405
