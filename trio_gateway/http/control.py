@@ -66,6 +66,13 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
     async def metrics() -> Response:
         return Response(gateway.metrics.exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
 
+    @app.post("/v1/chat/completions")
+    @app.post("/v1/completions")
+    async def inference() -> Response:
+        # Never reached: `GatewayApp` serves these POSTs itself. Declared so that other
+        # methods get 405 rather than 404.
+        raise RuntimeError("inference routes are served by trio_gateway.http.inference")
+
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
