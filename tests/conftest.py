@@ -20,9 +20,9 @@ class RecordingEngine:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.inner.run(task_status=task_status)
 
-    async def generate(self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]) -> (
-        None
-    ):
+    async def generate(
+        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
+    ) -> None:
         try:
             await self.inner.generate(request, send)
         except trio.Cancelled:

@@ -70,9 +70,7 @@ async def test_disconnect_before_first_token(autojump_clock: trio.testing.MockCl
         assert engine.endings == ["cancelled"]
         assert count(harness, "cancelled") == 1
         assert harness.metric("trio_gateway_disconnected_clients_total", model="mock") == 1
-        assert (
-            harness.metric("trio_gateway_cancellations_total", reason="client_disconnected") == 1
-        )
+        assert harness.metric("trio_gateway_cancellations_total", reason="client_disconnected") == 1
         assert_idle(harness, engine)
 
 
@@ -147,9 +145,7 @@ async def test_inactivity_timeout_zero_disables(autojump_clock: trio.testing.Moc
 async def test_engine_error_mid_stream(autojump_clock: trio.testing.MockClock) -> None:
     engine = recording_engine()
     async with running_gateway(engines=[engine]) as harness:
-        exchange = await harness.request(
-            "POST", CHAT, chat(stream=True, mock={"error_after": 3})
-        )
+        exchange = await harness.request("POST", CHAT, chat(stream=True, mock={"error_after": 3}))
         assert exchange.status == 200
         assert len(exchange.tokens()) == 3
         events = exchange.events()
@@ -165,9 +161,7 @@ async def test_engine_error_before_first_token_is_http_error(
 ) -> None:
     engine = recording_engine()
     async with running_gateway(engines=[engine]) as harness:
-        exchange = await harness.request(
-            "POST", CHAT, chat(stream=True, mock={"error_after": 0})
-        )
+        exchange = await harness.request("POST", CHAT, chat(stream=True, mock={"error_after": 0}))
         assert exchange.status == 500
         assert exchange.json()["error"]["code"] == "internal_error"
         assert count(harness, "internal") == 1
