@@ -61,9 +61,8 @@ class MockEngine:
     ) -> None:
         done = trio.Event()
         seq = self._sequence(request, send, done)
-        now = trio.current_time()
-        self.scheduler.submit(seq, now)
-        self._wake_by(min(self.scheduler.next_wakeup(), now))
+        self.scheduler.submit(seq, trio.current_time())
+        self._wake_by(self.scheduler.next_wakeup())
         try:
             await done.wait()
         finally:

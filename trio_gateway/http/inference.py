@@ -86,14 +86,22 @@ async def handle_inference(
 
     flight = Flight(flight_id, request.model, endpoint, engine.name, started_at)
     chunks_in, chunks_out = trio.open_memory_channel[Chunk](gateway.config.stream_buffer)
-    reader = ChunkReader(chunks_out, flight, gateway.config.inactivity_timeout, gateway.metrics)
+    reader = ChunkReader(chunks_out, flight, gateway.metrics)
     metrics = gateway.metrics
     metrics.inflight.labels(request.model).inc()
     metrics.queued.labels(request.model).inc()
     gateway.ledger.add(flight)
     outcome: APIError | None = client_cancelled()
     try:
-        gateway.nursery.start_soon(run_flight, flight, engine, request, chunks_in, receive)
+        gateway.nursery.start_soon(
+            run_flight,
+            flight,
+            engine,
+            request,
+            chunks_in,
+            receive,
+            gateway.config.inactivity_timeout,
+        )
         with chunks_out:
             if request.stream:
                 outcome = await _write_stream(send, request, flight, reader, id_header, gateway)

@@ -9,6 +9,7 @@ write the end of the stream after the engine is gone.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import trio
@@ -44,6 +45,9 @@ class Flight:
     cancel_reason: str | None = None
     error: APIError | None = None
     done: trio.Event = field(default_factory=trio.Event)
+    # Since when the response writer has been waiting on the engine; inf while it writes
+    # (a slow client is backpressure, not engine silence).
+    waiting_since: float = math.inf
 
     def cancel(self, reason: str) -> None:
         """Cancel the engine work; the first reason given is the one that counts."""
@@ -74,6 +78,7 @@ async def run_flight(
     request: GenerationRequest,
     chunks: trio.MemorySendChannel[Chunk],
     receive: Receive,
+    inactivity_timeout: float,
 ) -> None:
     """The engine task: generate into `chunks` beside a watcher of the client's connection.
 
@@ -85,7 +90,7 @@ async def run_flight(
             try:
                 with flight.scope:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_watch_disconnect, receive, flight)
+                        nursery.start_soon(_watch, receive, flight, inactivity_timeout)
                         try:
                             await engine.generate(request, chunks)
                         except APIError as error:
@@ -107,10 +112,21 @@ async def run_flight(
         flight.done.set()
 
 
-async def _watch_disconnect(receive: Receive, flight: Flight) -> None:
-    """hypercorn only reports a gone client to a task waiting on `receive()` (DESIGN §6)."""
+async def _watch(receive: Receive, flight: Flight, inactivity_timeout: float) -> None:
+    """Watch the client's connection and the engine's silence, in one task per flight.
+
+    hypercorn only reports a gone client to a task waiting on `receive()` (DESIGN §6). The
+    inactivity deadline is re-armed from `flight.waiting_since` only when it expires, so
+    the writer pays one attribute store per write, not a cancel scope.
+    """
     while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            flight.cancel(CLIENT_DISCONNECTED)
+        now = trio.current_time()
+        silent_until = flight.waiting_since + inactivity_timeout
+        if silent_until <= now:
+            flight.cancel(RESPONSE_TIMEOUT)
             return
+        with trio.move_on_at(min(silent_until, now + inactivity_timeout)):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                flight.cancel(CLIENT_DISCONNECTED)
+                return

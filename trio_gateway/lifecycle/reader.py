@@ -1,15 +1,18 @@
 """The response side of a flight: chunks read in batches, under the inactivity timeout.
 
-Whatever is already queued is taken with the first chunk (`receive_nowait` until
+The engine's silence is timed by the flight's watcher (`flight.waiting_since`). Whatever
+is already queued is taken with the first chunk (`receive_nowait` until
 `WouldBlock`), so under load one response write carries several tokens (DESIGN §2.4).
 """
 
 from __future__ import annotations
 
+import math
+
 import trio
 
 from trio_gateway.generation import Chunk
-from trio_gateway.lifecycle.flight import RESPONSE_TIMEOUT, Flight
+from trio_gateway.lifecycle.flight import Flight
 from trio_gateway.metrics import GatewayMetrics
 
 
@@ -18,12 +21,10 @@ class ChunkReader:
         self,
         chunks: trio.MemoryReceiveChannel[Chunk],
         flight: Flight,
-        inactivity_timeout: float,
         metrics: GatewayMetrics,
     ) -> None:
         self._chunks = chunks
         self._flight = flight
-        self._timeout = inactivity_timeout
         self._metrics = metrics
         self._ttft = metrics.ttft.labels(flight.model)
         self._itl = metrics.itl.labels(flight.model)
@@ -37,18 +38,17 @@ class ChunkReader:
     async def batch(self) -> list[Chunk]:
         """The next chunks, at least one unless the engine is done (then `ended` is set).
 
-        Silence longer than the inactivity timeout cancels the flight; the engine then
-        leaves its scope and closes the channel, which ends the read.
+        While this waits, the flight's watcher times the engine's silence.
         """
-        while True:
-            with trio.move_on_after(self._timeout):
-                try:
-                    first = await self._chunks.receive()
-                except trio.EndOfChannel:
-                    self.ended = True
-                    return []
-                break
-            self._flight.cancel(RESPONSE_TIMEOUT)
+        flight = self._flight
+        flight.waiting_since = trio.current_time()
+        try:
+            first = await self._chunks.receive()
+        except trio.EndOfChannel:
+            self.ended = True
+            return []
+        finally:
+            flight.waiting_since = math.inf
         batch = [first]
         while True:
             try:

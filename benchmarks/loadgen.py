@@ -1,0 +1,247 @@
+"""A small SSE load client on raw trio sockets, plus the helpers the benchmarks share.
+
+Raw sockets rather than httpx: a Python client competes with the gateway for the same two
+cores, so the less it spends per event the more the figures say about the gateway.
+Throughput at high concurrency comes from `wrk` (C) instead; this client measures latency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+CONTENT = b'{"content":'
+TEXT = b'"text":"'
+DONE = b"data: [DONE]"
+RESULTS = Path(__file__).parent / "results"
+BODY = {
+    "model": "mock",
+    "stream": True,
+    "max_tokens": 100,
+    "messages": [{"role": "user", "content": "hi"}],
+    "mock": {"tokens": 100, "itl_ms": 10, "ttft_ms": 5},
+}
+
+
+def http_request(port: int, body: dict[str, Any], path: str = "/v1/chat/completions") -> bytes:
+    payload = json.dumps(body).encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+
+
+@dataclass
+class StreamStats:
+    ttft: list[float] = field(default_factory=list)
+    itl: list[float] = field(default_factory=list)  # per request: mean gap between tokens
+    tokens: int = 0
+    token_reads: int = 0  # socket reads that carried tokens: tokens / token_reads = coalescing
+    requests: int = 0
+    errors: int = 0
+
+
+async def run_stream(stream: trio.SocketStream, request: bytes, stats: StreamStats) -> bool:
+    """One streamed request on a keep-alive connection; False if the response was bad."""
+    sent = time.perf_counter()
+    await stream.send_all(request)
+    first = last = 0.0
+    tokens = 0
+    tail = b""
+    head_checked = False
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            stats.errors += 1
+            return False
+        now = time.perf_counter()
+        window = tail + data
+        if not head_checked:
+            head_checked = True
+            if not window.startswith(b"HTTP/1.1 200"):
+                stats.errors += 1
+                return False
+        found = window.count(CONTENT) - tail.count(CONTENT)
+        if found:
+            stats.token_reads += 1
+            if not tokens:
+                first = now
+            tokens += found
+            last = now
+        tail = window[-64:]
+        if DONE in window and window.endswith(b"0\r\n\r\n"):
+            break
+    tokens -= 1  # the role event also carries "content"
+    stats.requests += 1
+    stats.tokens += tokens
+    stats.ttft.append(first - sent)
+    if tokens > 1:
+        stats.itl.append((last - first) / (tokens - 1))
+    return True
+
+
+async def probe(port: int, connections: int, seconds: float, body: dict[str, Any]) -> StreamStats:
+    """`connections` keep-alive clients, each streaming requests back to back for `seconds`."""
+    stats = StreamStats()
+    request = http_request(port, body)
+    deadline = time.perf_counter() + seconds
+
+    async def client() -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            while time.perf_counter() < deadline:
+                if not await run_stream(stream, request, stats):
+                    return
+
+    with trio.fail_after(seconds + 60):
+        async with trio.open_nursery() as nursery:
+            for _ in range(connections):
+                nursery.start_soon(client)
+    return stats
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class GatewayProcess:
+    """`trio-gateway serve` as a subprocess on a free loopback port."""
+
+    def __init__(self, *flags: str) -> None:
+        self.port = free_port()
+        exe = Path(sys.executable).parent / "trio-gateway"
+        self.log = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [str(exe), "serve", "--port", str(self.port), "--log-level", "warning", *flags],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the gateway did not start; see {self.log.name}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def run_wrk(port: int, connections: int, seconds: float, body: dict[str, Any]) -> dict[str, Any]:
+    """wrk -t1, as `shared/peers/side_by_side.sh` runs it against Dynamo."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(json.dumps(body))}\n"
+        )
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            "--timeout",
+            "30s",
+            "-s",
+            script.name,
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(script.name)
+    rps = next(float(line.split()[1]) for line in out.splitlines() if "Requests/sec" in line)
+    bad = [
+        line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line
+    ]
+    return {"requests_per_s": rps, "errors": bad}
+
+
+def environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "wrk": wrk_available(),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def save(name: str, document: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.2f}"
+
+
+def raise_fd_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    del soft
