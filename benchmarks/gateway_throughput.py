@@ -22,7 +22,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.loadgen import (  # noqa: E402
+from benchmarks.loadgen import (
     BODY,
     GatewayProcess,
     cpu_seconds,
@@ -38,8 +38,8 @@ from benchmarks.loadgen import (  # noqa: E402
     save,
     wrk_available,
 )
-from trio_gateway.engines.mock import MockEngine  # noqa: E402
-from trio_gateway.generation import Chunk, GenerationRequest, MockOptions  # noqa: E402
+from trio_gateway.engines.mock import MockEngine
+from trio_gateway.generation import Chunk, GenerationRequest, MockOptions
 
 PROBES = 16
 

@@ -150,7 +150,9 @@ class GatewayProcess:
     def __init__(self, *flags: str) -> None:
         self.port = free_port()
         exe = Path(sys.executable).parent / "trio-gateway"
-        self.log = tempfile.NamedTemporaryFile(prefix="gateway-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
+            prefix="gateway-", suffix=".log", delete=False
+        )
         self.proc = subprocess.Popen(
             [str(exe), "serve", "--port", str(self.port), "--log-level", "warning", *flags],
             stdout=self.log,
