@@ -7,10 +7,10 @@ Each field is a flag (`mock_itl_ms` → `--mock-itl-ms`) and an environment vari
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import math
 import os
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,10 @@ class GatewayConfig:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}: must be a finite number, got {value}")
         positive = ("port", "mock_max_num_seqs", "max_model_len", "stream_buffer", "backlog")
         for name in positive:
             if getattr(self, name) < 1:
@@ -130,6 +134,8 @@ def load_config(
         if env_name in environ:
             values[name] = _convert(env_name, kind, environ[env_name])
     for name, raw in (overrides or {}).items():
+        if name not in types:
+            raise ConfigError(f"{name}: unknown setting")
         if raw is not None:
             values[name] = _convert("--" + name.replace("_", "-"), types[name], raw)
     return GatewayConfig(**values)
@@ -154,7 +160,3 @@ def config_from_args(
 ) -> GatewayConfig:
     overrides = {f.name: getattr(args, f.name, None) for f in fields(GatewayConfig)}
     return load_config(file=args.config, environ=environ, overrides=overrides)
-
-
-def config_names() -> Sequence[str]:
-    return [f.name for f in dataclasses.fields(GatewayConfig)]

@@ -67,8 +67,8 @@ class Sequence:
 
 class BatchScheduler:
     def __init__(self, step_s: float, max_num_seqs: int) -> None:
-        if step_s <= 0:
-            raise ValueError("step_s must be positive")
+        if not (0 < step_s < NEVER):
+            raise ValueError("step_s must be positive and finite")
         self.step_s = step_s
         self.max_num_seqs = max_num_seqs
         self.running: list[Sequence] = []
@@ -128,7 +128,7 @@ class BatchScheduler:
 
     def _advance(self, seq: Sequence, now: float) -> None:
         period = self.step_s if seq.itl is None else seq.itl
-        due_steps = 1 + int((now - seq.next_due) / period) if period > 0 else NEVER
+        due_steps = 1 + int((now - seq.next_due) / period + 1e-9) if period > 0 else NEVER
         produced = 0
         while produced < due_steps and not seq.finished:
             if seq.stall_after is not None and seq.generated >= seq.stall_after:
@@ -160,11 +160,14 @@ class BatchScheduler:
             if cut >= 0:
                 text = candidate[len(seq._text) : cut] if cut > len(seq._text) else ""
                 finish = "stop"
-            else:
-                seq._text = candidate
         if finish is None and seq.generated + 1 >= seq.target_tokens:
             finish = seq.finish_reason
-        return self._deliver(seq, Chunk(text, 1, finish, seq.prompt_tokens if finish else None))
+        chunk = Chunk(text, 1, finish, seq.prompt_tokens if finish else None)
+        if not self._deliver(seq, chunk):
+            return False
+        if seq.stop:
+            seq._text += text  # only what the reader took
+        return True
 
     def _deliver(self, seq: Sequence, chunk: Chunk) -> bool:
         if not seq.emit(chunk):

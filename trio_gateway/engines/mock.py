@@ -80,7 +80,7 @@ class MockEngine:
         if mock is not None and mock.tokens is not None:
             target = mock.tokens
         finish_reason = "stop"
-        if request.max_tokens is not None and request.max_tokens < target:
+        if request.max_tokens is not None and request.max_tokens <= target:
             target, finish_reason = request.max_tokens, "length"
         ttft = self.ttft if mock is None or mock.ttft_ms is None else mock.ttft_ms / 1000
         itl = None if mock is None or mock.itl_ms is None else mock.itl_ms / 1000

@@ -256,7 +256,11 @@ def parse_generation_request(
                 "stream_options",
                 "invalid_value",
             )
-        include_usage = options.get("include_usage", False) is True
+        include_usage = options.get("include_usage", False)
+        if include_usage is None:
+            include_usage = False
+        if not isinstance(include_usage, bool):
+            raise _type_error("stream_options.include_usage", "a boolean", include_usage)
     n = body.get("n")
     if n is not None:
         if not _is_int(n):
@@ -270,7 +274,9 @@ def parse_generation_request(
     _optional_number(body, "presence_penalty", -2.0, 2.0)
     _optional_number(body, "frequency_penalty", -2.0, 2.0)
 
-    session_id = body.get("session_id", session_header)
+    session_id = body.get("session_id")
+    if session_id is None:
+        session_id = session_header
     if session_id is not None and (not isinstance(session_id, str) or not session_id):
         raise _type_error("session_id", "a non-empty string", session_id)
 

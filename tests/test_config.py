@@ -1,0 +1,330 @@
+"""Settings: defaults < TOML file < TRIO_GATEWAY_* < overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trio_gateway.config import (
+    ENV_PREFIX,
+    ConfigError,
+    GatewayConfig,
+    add_config_flags,
+    config_from_args,
+    load_config,
+)
+
+NO_ENV: dict[str, str] = {}
+
+
+def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    config = load_config(environ=NO_ENV)
+    assert config == GatewayConfig()
+    assert config.host == "127.0.0.1"
+    assert config.port == 8000
+    assert config.model == "mock"
+    assert config.mock_ttft_ms == 5.0
+    assert config.mock_itl_ms == 10.0
+    assert config.mock_max_num_seqs == 256
+    assert config.mock_tokens == 100
+    assert config.max_model_len == 32768
+    assert config.inactivity_timeout_s == 60.0
+    assert config.stream_buffer == 64
+    assert config.max_body_bytes == 4 * 1024 * 1024
+    assert config.keep_alive_timeout_s == 5.0
+    assert config.graceful_timeout_s == 30.0
+    assert config.backlog == 2048
+    assert config.log_level == "info"
+
+
+def test_config_is_frozen() -> None:
+    config = GatewayConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 1  # type: ignore[misc]
+
+
+def test_toml_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'host = "0.0.0.0"\nport = 9000\nmock_itl_ms = 2\nmock-ttft-ms = 1.5\n'
+        'log_level = "DEBUG"\nmodel = "llama"\n',
+    )
+    config = load_config(file=path, environ=NO_ENV)
+    assert config.host == "0.0.0.0"
+    assert config.port == 9000
+    assert config.mock_itl_ms == 2.0
+    assert isinstance(config.mock_itl_ms, float)  # an int in TOML becomes a float
+    assert config.mock_ttft_ms == 1.5  # dashed keys work too
+    assert config.log_level == "DEBUG"
+    assert config.model == "llama"
+    assert config.backlog == 2048  # untouched
+
+
+def test_file_path_as_string(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = 9001\n")
+    assert load_config(file=str(path), environ=NO_ENV).port == 9001
+
+
+def test_file_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = 9002\n")
+    config = load_config(environ={ENV_PREFIX + "CONFIG": str(path)})
+    assert config.port == 9002
+
+
+def test_explicit_file_beats_config_env(tmp_path: Path) -> None:
+    explicit = write(tmp_path, "port = 1111\n", "a.toml")
+    from_env = write(tmp_path, "port = 2222\n", "b.toml")
+    config = load_config(file=explicit, environ={ENV_PREFIX + "CONFIG": str(from_env)})
+    assert config.port == 1111
+
+
+def test_environment() -> None:
+    environ = {
+        "TRIO_GATEWAY_PORT": " 8123 ",
+        "TRIO_GATEWAY_MOCK_ITL_MS": "0.5",
+        "TRIO_GATEWAY_HOST": "::1",
+        "TRIO_GATEWAY_LOG_LEVEL": "warning",
+        "UNRELATED": "x",
+        "PORT": "1",
+    }
+    config = load_config(environ=environ)
+    assert config.port == 8123
+    assert config.mock_itl_ms == 0.5
+    assert config.host == "::1"
+    assert config.log_level == "warning"
+
+
+def test_overrides() -> None:
+    config = load_config(environ=NO_ENV, overrides={"port": "7000", "mock_tokens": 3})
+    assert config.port == 7000
+    assert config.mock_tokens == 3
+
+
+def test_none_overrides_are_ignored() -> None:
+    config = load_config(environ={"TRIO_GATEWAY_PORT": "7001"}, overrides={"port": None})
+    assert config.port == 7001
+
+
+def test_precedence(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = 1001\nbacklog = 11\nstream_buffer = 5\n")
+    environ = {"TRIO_GATEWAY_BACKLOG": "22", "TRIO_GATEWAY_STREAM_BUFFER": "6"}
+    config = load_config(file=path, environ=environ, overrides={"stream_buffer": "7"})
+    assert config.mock_tokens == 100  # default
+    assert config.port == 1001  # file over default
+    assert config.backlog == 22  # env over file
+    assert config.stream_buffer == 7  # override over env
+
+
+def test_inactivity_timeout_property() -> None:
+    assert GatewayConfig(inactivity_timeout_s=2.5).inactivity_timeout == 2.5
+    assert GatewayConfig(inactivity_timeout_s=0).inactivity_timeout == math.inf
+    assert load_config(environ={"TRIO_GATEWAY_INACTIVITY_TIMEOUT_S": "0"}).inactivity_timeout == (
+        math.inf
+    )
+
+
+# --- bad values -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"port": 0}, "port"),
+        ({"port": 65536}, "port"),
+        ({"mock_max_num_seqs": 0}, "mock_max_num_seqs"),
+        ({"max_model_len": 0}, "max_model_len"),
+        ({"stream_buffer": 0}, "stream_buffer"),
+        ({"backlog": -1}, "backlog"),
+        ({"mock_ttft_ms": -1.0}, "mock_ttft_ms"),
+        ({"mock_itl_ms": -1.0}, "mock_itl_ms"),
+        ({"mock_itl_ms": 0.0}, "mock_itl_ms"),
+        ({"mock_tokens": -1}, "mock_tokens"),
+        ({"inactivity_timeout_s": -0.5}, "inactivity_timeout_s"),
+        ({"max_body_bytes": -1}, "max_body_bytes"),
+        ({"keep_alive_timeout_s": -1.0}, "keep_alive_timeout_s"),
+        ({"graceful_timeout_s": -1.0}, "graceful_timeout_s"),
+        ({"model": ""}, "model"),
+        ({"log_level": "loud"}, "log_level"),
+    ],
+)
+def test_bad_values_name_the_key(values: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        GatewayConfig(**values)
+    assert str(caught.value).startswith(key + ":")
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ=NO_ENV, overrides=values)
+    assert str(caught.value).startswith(key + ":")
+
+
+def test_config_error_is_a_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_boundaries_are_accepted() -> None:
+    config = GatewayConfig(
+        port=65535,
+        mock_max_num_seqs=1,
+        max_model_len=1,
+        stream_buffer=1,
+        backlog=1,
+        mock_ttft_ms=0.0,
+        mock_tokens=0,
+        inactivity_timeout_s=0.0,
+        max_body_bytes=0,
+        log_level="CRITICAL",
+    )
+    assert (config.port, config.mock_tokens, config.log_level) == (65535, 0, "CRITICAL")
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "80.5"),
+        ("PORT", ""),
+        ("MOCK_ITL_MS", "fast"),
+        ("MOCK_TOKENS", "1e3"),
+    ],
+)
+def test_env_bad_type_names_the_variable(name: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(environ={ENV_PREFIX + name: raw})
+    message = str(caught.value)
+    assert message.startswith(ENV_PREFIX + name + ": expected ")
+    assert repr(raw) in message
+
+
+def test_env_bad_value_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"^port: must be at least 1, got 0$"):
+        load_config(environ={"TRIO_GATEWAY_PORT": "0"})
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "kind"),
+    [
+        ("port = 80.0\n", "port", "int"),
+        ("port = true\n", "port", "int"),
+        ("mock_itl_ms = true\n", "mock_itl_ms", "float"),
+        ("host = 5\n", "host", "str"),
+        ("mock-tokens = [1]\n", "mock-tokens", "int"),
+        ("log_level = { a = 1 }\n", "log_level", "str"),
+    ],
+)
+def test_file_bad_type_names_the_key(tmp_path: Path, text: str, key: str, kind: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(file=write(tmp_path, text), environ=NO_ENV)
+    assert str(caught.value).startswith(f"{key}: expected {kind}, got ")
+
+
+def test_file_strings_are_converted_like_env_values(tmp_path: Path) -> None:
+    path = write(tmp_path, 'port = "80"\nmock_itl_ms = " 2.5 "\n')
+    config = load_config(file=path, environ=NO_ENV)
+    assert (config.port, config.mock_itl_ms) == (80, 2.5)
+
+
+def test_override_bad_type_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"^--mock-max-num-seqs: expected int, got 'lots'$"):
+        load_config(environ=NO_ENV, overrides={"mock_max_num_seqs": "lots"})
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = 1\nturbo = true\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(file=path, environ=NO_ENV)
+    assert str(caught.value) == f"turbo: unknown setting in {path}"
+
+
+def test_table_in_file_is_an_unknown_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"^server: unknown setting"):
+        load_config(file=path, environ=NO_ENV)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(file=missing, environ=NO_ENV)
+    assert str(caught.value) == f"config: cannot read {missing}: No such file or directory"
+    assert caught.value.__cause__ is None
+
+
+def test_directory_is_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^config: cannot read .*: Is a directory$"):
+        load_config(file=tmp_path, environ=NO_ENV)
+
+
+def test_missing_file_from_environment(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=r"^config: cannot read"):
+        load_config(environ={"TRIO_GATEWAY_CONFIG": str(missing)})
+
+
+@pytest.mark.parametrize("text", ["port = \n", "port 8000\n", "[unclosed\n", 'host = "a\n'])
+def test_invalid_toml(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(file=path, environ=NO_ENV)
+    assert str(caught.value).startswith(f"config: {path} is not valid TOML: ")
+    assert caught.value.__cause__ is None
+
+
+def test_empty_file_gives_defaults(tmp_path: Path) -> None:
+    assert load_config(file=write(tmp_path, ""), environ=NO_ENV) == GatewayConfig()
+
+
+def test_file_value_checked_after_merge(tmp_path: Path) -> None:
+    # A bad file value is fine when a later source replaces it.
+    path = write(tmp_path, "port = 0\n")
+    assert load_config(file=path, environ={"TRIO_GATEWAY_PORT": "8080"}).port == 8080
+
+
+@pytest.mark.parametrize("name", ["MOCK_ITL_MS", "MOCK_TTFT_MS", "INACTIVITY_TIMEOUT_S"])
+def test_nan_is_rejected(name: str) -> None:
+    with pytest.raises(ConfigError, match=name.lower()):
+        load_config(environ={ENV_PREFIX + name: "nan"})
+
+
+# --- argparse -------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    return p
+
+
+def test_flags_default_to_none_so_other_sources_show() -> None:
+    args = parser().parse_args([])
+    assert args.config is None
+    assert all(getattr(args, name) is None for name in config_names())
+    config = config_from_args(args, environ={"TRIO_GATEWAY_PORT": "8500"})
+    assert config.port == 8500
+
+
+def test_flags_win(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = 1\nmock_itl_ms = 3\n")
+    args = parser().parse_args(
+        ["--config", str(path), "--port", "8600", "--mock-ttft-ms", "0.25", "--log-level", "error"]
+    )
+    config = config_from_args(args, environ={"TRIO_GATEWAY_PORT": "2"})
+    assert config.port == 8600
+    assert config.mock_itl_ms == 3.0
+    assert config.mock_ttft_ms == 0.25
+    assert config.log_level == "error"
+
+
+def test_bad_flag_value_names_the_flag() -> None:
+    args = parser().parse_args(["--stream-buffer", "big"])
+    with pytest.raises(ConfigError, match=r"^--stream-buffer: expected int"):
+        config_from_args(args, environ=NO_ENV)

@@ -1,0 +1,404 @@
+"""The mock engine under MockClock: timing, limits, cancellation, failures, backpressure."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+from trio_gateway.engines.batch_scheduler import WORDS, prompt_token_count
+from trio_gateway.engines.mock import MockEngine
+from trio_gateway.generation import Chunk, GenerationRequest, MockOptions
+from trio_gateway.openai.errors import APIError
+
+PROMPT = "hello there"
+
+
+def request(
+    prompt: str = PROMPT,
+    *,
+    max_tokens: int | None = None,
+    stop: tuple[str, ...] = (),
+    mock: MockOptions | None = None,
+) -> GenerationRequest:
+    return GenerationRequest(
+        request_id="req-1",
+        endpoint="chat",
+        model="mock",
+        prompt=prompt,
+        stream=True,
+        max_tokens=max_tokens,
+        stop=stop,
+        mock=mock,
+    )
+
+
+def words(prompt: str, count: int) -> str:
+    seed = zlib.crc32(prompt.encode())
+    return "".join(
+        ("" if i == 0 else " ") + WORDS[(seed + i * 7) % len(WORDS)] for i in range(count)
+    )
+
+
+@asynccontextmanager
+async def running(engine: MockEngine) -> AsyncIterator[trio.Nursery]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        yield nursery
+        nursery.cancel_scope.cancel()
+
+
+class Collector:
+    """Reads a channel until the final chunk, noting when each chunk arrived."""
+
+    def __init__(self, capacity: int = 1000) -> None:
+        self.send, self.receive = trio.open_memory_channel[Chunk](capacity)
+        self.chunks: list[Chunk] = []
+        self.times: list[float] = []
+        self.start = trio.current_time()
+
+    async def read(self) -> None:
+        async for chunk in self.receive:
+            self.chunks.append(chunk)
+            self.times.append(trio.current_time() - self.start)
+            if chunk.finish_reason is not None:
+                return
+
+    @property
+    def text(self) -> str:
+        return "".join(chunk.text for chunk in self.chunks)
+
+
+async def generate(engine: MockEngine, req: GenerationRequest) -> Collector:
+    collector = Collector()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collector.read)
+        await engine.generate(req, collector.send)
+    return collector
+
+
+async def test_run_reports_started(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine()
+    assert engine.started is False
+    async with running(engine):
+        assert engine.started is True
+        assert engine.active == 0
+        assert engine.name == "mock"
+        assert engine.models == ("mock",)
+
+
+async def test_ttft_then_one_token_per_itl(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=250, itl_ms=500)
+    async with running(engine):
+        start = trio.current_time()
+        collector = await generate(engine, request(max_tokens=4))
+        assert trio.current_time() - start == pytest.approx(1.75)
+    assert collector.times == pytest.approx([0.25, 0.75, 1.25, 1.75])
+    assert engine.active == 0
+
+
+async def test_default_millisecond_timing(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=5, itl_ms=10)
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=20))
+    assert len(collector.chunks) == 20
+    assert collector.times[0] == pytest.approx(0.005)
+    assert collector.times[-1] == pytest.approx(0.005 + 19 * 0.010)
+    gaps = [b - a for a, b in zip(collector.times, collector.times[1:], strict=False)]
+    assert gaps == pytest.approx([0.010] * 19)
+
+
+async def test_max_tokens_is_honoured(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(default_tokens=100)
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=7))
+    assert len(collector.chunks) == 7
+    assert [c.finish_reason for c in collector.chunks] == [None] * 6 + ["length"]
+    assert [c.prompt_tokens for c in collector.chunks] == [None] * 6 + [prompt_token_count(PROMPT)]
+    assert collector.text == words(PROMPT, 7)
+
+
+async def test_default_tokens_finish_with_stop(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(default_tokens=5)
+    async with running(engine):
+        collector = await generate(engine, request())
+    assert len(collector.chunks) == 5
+    assert collector.chunks[-1].finish_reason == "stop"
+
+
+async def test_mock_tokens_below_max_tokens_finish_with_stop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine()
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=10, mock=MockOptions(tokens=3)))
+    assert len(collector.chunks) == 3
+    assert collector.chunks[-1].finish_reason == "stop"
+
+
+async def test_max_tokens_below_mock_tokens_finish_with_length(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine()
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=2, mock=MockOptions(tokens=30)))
+    assert len(collector.chunks) == 2
+    assert collector.chunks[-1].finish_reason == "length"
+
+
+async def test_zero_tokens_is_one_empty_final_chunk(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine(ttft_ms=40)
+    async with running(engine):
+        collector = await generate(engine, request(mock=MockOptions(tokens=0)))
+    assert collector.chunks == [Chunk("", 0, "stop", prompt_token_count(PROMPT))]
+    assert collector.times == pytest.approx([0.040])
+
+
+async def test_mock_timing_overrides(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=5, itl_ms=10)
+    async with running(engine):
+        mock = MockOptions(tokens=3, ttft_ms=1000, itl_ms=250)
+        collector = await generate(engine, request(mock=mock))
+    assert collector.times == pytest.approx([1.0, 1.25, 1.5])
+
+
+async def test_stop_strings_are_applied(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine()
+    full = words(PROMPT, 3)
+    third = full.split(" ")[2]
+    async with running(engine):
+        collector = await generate(engine, request(stop=(third,), mock=MockOptions(tokens=10)))
+    assert collector.chunks[-1].finish_reason == "stop"
+    assert collector.text == full[: full.index(third)]
+
+
+async def test_requests_in_flight_share_engine_steps(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine(ttft_ms=250, itl_ms=500)
+    results: list[Collector] = []
+
+    async def one(delay: float) -> None:
+        await trio.sleep(delay)
+        results.append(await generate(engine, request(max_tokens=3)))
+
+    async with running(engine):
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, 0.0)
+            nursery.start_soon(one, 0.6)
+    first, second = sorted(results, key=lambda c: c.start)
+    assert [t + first.start - start for t in first.times] == pytest.approx([0.25, 0.75, 1.25])
+    # Submitted at 0.6 with 0.25 of prefill (0.85), it waits for the batch's step at 1.25.
+    assert [t + second.start - start for t in second.times] == pytest.approx([1.25, 1.75, 2.25])
+
+
+async def test_max_num_seqs_queues_the_rest(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=0, itl_ms=100, max_num_seqs=2)
+    ends: list[float] = []
+
+    async def one() -> None:
+        await generate(engine, request(max_tokens=5))
+        ends.append(trio.current_time())
+
+    async with running(engine):
+        start = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(one)
+            await trio.sleep(0.01)
+            assert len(engine.scheduler.running) == 2
+            assert len(engine.scheduler.waiting) == 3
+            assert engine.active == 5
+    # Three waves of two, two and one: 5 tokens 0.1 s apart, the next wave's first token in
+    # the step where the previous wave's last one was emitted.
+    assert [round(t - start, 6) for t in sorted(ends)] == [0.4, 0.4, 0.8, 0.8, 1.2]
+    assert engine.active == 0
+
+
+async def test_cancelling_the_caller_removes_the_sequence_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine(ttft_ms=5, itl_ms=10)
+    send, receive = trio.open_memory_channel[Chunk](10_000)
+    async with running(engine):
+        with trio.move_on_after(0.5) as scope:
+            await engine.generate(request(mock=MockOptions(tokens=1000)), send)
+        assert scope.cancelled_caught
+        assert engine.active == 0
+        count = 0
+        while True:
+            try:
+                receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+            count += 1
+        assert count == 50  # 0.005, 0.015, ..., 0.495
+        await trio.sleep(10)
+        with pytest.raises(trio.WouldBlock):
+            receive.receive_nowait()
+
+
+async def test_cancelling_before_the_first_token(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=10_000)
+    send, receive = trio.open_memory_channel[Chunk](10)
+    async with running(engine):
+        with trio.move_on_after(1):
+            await engine.generate(request(), send)
+        assert engine.active == 0
+        assert trio.current_time() < 2
+        await trio.sleep(20_000)
+        with pytest.raises(trio.WouldBlock):
+            receive.receive_nowait()
+
+
+async def test_cancelling_a_waiting_request(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=0, itl_ms=100, max_num_seqs=1)
+    async with running(engine):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(generate, engine, request(max_tokens=10))
+            await trio.sleep(0.01)
+            send, receive = trio.open_memory_channel[Chunk](10)
+            with trio.move_on_after(0.1):
+                await engine.generate(request(), send)
+            assert len(engine.scheduler.waiting) == 0
+            assert engine.active == 1
+        assert engine.active == 0
+        with pytest.raises(trio.WouldBlock):
+            receive.receive_nowait()
+
+
+async def test_cancelling_the_running_request_admits_the_next_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine(ttft_ms=250, itl_ms=1000, max_num_seqs=1)
+    second: list[Collector] = []
+
+    async def waiter() -> None:
+        second.append(await generate(engine, request(max_tokens=2)))
+
+    async with running(engine):
+        start = trio.current_time()
+        send, _receive = trio.open_memory_channel[Chunk](100)
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(3.5):
+                nursery.start_soon(waiter)
+                await engine.generate(request(), send)
+            assert engine.active == 1
+            assert engine.scheduler.running == []  # the slot is free at once ...
+            assert len(engine.scheduler.waiting) == 1
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(engine.scheduler.running) == 1  # ... and the engine woke to fill it
+            assert trio.current_time() - start == pytest.approx(3.5)
+    # Freed at 3.5, admitted then (not at the old batch's next step), 0.25 of prefill.
+    [collector] = second
+    assert [t + collector.start - start for t in collector.times] == pytest.approx([3.75, 4.75])
+
+
+async def test_error_after_raises_api_error(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=5, itl_ms=10)
+    collector = Collector()
+    async with running(engine):
+        with pytest.raises(APIError) as caught:
+            await engine.generate(request(mock=MockOptions(error_after=3)), collector.send)
+        assert engine.active == 0
+    assert caught.value.status == 500
+    assert caught.value.code == "internal_error"
+    assert caught.value.error_type == "internal"
+    assert "after 3 tokens" in caught.value.message
+    chunks = []
+    while True:
+        try:
+            chunks.append(collector.receive.receive_nowait())
+        except trio.WouldBlock:
+            break
+    assert len(chunks) == 3
+    assert all(c.finish_reason is None for c in chunks)
+
+
+async def test_stall_after_holds_until_cancelled(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=5, itl_ms=10)
+    send, receive = trio.open_memory_channel[Chunk](100)
+    async with running(engine):
+        with trio.move_on_after(3600) as scope:
+            await engine.generate(request(mock=MockOptions(stall_after=2)), send)
+        assert scope.cancelled_caught
+        assert engine.active == 0
+    assert [receive.receive_nowait().finish_reason for _ in range(2)] == [None, None]
+    with pytest.raises(trio.WouldBlock):
+        receive.receive_nowait()
+
+
+async def test_full_channel_pauses_the_sequence_until_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    capacity = 3
+    engine = MockEngine(ttft_ms=0, itl_ms=100)
+    send, receive = trio.open_memory_channel[Chunk](capacity)
+    finished = trio.Event()
+
+    async def producer() -> None:
+        await engine.generate(request(mock=MockOptions(tokens=8)), send)
+        finished.set()
+
+    async with running(engine), trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        await trio.sleep(5)
+        [seq] = engine.scheduler.running
+        assert seq.generated == capacity
+        await trio.sleep(60)
+        assert seq.generated == capacity  # no progress while nobody reads
+        assert not finished.is_set()
+
+        first = await receive.receive()
+        assert first.text == words(PROMPT, 1)
+        await trio.sleep(0.15)  # the next engine step (at most 0.1 s away) retries
+        assert seq.generated == capacity + 1
+        await trio.sleep(5)
+        assert seq.generated == capacity + 1  # one freed slot, one token: no burst
+
+        rest = [await receive.receive() for _ in range(7)]
+        await finished.wait()
+    chunks = [first, *rest]
+    assert "".join(c.text for c in chunks) == words(PROMPT, 8)
+    assert [c.finish_reason for c in chunks] == [None] * 7 + ["stop"]
+    assert engine.active == 0
+
+
+async def test_generate_before_run_starts(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=250, itl_ms=500)
+    collector = Collector()
+    generated = trio.Event()
+
+    async def produce() -> None:
+        await engine.generate(request(max_tokens=2), collector.send)
+        generated.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collector.read)
+        nursery.start_soon(produce)
+        await trio.sleep(0.1)
+        assert engine.active == 1
+        assert collector.chunks == []
+        await nursery.start(engine.run)
+        await generated.wait()
+        nursery.cancel_scope.cancel()
+    assert collector.times == pytest.approx([0.25, 0.75])
+    assert engine.active == 0
+
+
+async def test_max_tokens_equal_to_the_answer_finishes_with_length(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # As vLLM reports it: the limit was reached, whether or not the model would have gone on.
+    engine = MockEngine()
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=4, mock=MockOptions(tokens=4)))
+    assert len(collector.chunks) == 4
+    assert collector.chunks[-1].finish_reason == "length"
