@@ -196,7 +196,7 @@ def run_wrk(port: int, connections: int, seconds: float, body: dict[str, Any]) -
             'wrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = {json.dumps(json.dumps(body))}\n"
         )
-    out = subprocess.run(
+    done = subprocess.run(
         [
             "wrk",
             "-t1",
@@ -210,8 +210,10 @@ def run_wrk(port: int, connections: int, seconds: float, body: dict[str, Any]) -
         ],
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout} {done.stderr}")
+    out = done.stdout
     os.unlink(script.name)
     rps = next(float(line.split()[1]) for line in out.splitlines() if "Requests/sec" in line)
     bad = [
