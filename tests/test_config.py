@@ -43,7 +43,10 @@ def test_defaults() -> None:
     assert config.stream_buffer == 64
     assert config.max_body_bytes == 4 * 1024 * 1024
     assert config.keep_alive_timeout_s == 5.0
-    assert config.graceful_timeout_s == 30.0
+    assert config.graceful_timeout_s == 5.0
+    assert config.drain_timeout_s == 30.0
+    assert config.api_keys == ()
+    assert config.admin_token == ""
     assert config.backlog == 2048
     assert config.log_level == "info"
 
@@ -140,7 +143,7 @@ def test_inactivity_timeout_property() -> None:
 @pytest.mark.parametrize(
     ("values", "key"),
     [
-        ({"port": 0}, "port"),
+        ({"port": -1}, "port"),
         ({"port": 65536}, "port"),
         ({"mock_max_num_seqs": 0}, "mock_max_num_seqs"),
         ({"max_model_len": 0}, "max_model_len"),
@@ -206,8 +209,36 @@ def test_env_bad_type_names_the_variable(name: str, raw: str) -> None:
 
 
 def test_env_bad_value_names_the_field() -> None:
-    with pytest.raises(ConfigError, match=r"^port: must be at least 1, got 0$"):
-        load_config(environ={"TRIO_GATEWAY_PORT": "0"})
+    with pytest.raises(ConfigError, match=r"^port: must be between 0 and 65535, got -1$"):
+        load_config(environ={"TRIO_GATEWAY_PORT": "-1"})
+
+
+def test_port_zero_asks_for_an_ephemeral_port() -> None:
+    assert load_config(environ={"TRIO_GATEWAY_PORT": "0"}).port == 0
+
+
+def test_api_keys_from_env_file_and_flags(tmp_path: Path) -> None:
+    keys_file = write(tmp_path, "k3\n\n  k4  \n", "keys.txt")
+    config = load_config(
+        environ={"TRIO_GATEWAY_API_KEYS": "k1, k2", "TRIO_GATEWAY_API_KEYS_FILE": str(keys_file)}
+    )
+    assert config.api_keys == ("k1", "k2")
+    assert config.accepted_api_keys() == {"k1", "k2", "k3", "k4"}
+    args = parser().parse_args(["--api-key", "a", "--api-key", "b"])
+    assert config_from_args(args, environ={}).api_keys == ("a", "b")
+    assert "k1" not in repr(config)
+
+
+def test_unreadable_api_keys_file_names_the_key(tmp_path: Path) -> None:
+    config = load_config(environ={"TRIO_GATEWAY_API_KEYS_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match=r"^api_keys_file: cannot read"):
+        config.accepted_api_keys()
+
+
+def test_api_keys_must_be_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, "api_keys = [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"^api_keys: expected a list of strings"):
+        load_config(file=str(path), environ={})
 
 
 @pytest.mark.parametrize(

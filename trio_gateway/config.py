@@ -11,7 +11,7 @@ import math
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,17 @@ class GatewayConfig:
     inactivity_timeout_s: float = 60.0
     stream_buffer: int = 64
     max_body_bytes: int = 4 * 1024 * 1024
-    # hypercorn, when started by `trio-gateway serve`.
+    # Shutdown (DESIGN §5): in-flight requests get this long to finish after SIGTERM.
+    drain_timeout_s: float = 30.0
+    # Security: keys accepted on /v1/* (none: open), and the token of /admin/* (none:
+    # loopback clients only).
+    api_keys: tuple[str, ...] = field(default=(), repr=False, metadata={"flag": "--api-key"})
+    api_keys_file: str = ""
+    admin_token: str = field(default="", repr=False)
+    # hypercorn, when started by `trio-gateway serve`. Its graceful timeout only covers
+    # what is left once the gateway's own drain is over.
     keep_alive_timeout_s: float = 5.0
-    graceful_timeout_s: float = 30.0
+    graceful_timeout_s: float = 5.0
     backlog: int = 2048
     log_level: str = "info"
 
@@ -48,12 +56,12 @@ class GatewayConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}: must be a finite number, got {value}")
-        positive = ("port", "mock_max_num_seqs", "max_model_len", "stream_buffer", "backlog")
+        positive = ("mock_max_num_seqs", "max_model_len", "stream_buffer", "backlog")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.port > 65535:
-            raise ConfigError(f"port: must be at most 65535, got {self.port}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: must be between 0 and 65535, got {self.port}")
         non_negative = (
             "mock_ttft_ms",
             "mock_itl_ms",
@@ -62,6 +70,7 @@ class GatewayConfig:
             "max_body_bytes",
             "keep_alive_timeout_s",
             "graceful_timeout_s",
+            "drain_timeout_s",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -73,6 +82,20 @@ class GatewayConfig:
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
 
+    def accepted_api_keys(self) -> frozenset[str]:
+        """`api_keys` and the lines of `api_keys_file`; empty means no key is required."""
+        keys = set(self.api_keys)
+        if self.api_keys_file:
+            try:
+                text = Path(self.api_keys_file).read_text()
+            except OSError as error:
+                raise ConfigError(
+                    f"api_keys_file: cannot read {self.api_keys_file}: {error.strerror}"
+                ) from None
+            keys.update(line.strip() for line in text.splitlines())
+        keys.discard("")
+        return frozenset(keys)
+
     @property
     def inactivity_timeout(self) -> float:
         """Seconds a request may go without a chunk; 0 in the setting means never."""
@@ -80,6 +103,11 @@ class GatewayConfig:
 
 
 def _convert(name: str, kind: type, raw: Any) -> Any:
+    if kind is tuple:
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if isinstance(items, list | tuple) and all(isinstance(item, str) for item in items):
+            return tuple(item.strip() for item in items if item.strip())
+        raise ConfigError(f"{name}: expected a list of strings, got {raw!r}")
     if isinstance(raw, kind) and not (kind is not bool and isinstance(raw, bool)):
         return raw
     if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
@@ -99,7 +127,7 @@ def _convert(name: str, kind: type, raw: Any) -> Any:
     raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}")
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "tuple[str, ...]": tuple}
 
 
 def _field_types() -> dict[str, type]:
@@ -146,12 +174,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file of settings (also TRIO_GATEWAY_CONFIG)")
     defaults = GatewayConfig()
     for f in fields(GatewayConfig):
+        repeatable = _TYPES[str(f.type)] is tuple
+        default = getattr(defaults, f.name)
         parser.add_argument(
-            "--" + f.name.replace("_", "-"),
+            f.metadata.get("flag", "--" + f.name.replace("_", "-")),
             dest=f.name,
             default=None,
-            metavar=str(f.type).upper(),
-            help=f"default {getattr(defaults, f.name)!r}; env {ENV_PREFIX}{f.name.upper()}",
+            action="append" if repeatable else "store",
+            metavar=(f.name[:-1] if repeatable else str(f.type)).upper(),
+            help=("repeatable; " if repeatable else "")
+            + f"default {default!r}; env {ENV_PREFIX}{f.name.upper()}"
+            + (" (comma-separated)" if repeatable else ""),
         )
 
 
