@@ -16,6 +16,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from trio_gateway import __version__
 from trio_gateway.app import GatewayApp, create_app
 from trio_gateway.config import ConfigError, GatewayConfig, add_config_flags, config_from_args
+from trio_gateway.lifecycle.shutdown import GracefulShutdown
 
 log = logging.getLogger("trio_gateway")
 
@@ -31,19 +32,30 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     return hc
 
 
-async def wait_for_termination_signal() -> None:
+async def forward_signals(shutdown: GracefulShutdown) -> None:
+    """SIGTERM or SIGINT starts the drain; a second one cuts it short (DESIGN §5)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
-            log.info("received %s, shutting down", signal.Signals(signum).name)
-            return
+            shutdown.request_stop(signal.Signals(signum).name)
 
 
-async def serve(app: GatewayApp, config: GatewayConfig) -> None:
-    await hypercorn_serve(
-        app,  # type: ignore[arg-type]
-        hypercorn_config(config),
-        shutdown_trigger=wait_for_termination_signal,
-    )
+async def serve(
+    app: GatewayApp,
+    config: GatewayConfig,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hypercorn stops accepting only once the gateway's own drain has finished."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(forward_signals, app.gateway.shutdown)
+        await hypercorn_serve(
+            app,  # type: ignore[arg-type]
+            hypercorn_config(config),
+            shutdown_trigger=app.gateway.shutdown.wait_stopped,
+            task_status=task_status,
+        )
+        nursery.cancel_scope.cancel()
+    log.info("stopped")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
+        app = create_app(config)
     except ConfigError as error:
         print(f"trio-gateway: {error}", file=sys.stderr)
         return 2
@@ -76,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.mock_itl_ms,
             config.mock_max_num_seqs,
         )
-        trio.run(partial(serve, create_app(config), config))
+        trio.run(partial(serve, app, config))
     return 0
 
 

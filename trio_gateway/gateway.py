@@ -8,6 +8,7 @@ from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.lifecycle.ledger import InFlightLedger
+from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.metrics import GatewayMetrics
 from trio_gateway.openai.errors import model_not_found
 
@@ -17,6 +18,8 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.ledger = InFlightLedger()
+        self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s)
+        self.api_keys = config.accepted_api_keys()
         if engines is None:
             engines = [
                 MockEngine(
@@ -49,6 +52,11 @@ class Gateway:
     def running(self) -> bool:
         return self._nursery is not None
 
+    @property
+    def accepting(self) -> bool:
+        """Running, and not shutting down: new requests are taken."""
+        return self.running and self.shutdown.accepting
+
     def engine_for(self, model: str) -> Engine:
         try:
             return self._by_model[model]
@@ -59,6 +67,7 @@ class Gateway:
         """Start every engine's background work in `nursery`, which then hosts the flights."""
         for engine in self.engines:
             await nursery.start(engine.run)
+        await nursery.start(self.shutdown.run)
         self._nursery = nursery
 
     def stop(self) -> None:

@@ -10,12 +10,13 @@ import time
 from typing import Any
 
 import orjson
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trio_gateway.gateway import Gateway
-from trio_gateway.openai.errors import APIError, model_not_found
+from trio_gateway.http.auth import bearer_token, is_loopback, key_accepted
+from trio_gateway.openai.errors import APIError, invalid_api_key, model_not_found
 from trio_gateway.openai.responses import models_body
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,12 +41,44 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
             return _api_error(model_not_found(model))
         return _json(models_body([model], created)["data"][0])
 
+    @app.before_request
+    async def authorize() -> Response | None:
+        path = request.path
+        if path.startswith("/v1/") and gateway.api_keys:
+            token = bearer_token(request.headers.get("authorization"))
+            if not key_accepted(token, gateway.api_keys):
+                return _api_error(invalid_api_key())
+        elif path.startswith("/admin/"):
+            token = bearer_token(request.headers.get("authorization"))
+            admin_token = gateway.config.admin_token
+            allowed = (
+                key_accepted(token, [admin_token])
+                if admin_token
+                else is_loopback(request.scope.get("client"))
+            )
+            if not allowed:
+                return _api_error(
+                    APIError(
+                        403 if not admin_token else 401,
+                        "Admin endpoints need the admin token"
+                        if admin_token
+                        else "Admin endpoints answer only loopback clients when no "
+                        "--admin-token is set.",
+                        "invalid_request_error",
+                        None,
+                        "admin_forbidden",
+                        "unauthorized",
+                    )
+                )
+        return None
+
     @app.get("/health")
     async def health() -> Response:
         healthy = gateway.running
         return _json(
             {
                 "status": "ok" if healthy else "starting",
+                "phase": gateway.shutdown.phase.value,
                 "inflight": len(gateway.ledger),
                 "models": gateway.models,
             },
@@ -58,9 +91,25 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/ready")
     async def ready() -> Response:
-        if gateway.running:
+        if gateway.accepting:
             return _json({"status": "ready"})
-        return _json({"status": "not_ready"}, 503)
+        return _json({"status": "not_ready", "phase": gateway.shutdown.phase.value}, 503)
+
+    @app.post("/admin/drain")
+    async def drain() -> Response:
+        """Start the graceful shutdown; `?wait=true` answers once nothing is in flight
+        (a Kubernetes preStop hook that blocks until the pod is drained)."""
+        gateway.shutdown.request_stop("POST /admin/drain")
+        if request.args.get("wait", "").lower() in ("1", "true", "yes"):
+            await gateway.shutdown.wait_stopped()
+        return _json(
+            {
+                "phase": gateway.shutdown.phase.value,
+                "inflight": len(gateway.ledger),
+                "cut": gateway.shutdown.cut,
+            },
+            202 if gateway.shutdown.phase.value != "stopped" else 200,
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:

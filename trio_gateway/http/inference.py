@@ -18,10 +18,17 @@ import trio
 from trio_gateway.gateway import Gateway
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
 from trio_gateway.http.asgi import ClientGone, Receive, Scope, Send, header, read_body, send_error
+from trio_gateway.http.auth import bearer_token, key_accepted
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Flight, run_flight
 from trio_gateway.lifecycle.reader import ChunkReader
 from trio_gateway.openai import responses
-from trio_gateway.openai.errors import APIError, client_cancelled, shutting_down
+from trio_gateway.openai.errors import (
+    APIError,
+    client_cancelled,
+    draining,
+    invalid_api_key,
+    shutting_down,
+)
 from trio_gateway.openai.schemas import parse_generation_request, parse_json_body
 from trio_gateway.openai.sse import DONE, StreamEncoder, error_event
 
@@ -31,6 +38,7 @@ INFERENCE_ROUTES: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completion",
 }
+RETRY_AFTER_S = b"5"
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -59,6 +67,12 @@ async def handle_inference(
     model_label = "unknown"
     stream = False
     try:
+        if gateway.api_keys and not key_accepted(
+            bearer_token(header(scope, b"authorization")), gateway.api_keys
+        ):
+            raise invalid_api_key()
+        if not gateway.accepting:
+            raise draining() if gateway.running else shutting_down()
         content_type = header(scope, b"content-type")
         if content_type is not None and not content_type.lower().startswith(b"application/json"):
             raise _unsupported_media_type(content_type)
@@ -74,13 +88,14 @@ async def handle_inference(
         )
         engine = gateway.engine_for(request.model)
         model_label = request.model
-        if not gateway.running:
-            raise shutting_down()
     except ClientGone:
         gateway.metrics.request_ended(model_label, endpoint, stream, client_cancelled())
         return
     except APIError as error:
-        await send_error(send, error, [id_header])
+        headers = [id_header]
+        if error.status in (429, 503):
+            headers.append((b"retry-after", RETRY_AFTER_S))
+        await send_error(send, error, headers)
         gateway.metrics.request_ended(model_label, endpoint, stream, error)
         return
 

@@ -18,6 +18,7 @@ ERROR_TYPES = (
     "internal",
     "unavailable",
     "shutdown",
+    "unauthorized",
 )
 
 
@@ -87,6 +88,29 @@ def response_timeout(seconds: float) -> APIError:
 
 def shutting_down() -> APIError:
     return APIError(503, "The gateway is shutting down.", "shutdown", None, "shutdown", "shutdown")
+
+
+def draining() -> APIError:
+    return APIError(
+        503,
+        "The gateway is shutting down and takes no new requests; retry on another instance.",
+        "unavailable",
+        None,
+        "draining",
+        "unavailable",
+    )
+
+
+def invalid_api_key() -> APIError:
+    # Never echo the key back: it would end up in client logs and proxies.
+    return APIError(
+        401,
+        "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+        "invalid_request_error",
+        None,
+        "invalid_api_key",
+        "unauthorized",
+    )
 
 
 def client_cancelled() -> APIError:
