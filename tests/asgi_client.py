@@ -94,6 +94,7 @@ class Harness:
         *,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
+        client: tuple[str, int] = ("127.0.0.1", 50000),
     ) -> Exchange:
         """Start a request in the background; the returned exchange fills in as it runs."""
         if body is None:
@@ -102,6 +103,7 @@ class Harness:
         for name, value in (headers or {}).items():
             header_list = [(k, v) for k, v in header_list if k != name.lower().encode()]
             header_list.append((name.lower().encode(), value.encode()))
+        path, _, query = path.partition("?")
         scope = {
             "type": "http",
             "http_version": "1.1",
@@ -110,10 +112,10 @@ class Harness:
             "scheme": "http",
             "path": path,
             "raw_path": path.encode(),
-            "query_string": b"",
+            "query_string": query.encode(),
             "root_path": "",
             "headers": header_list,
-            "client": ("127.0.0.1", 50000),
+            "client": client,
             "server": ("127.0.0.1", 8000),
             "state": {},
             "extensions": {},
