@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -90,7 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.mock_max_num_seqs,
         )
         trio.run(partial(serve, app, config))
+        exit_without_teardown(0)
     return 0
+
+
+def exit_without_teardown(code: int) -> None:
+    """Exit once everything has been said and closed, skipping the interpreter's teardown.
+
+    Finalising the imported modules takes 150-300 ms here: time a rolling deploy waits on
+    a process that has already drained, closed its connections and flushed its logs.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
