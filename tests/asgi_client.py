@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import trio
 
-from trio_gateway.app import GatewayApp
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.gateway import Gateway
+from trio_gateway.http.application import GatewayApp
 from trio_gateway.http.asgi import Message
 
 

@@ -18,11 +18,11 @@ from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
 from tests.conftest import RecordingEngine, chat
-from trio_gateway.app import GatewayApp
 from trio_gateway.cli import hypercorn_config
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.gateway import Gateway
+from trio_gateway.http.application import GatewayApp
 
 T = TypeVar("T")
 
@@ -214,3 +214,12 @@ async def test_idle_keep_alive_connection_is_closed_by_the_server(
                         break  # the server closed the idle connection
                     received += data
         assert received.startswith(b"HTTP/1.1 200")
+
+
+def test_hypercorn_can_load_the_app_object() -> None:
+    from hypercorn.utils import load_application
+
+    from trio_gateway.http.application import GatewayApp
+
+    wrapped = load_application("trio_gateway.app:app", 0)
+    assert isinstance(wrapped.app, GatewayApp)

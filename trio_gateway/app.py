@@ -1,99 +1,11 @@
-"""The ASGI application: lifespan, the inference fast path, and quart for the rest.
+"""The ASGI application object, for `hypercorn --worker-class trio trio_gateway.app:app`.
 
-Deploy with `trio-gateway serve`, or `hypercorn --worker-class trio trio_gateway.app:app`
-(settings then come from `TRIO_GATEWAY_*` and `TRIO_GATEWAY_CONFIG`).
+Settings come from `TRIO_GATEWAY_*` and the TOML file named by `TRIO_GATEWAY_CONFIG`;
+importing this module builds the gateway (no I/O: engines start with the ASGI lifespan).
 """
 
 from __future__ import annotations
 
-import logging
+from trio_gateway.http.application import GatewayApp, create_app
 
-import trio
-from quart_trio import QuartTrio
-
-from trio_gateway.config import GatewayConfig, load_config
-from trio_gateway.gateway import Gateway
-from trio_gateway.http.asgi import Message, Receive, Scope, Send
-from trio_gateway.http.control import create_control_app
-from trio_gateway.http.inference import INFERENCE_ROUTES, handle_inference
-
-log = logging.getLogger("trio_gateway")
-
-
-class GatewayApp:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
-        self.control: QuartTrio = create_control_app(gateway)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            endpoint = INFERENCE_ROUTES.get(scope["path"])
-            if endpoint is not None and scope["method"] == "POST":
-                await handle_inference(self.gateway, endpoint, scope, receive, send)
-                return
-            receive, send = _keep_alive_safe(receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-            return
-        await self.control(scope, receive, send)  # type: ignore[arg-type]
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        """The gateway's nursery lives exactly as long as the ASGI lifespan."""
-        message = await receive()
-        assert message["type"] == "lifespan.startup"
-        async with trio.open_nursery() as nursery:
-            try:
-                await self.gateway.start(nursery)
-                self.control.nursery = nursery
-                await self.control.startup()
-            except Exception as error:
-                log.exception("startup failed")
-                await send({"type": "lifespan.startup.failed", "message": str(error)})
-                nursery.cancel_scope.cancel()
-                return
-            await send({"type": "lifespan.startup.complete"})
-            message = await receive()
-            self.gateway.stop()
-            await self.control.shutdown()
-            nursery.cancel_scope.cancel()
-        await send({"type": "lifespan.shutdown.complete"})
-
-
-def _keep_alive_safe(receive: Receive, send: Send) -> tuple[Receive, Send]:
-    """Work around the quart-trio + hypercorn keep-alive bug (DESIGN §6).
-
-    hypercorn queues `http.disconnect` once a response completes; quart-trio then cancels
-    its request nursery while hypercorn, inside our final `send`, starts the connection's
-    keep-alive idle timer, which dies with it. Hiding a disconnect that follows the final
-    body frame keeps the timer alive; quart ends the request itself right after.
-    """
-    final_sent = False
-
-    async def guarded_send(message: Message) -> None:
-        nonlocal final_sent
-        if message["type"] == "http.response.body" and not message.get("more_body", False):
-            final_sent = True
-        await send(message)
-
-    async def guarded_receive() -> Message:
-        message = await receive()
-        if final_sent and message["type"] == "http.disconnect":
-            await trio.sleep_forever()
-        return message
-
-    return guarded_receive, guarded_send
-
-
-def create_app(config: GatewayConfig | None = None) -> GatewayApp:
-    return GatewayApp(Gateway(config or load_config()))
-
-
-def __getattr__(name: str) -> GatewayApp:
-    # `hypercorn trio_gateway.app:app` imports this: build the app then, from the environment,
-    # so importing the module for anything else reads no settings.
-    if name == "app":
-        application = create_app()
-        globals()["app"] = application
-        return application
-    raise AttributeError(name)
+app: GatewayApp = create_app()

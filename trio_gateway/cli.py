@@ -15,8 +15,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from trio_gateway import __version__
-from trio_gateway.app import GatewayApp, create_app
 from trio_gateway.config import ConfigError, GatewayConfig, add_config_flags, config_from_args
+from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 
 log = logging.getLogger("trio_gateway")

@@ -1,0 +1,89 @@
+"""The ASGI application: lifespan, the inference fast path, and quart for the rest."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from quart_trio import QuartTrio
+
+from trio_gateway.config import GatewayConfig, load_config
+from trio_gateway.gateway import Gateway
+from trio_gateway.http.asgi import Message, Receive, Scope, Send
+from trio_gateway.http.control import create_control_app
+from trio_gateway.http.inference import INFERENCE_ROUTES, handle_inference
+
+log = logging.getLogger("trio_gateway")
+
+
+class GatewayApp:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.control: QuartTrio = create_control_app(gateway)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            endpoint = INFERENCE_ROUTES.get(scope["path"])
+            if endpoint is not None and scope["method"] == "POST":
+                await handle_inference(self.gateway, endpoint, scope, receive, send)
+                return
+            receive, send = _keep_alive_safe(receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await self.control(scope, receive, send)  # type: ignore[arg-type]
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """The gateway's nursery lives exactly as long as the ASGI lifespan."""
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        async with trio.open_nursery() as nursery:
+            try:
+                await self.gateway.start(nursery)
+                self.control.nursery = nursery
+                await self.control.startup()
+            except Exception as error:
+                log.exception("startup failed")
+                await send({"type": "lifespan.startup.failed", "message": str(error)})
+                nursery.cancel_scope.cancel()
+                return
+            await send({"type": "lifespan.startup.complete"})
+            message = await receive()
+            # Under `trio-gateway serve` the drain is over by now; under a bare hypercorn it
+            # runs here, after hypercorn's own graceful timeout (see the README).
+            self.gateway.shutdown.request_stop("ASGI lifespan shutdown")
+            await self.gateway.shutdown.wait_stopped()
+            self.gateway.stop()
+            await self.control.shutdown()
+            nursery.cancel_scope.cancel()
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _keep_alive_safe(receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """Work around the quart-trio + hypercorn keep-alive bug (DESIGN §6).
+
+    hypercorn queues `http.disconnect` once a response completes; quart-trio then cancels
+    its request nursery while hypercorn, inside our final `send`, starts the connection's
+    keep-alive idle timer, which dies with it. Hiding a disconnect that follows the final
+    body frame keeps the timer alive; quart ends the request itself right after.
+    """
+    final_sent = False
+
+    async def guarded_send(message: Message) -> None:
+        nonlocal final_sent
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            final_sent = True
+        await send(message)
+
+    async def guarded_receive() -> Message:
+        message = await receive()
+        if final_sent and message["type"] == "http.disconnect":
+            await trio.sleep_forever()
+        return message
+
+    return guarded_receive, guarded_send
+
+
+def create_app(config: GatewayConfig | None = None) -> GatewayApp:
+    return GatewayApp(Gateway(config or load_config()))
