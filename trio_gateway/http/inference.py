@@ -157,16 +157,21 @@ async def _write_stream(
         int(time.time()),
     )
     started = False
+
+    async def start(payload: bytes) -> bytes:
+        nonlocal started
+        started = True
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, id_header]}
+        )
+        return encoder.role() + payload
+
     while True:
         payload = encoder.chunks(await reader.batch())
         if reader.ended:
             break
         if not started:
-            started = True
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, id_header]}
-            )
-            payload = encoder.role() + payload
+            payload = await start(payload)
         await send({"type": "http.response.body", "body": payload, "more_body": True})
 
     error = flight.outcome(reader.finish_reason, gateway.config.inactivity_timeout)
@@ -176,10 +181,7 @@ async def _write_stream(
         if error is not None:
             await send_error(send, error, [id_header])
             return error
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, id_header]}
-        )
-        payload = encoder.role() + payload
+        payload = await start(payload)
     if error is not None:
         tail = error_event(error)
     elif request.include_usage:
