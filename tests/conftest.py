@@ -15,6 +15,8 @@ class RecordingEngine:
         self.inner = inner
         self.name = inner.name
         self.models = inner.models
+        self.capacity = inner.capacity
+        self.available = inner.available
         self.endings: list[str] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -21,6 +21,8 @@ from trio_gateway.generation import Chunk, GenerationRequest
 
 class MockEngine:
     name = "mock"
+    capacity: int | None = None  # it queues past max_num_seqs itself
+    available = True
 
     def __init__(
         self,

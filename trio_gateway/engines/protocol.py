@@ -17,12 +17,17 @@ class Engine(Protocol):
     should see, and stops at once when its caller's cancel scope is cancelled. It never
     closes `send`: the caller owns the channel.
 
+    A failure before any chunk was produced that another engine could serve (connection
+    refused, worker lost) is raised with `retryable=True`.
+
     `run` holds the engine's background work (a scheduler loop, connections) and is started
     with `nursery.start` in the gateway's nursery, so it lives and dies with the gateway.
     """
 
-    name: str
-    models: tuple[str, ...]
+    name: str  # unique among the gateway's engines: the worker id, the upstream's URL
+    models: tuple[str, ...]  # may change while the engine runs (a worker says hello)
+    capacity: int | None  # concurrent requests it takes; None: no limit at the gateway
+    available: bool  # connected and willing: the router only picks available engines
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

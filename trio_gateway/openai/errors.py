@@ -35,6 +35,9 @@ class APIError(Exception):
     param: str | None = None
     code: str | int | None = None
     error_type: str = "validation"
+    # True when the engine produced nothing before failing (a worker lost or refusing
+    # before the first chunk): the request may be tried again on another engine.
+    retryable: bool = False
 
     def body(self) -> dict[str, Any]:
         return {
@@ -116,6 +119,14 @@ def invalid_api_key() -> APIError:
 def client_cancelled() -> APIError:
     # Status 499 (nginx's "client closed request"): nobody reads it, metrics and logs do.
     return APIError(499, "The client disconnected.", "cancelled", None, "cancelled", "cancelled")
+
+
+def unavailable(message: str, *, retryable: bool = False) -> APIError:
+    return APIError(503, message, "unavailable", None, "unavailable", "unavailable", retryable)
+
+
+def overloaded(message: str) -> APIError:
+    return APIError(429, message, "overload", None, "overload", "overload")
 
 
 def internal_error(message: str = "The engine failed.") -> APIError:
