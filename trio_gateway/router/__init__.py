@@ -1,0 +1,1 @@
+"""Which engine serves a request: policies, circuit breakers, admission with a bounded queue."""

@@ -1,0 +1,172 @@
+"""Admission and routing: a slot on a backend, or a place in a bounded queue, or 429/503.
+
+The table of backends (their in-flight counts, capacities and breakers) and the choice are
+plain code; the only trio here is the wait of a queued request, which is an event per waiter
+and leaves the queue the moment its caller is cancelled (a client that went away).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from trio_gateway.engines.protocol import Engine
+from trio_gateway.openai.errors import APIError, model_not_found, overloaded, unavailable
+from trio_gateway.router.breaker import CircuitBreaker
+from trio_gateway.router.policies import Policy
+
+
+@dataclass(eq=False)
+class Backend:
+    engine: Engine
+    breaker: CircuitBreaker
+    inflight: int = 0
+    # Set by the gateway's override (`--max-inflight`); else the engine's own capacity.
+    max_inflight: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def capacity(self) -> int | None:
+        return self.max_inflight if self.max_inflight is not None else self.engine.capacity
+
+    def has_room(self) -> bool:
+        return self.capacity is None or self.inflight < self.capacity
+
+    def serves(self, model: str) -> bool:
+        return model in self.engine.models
+
+
+@dataclass
+class _Waiter:
+    event: trio.Event = field(default_factory=trio.Event)
+
+
+class Router:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        max_inflight: int | None = None,
+        queue_size: int = 1024,
+        queue_timeout: float = 30.0,
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 10.0,
+    ) -> None:
+        self.policy = policy
+        self.max_inflight = max_inflight
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self._breaker_threshold = breaker_threshold
+        self._breaker_cooldown = breaker_cooldown
+        self.backends: dict[str, Backend] = {}
+        self._waiters: list[_Waiter] = []
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def add(self, engine: Engine) -> Backend:
+        if engine.name in self.backends:
+            raise ValueError(f"a backend named {engine.name!r} is already routed to")
+        backend = Backend(
+            engine,
+            CircuitBreaker(self._breaker_threshold, self._breaker_cooldown),
+            max_inflight=self.max_inflight,
+        )
+        self.backends[engine.name] = backend
+        self.wake()
+        return backend
+
+    def remove(self, name: str) -> Backend | None:
+        return self.backends.pop(name, None)
+
+    def models(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for backend in self.backends.values():
+            for model in backend.engine.models:
+                seen.setdefault(model)
+        return list(seen)
+
+    def knows(self, model: str) -> bool:
+        return any(backend.serves(model) for backend in self.backends.values())
+
+    def _candidates(
+        self, model: str, exclude: Iterable[str], now: float
+    ) -> tuple[list[Backend], bool]:
+        """Backends that can take the request now, and whether any could later (when full)."""
+        excluded = set(exclude)
+        ready, could_later = [], False
+        for backend in self.backends.values():
+            if backend.name in excluded or not backend.serves(model):
+                continue
+            if not backend.engine.available or not backend.breaker.allows(now):
+                continue
+            if backend.has_room():
+                ready.append(backend)
+            else:
+                could_later = True
+        return ready, could_later
+
+    def try_acquire(self, model: str, exclude: Iterable[str] = ()) -> Backend | None:
+        """A slot now, or None; raises when the request cannot be served by waiting."""
+        now = trio.current_time()
+        ready, could_later = self._candidates(model, exclude, now)
+        if ready:
+            backend = self.policy.choose(ready)
+            assert isinstance(backend, Backend)
+            backend.inflight += 1
+            backend.breaker.on_dispatch(now)
+            return backend
+        if could_later:
+            return None
+        if not self.knows(model):
+            raise model_not_found(model)
+        raise unavailable(f"No backend serving {model!r} is available right now.")
+
+    async def acquire(self, model: str, exclude: Iterable[str] = ()) -> Backend:
+        """A slot on a backend, waiting in the bounded queue when every one is full."""
+        exclude = tuple(exclude)
+        backend = self.try_acquire(model, exclude)
+        if backend is not None:
+            return backend
+        if len(self._waiters) >= self.queue_size:
+            raise _overload(f"The queue is full ({self.queue_size} requests waiting).")
+        waiter = _Waiter()
+        self._waiters.append(waiter)
+        try:
+            with trio.move_on_after(self.queue_timeout):
+                while True:
+                    await waiter.event.wait()
+                    waiter.event = trio.Event()
+                    backend = self.try_acquire(model, exclude)
+                    if backend is not None:
+                        return backend
+        finally:
+            self._waiters.remove(waiter)
+        raise _overload(f"No capacity within {self.queue_timeout:g} s.")
+
+    def release(self, backend: Backend, verdict: bool | None) -> None:
+        """Give the slot back: `verdict` True for success, False for a backend failure
+        (counts towards its breaker), None when the request ended for another reason."""
+        backend.inflight -= 1
+        if verdict is True:
+            backend.breaker.on_success()
+        elif verdict is False:
+            backend.breaker.on_failure(trio.current_time())
+        else:
+            backend.breaker.on_abandoned()
+        self.wake()
+
+    def wake(self) -> None:
+        """Let queued requests look again (a slot freed, a backend came back)."""
+        for waiter in self._waiters:
+            waiter.event.set()
+
+
+def _overload(message: str) -> APIError:
+    return overloaded(message + " Retry later.")

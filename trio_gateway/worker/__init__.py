@@ -1,0 +1,1 @@
+"""Remote engine workers: the WebSocket request plane (protocol) and the worker server."""

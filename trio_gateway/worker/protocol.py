@@ -1,0 +1,303 @@
+"""The worker request plane's messages (DESIGN §4), as a pure codec: text frame ⇄ dataclass.
+
+One WebSocket per gateway-worker pair carries many requests; every per-request message has
+an `id`. A frame that is not a JSON object breaks the connection (framing is lost); a frame
+with an `id` that is otherwise bad fails only that request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from trio_gateway.generation import Chunk, GenerationRequest, MockOptions
+
+PROTOCOL_VERSION = 1
+TOKEN_HEADER = "authorization"
+
+
+class ProtocolError(Exception):
+    """A frame we cannot use. With `request_id`, only that request fails."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+# worker → gateway
+@dataclass(frozen=True, slots=True)
+class Hello:
+    worker_id: str
+    models: tuple[str, ...]
+    max_inflight: int
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkFrame:
+    id: str
+    text: str
+    tokens: int = 1
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+
+    def chunk(self) -> Chunk:
+        return Chunk(self.text, self.tokens, self.finish_reason, self.prompt_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorFrame:
+    id: str
+    message: str
+    type: str = "internal_error"
+    code: str | int | None = None
+    status: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SessionReply:
+    id: str
+    status: str  # "ok" | "error"
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    inflight: int
+    queued: int
+
+
+# gateway → worker
+@dataclass(frozen=True, slots=True)
+class Generate:
+    id: str
+    request: GenerationRequest
+    window: int
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    id: str
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    id: str
+    session_id: str
+    timeout: float
+    capacity_of_str_len: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSession:
+    id: str
+    session_id: str
+
+
+Message = (
+    Hello
+    | ChunkFrame
+    | End
+    | ErrorFrame
+    | SessionReply
+    | Load
+    | Generate
+    | Credit
+    | Cancel
+    | OpenSession
+    | CloseSession
+)
+
+_TYPE_OF: dict[type, str] = {
+    Hello: "hello",
+    ChunkFrame: "chunk",
+    End: "end",
+    ErrorFrame: "error",
+    SessionReply: "session",
+    Load: "load",
+    Generate: "generate",
+    Credit: "credit",
+    Cancel: "cancel",
+    OpenSession: "open_session",
+    CloseSession: "close_session",
+}
+
+
+def _request_fields(request: GenerationRequest) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "request_id": request.request_id,
+        "endpoint": request.endpoint,
+        "model": request.model,
+        "prompt": request.prompt,
+        "stream": request.stream,
+    }
+    if request.max_tokens is not None:
+        out["max_tokens"] = request.max_tokens
+    if request.stop:
+        out["stop"] = list(request.stop)
+    if request.mock is not None:
+        mock = request.mock
+        out["mock"] = {
+            name: getattr(mock, name)
+            for name in ("tokens", "itl_ms", "ttft_ms", "error_after", "stall_after")
+            if getattr(mock, name) is not None
+        }
+    return out
+
+
+def encode(message: Message) -> str:
+    if isinstance(message, ChunkFrame):  # the hot path: keep it short
+        frame: dict[str, Any] = {"type": "chunk", "id": message.id, "text": message.text}
+        if message.tokens != 1:
+            frame["tokens"] = message.tokens
+        if message.finish_reason is not None:
+            frame["finish_reason"] = message.finish_reason
+            if message.prompt_tokens is not None:
+                frame["prompt_tokens"] = message.prompt_tokens
+        return orjson.dumps(frame).decode()
+    if isinstance(message, Generate):
+        frame = {
+            "type": "generate",
+            "id": message.id,
+            "request": _request_fields(message.request),
+            "window": message.window,
+        }
+        if message.session_id is not None:
+            frame["session_id"] = message.session_id
+        return orjson.dumps(frame).decode()
+    frame = {"type": _TYPE_OF[type(message)]}
+    for name in message.__dataclass_fields__:
+        value = getattr(message, name)
+        frame[name] = list(value) if isinstance(value, tuple) else value
+    return orjson.dumps(frame).decode()
+
+
+def _get(frame: dict[str, Any], name: str, kind: type | tuple[type, ...], rid: str | None) -> Any:
+    value = frame.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
+        raise ProtocolError(f"{frame.get('type')!r} frame: bad or missing {name!r}", rid)
+    return value
+
+
+def _optional(
+    frame: dict[str, Any], name: str, kind: type | tuple[type, ...], rid: str | None
+) -> Any:
+    return None if frame.get(name) is None else _get(frame, name, kind, rid)
+
+
+def _decode_request(raw: Any, rid: str) -> GenerationRequest:
+    if not isinstance(raw, dict):
+        raise ProtocolError("'generate' frame: 'request' must be an object", rid)
+    endpoint = raw.get("endpoint")
+    if endpoint not in ("chat", "completion"):
+        raise ProtocolError("'generate' frame: bad 'request.endpoint'", rid)
+    mock_raw = raw.get("mock")
+    mock = None
+    if mock_raw is not None:
+        if not isinstance(mock_raw, dict):
+            raise ProtocolError("'generate' frame: 'request.mock' must be an object", rid)
+        try:
+            mock = MockOptions(**mock_raw)
+        except TypeError:
+            raise ProtocolError("'generate' frame: unknown field in 'request.mock'", rid) from None
+    stop = raw.get("stop", [])
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise ProtocolError("'generate' frame: 'request.stop' must be strings", rid)
+    return GenerationRequest(
+        request_id=_get(raw, "request_id", str, rid),
+        endpoint=endpoint,
+        model=_get(raw, "model", str, rid),
+        prompt=_get(raw, "prompt", str, rid),
+        stream=bool(raw.get("stream", False)),
+        max_tokens=_optional(raw, "max_tokens", int, rid),
+        stop=tuple(stop),
+        mock=mock,
+    )
+
+
+def _status(value: Any) -> int:
+    return value if isinstance(value, int) and 400 <= value <= 599 else 500
+
+
+def decode(text: str | bytes) -> Message:
+    try:
+        frame = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("frame is not JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("frame is not a JSON object")
+    kind = frame.get("type")
+    rid = frame.get("id") if isinstance(frame.get("id"), str) else None
+    if kind == "chunk":
+        return ChunkFrame(
+            _get(frame, "id", str, rid),
+            _get(frame, "text", str, rid),
+            frame.get("tokens", 1) if isinstance(frame.get("tokens", 1), int) else 1,
+            _optional(frame, "finish_reason", str, rid),
+            _optional(frame, "prompt_tokens", int, rid),
+        )
+    if kind == "end":
+        return End(_get(frame, "id", str, rid))
+    if kind == "credit":
+        return Credit(_get(frame, "id", str, rid), _get(frame, "n", int, rid))
+    if kind == "cancel":
+        return Cancel(_get(frame, "id", str, rid))
+    if kind == "generate":
+        rid = _get(frame, "id", str, rid)
+        return Generate(
+            rid,
+            _decode_request(frame.get("request"), rid),
+            _get(frame, "window", int, rid),
+            _optional(frame, "session_id", str, rid),
+        )
+    if kind == "error":
+        return ErrorFrame(
+            _get(frame, "id", str, rid),
+            _get(frame, "message", str, rid),
+            _optional(frame, "type", str, rid) or "internal_error",
+            frame.get("code") if isinstance(frame.get("code"), str | int) else None,
+            _status(frame.get("status")),
+        )
+    if kind == "hello":
+        models = _get(frame, "models", list, None)
+        if not all(isinstance(m, str) for m in models):
+            raise ProtocolError("'hello' frame: 'models' must be strings")
+        return Hello(
+            _get(frame, "worker_id", str, None),
+            tuple(models),
+            _get(frame, "max_inflight", int, None),
+            _get(frame, "protocol", int, None),
+        )
+    if kind == "load":
+        return Load(_get(frame, "inflight", int, None), _get(frame, "queued", int, None))
+    if kind == "session":
+        return SessionReply(
+            _get(frame, "id", str, rid),
+            _get(frame, "status", str, rid),
+            _optional(frame, "message", str, rid),
+        )
+    if kind == "open_session":
+        return OpenSession(
+            _get(frame, "id", str, rid),
+            _get(frame, "session_id", str, rid),
+            float(_get(frame, "timeout", (int, float), rid)),
+            _optional(frame, "capacity_of_str_len", int, rid) or 0,
+        )
+    if kind == "close_session":
+        return CloseSession(_get(frame, "id", str, rid), _get(frame, "session_id", str, rid))
+    raise ProtocolError(f"unknown frame type {kind!r}", rid)
+
