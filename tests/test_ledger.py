@@ -17,7 +17,7 @@ from trio_gateway.lifecycle.ledger import InFlightLedger
 
 def flight(request_id: str = "req-1") -> Flight:
     return Flight(
-        request_id=request_id, model="mock", endpoint="chat", engine="mock", started_at=0.0
+        request_id=request_id, model="mock", endpoint="chat", started_at=0.0
     )
 
 

@@ -13,9 +13,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from trio_gateway.router.policies import POLICY_NAMES
 
 ENV_PREFIX = "TRIO_GATEWAY_"
+WORKER_ENV_PREFIX = "TRIO_GATEWAY_WORKER_"
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,19 @@ class GatewayConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False, metadata={"flag": "--api-key"})
     api_keys_file: str = ""
     admin_token: str = field(default="", repr=False)
+    # Remote engines: `ws://` workers and `http(s)://.../v1` OpenAI-compatible upstreams.
+    # None given: the in-process mock engine serves `model`.
+    workers: tuple[str, ...] = field(default=(), metadata={"flag": "--worker"})
+    worker_token: str = field(default="", repr=False)
+    upstream_api_key: str = field(default="", repr=False)
+    credit_window: int = 32
+    # Routing and admission.
+    routing_policy: str = "power_of_two"
+    max_inflight: int = 0  # per backend; 0: the backend's own (a worker's hello)
+    queue_size: int = 1024
+    queue_timeout_s: float = 30.0
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 10.0
     # hypercorn, when started by `trio-gateway serve`. Its graceful timeout only covers
     # what is left once the gateway's own drain is over.
     keep_alive_timeout_s: float = 5.0
@@ -56,7 +72,14 @@ class GatewayConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}: must be a finite number, got {value}")
-        positive = ("mock_max_num_seqs", "max_model_len", "stream_buffer", "backlog")
+        positive = (
+            "mock_max_num_seqs",
+            "max_model_len",
+            "stream_buffer",
+            "backlog",
+            "credit_window",
+            "breaker_threshold",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
@@ -71,6 +94,10 @@ class GatewayConfig:
             "keep_alive_timeout_s",
             "graceful_timeout_s",
             "drain_timeout_s",
+            "max_inflight",
+            "queue_size",
+            "queue_timeout_s",
+            "breaker_cooldown_s",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -79,6 +106,16 @@ class GatewayConfig:
             raise ConfigError("mock_itl_ms: must be above 0 (it is the engine's step time)")
         if not self.model:
             raise ConfigError("model: must not be empty")
+        if self.routing_policy not in POLICY_NAMES:
+            raise ConfigError(
+                f"routing_policy: unknown {self.routing_policy!r}; "
+                f"choose one of {', '.join(POLICY_NAMES)}"
+            )
+        for url in self.workers:
+            if not url.startswith(("ws://", "wss://", "http://", "https://")):
+                raise ConfigError(
+                    f"workers: {url!r} is neither ws://HOST:PORT nor http://HOST:PORT/v1"
+                )
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
 
@@ -100,6 +137,41 @@ class GatewayConfig:
     def inactivity_timeout(self) -> float:
         """Seconds a request may go without a chunk; 0 in the setting means never."""
         return self.inactivity_timeout_s if self.inactivity_timeout_s > 0 else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """`trio-gateway worker`: an engine behind the WebSocket request plane."""
+
+    host: str = "127.0.0.1"
+    port: int = 9001
+    metrics_port: int = 9101
+    worker_id: str = ""  # default: host:port
+    token: str = field(default="", repr=False)
+    model: str = "mock"
+    mock_ttft_ms: float = 5.0
+    mock_itl_ms: float = 10.0
+    mock_max_num_seqs: int = 256
+    mock_tokens: int = 100
+    max_inflight: int = 1024
+    load_interval_s: float = 1.0
+    drain_timeout_s: float = 30.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name}: must be between 0 and 65535")
+        for name in ("mock_itl_ms", "max_inflight", "mock_max_num_seqs", "load_interval_s"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name}: must be above 0, got {value}")
+        for name in ("mock_ttft_ms", "mock_tokens", "drain_timeout_s"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"{name}: must not be negative, got {value}")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
 
 
 def _convert(name: str, kind: type, raw: Any) -> Any:
@@ -130,21 +202,31 @@ def _convert(name: str, kind: type, raw: Any) -> Any:
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "tuple[str, ...]": tuple}
 
 
-def _field_types() -> dict[str, type]:
-    return {f.name: _TYPES[str(f.type)] for f in fields(GatewayConfig)}
+Settings = TypeVar("Settings", "GatewayConfig", "WorkerConfig")
+
+
+def _field_types(kind: type[Any]) -> dict[str, type]:
+    return {f.name: _TYPES[str(f.type)] for f in fields(kind)}
+
+
+def _env_prefix(kind: type[Any]) -> str:
+    return WORKER_ENV_PREFIX if kind is WorkerConfig else ENV_PREFIX
 
 
 def load_config(
+    kind: type[Settings] | None = None,
     *,
     file: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> GatewayConfig:
+) -> Settings:
     """Merge the sources; raise `ConfigError` with the offending key on a bad value."""
-    types = _field_types()
+    settings: type[Any] = GatewayConfig if kind is None else kind
+    prefix = _env_prefix(settings)
+    types = _field_types(settings)
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
-    file = file or environ.get(ENV_PREFIX + "CONFIG") or None
+    file = file or environ.get(prefix + "CONFIG") or None
     if file:
         try:
             document = tomllib.loads(Path(file).read_text())
@@ -157,23 +239,26 @@ def load_config(
             if name not in types:
                 raise ConfigError(f"{key}: unknown setting in {file}")
             values[name] = _convert(key, types[name], raw)
-    for name, kind in types.items():
-        env_name = ENV_PREFIX + name.upper()
+    for name, field_type in types.items():
+        env_name = prefix + name.upper()
         if env_name in environ:
-            values[name] = _convert(env_name, kind, environ[env_name])
+            values[name] = _convert(env_name, field_type, environ[env_name])
     for name, raw in (overrides or {}).items():
         if name not in types:
             raise ConfigError(f"{name}: unknown setting")
         if raw is not None:
             values[name] = _convert("--" + name.replace("_", "-"), types[name], raw)
-    return GatewayConfig(**values)
+    config: Settings = settings(**values)
+    return config
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, kind: type[Any] | None = None) -> None:
     """One flag per setting; unset flags stay None so lower-priority sources show through."""
-    parser.add_argument("--config", help="TOML file of settings (also TRIO_GATEWAY_CONFIG)")
-    defaults = GatewayConfig()
-    for f in fields(GatewayConfig):
+    settings: type[Any] = GatewayConfig if kind is None else kind
+    prefix = _env_prefix(settings)
+    parser.add_argument("--config", help=f"TOML file of settings (also {prefix}CONFIG)")
+    defaults = settings()
+    for f in fields(settings):
         repeatable = _TYPES[str(f.type)] is tuple
         default = getattr(defaults, f.name)
         parser.add_argument(
@@ -183,13 +268,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             action="append" if repeatable else "store",
             metavar=(f.name[:-1] if repeatable else str(f.type)).upper(),
             help=("repeatable; " if repeatable else "")
-            + f"default {default!r}; env {ENV_PREFIX}{f.name.upper()}"
+            + f"default {default!r}; env {prefix}{f.name.upper()}"
             + (" (comma-separated)" if repeatable else ""),
         )
 
 
 def config_from_args(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
-) -> GatewayConfig:
-    overrides = {f.name: getattr(args, f.name, None) for f in fields(GatewayConfig)}
-    return load_config(file=args.config, environ=environ, overrides=overrides)
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    kind: type[Settings] | None = None,
+) -> Settings:
+    settings: type[Any] = GatewayConfig if kind is None else kind
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(settings)}
+    config: Settings = load_config(settings, file=args.config, environ=environ, overrides=overrides)
+    return config

@@ -1,6 +1,9 @@
-"""The gateway's state: settings, engines by model, the in-flight ledger, metrics, its nursery."""
+"""The gateway's state: settings, backends behind a router, the in-flight ledger, metrics,
+shutdown, and the nursery everything runs in."""
 
 from __future__ import annotations
+
+import logging
 
 import trio
 
@@ -11,6 +14,35 @@ from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.metrics import GatewayMetrics
 from trio_gateway.openai.errors import model_not_found
+from trio_gateway.router.admission import Backend, Router
+from trio_gateway.router.policies import make_policy
+
+log = logging.getLogger("trio_gateway")
+
+
+def engines_from_config(config: GatewayConfig) -> list[Engine]:
+    """`--worker` URLs as engines; with none, the in-process mock engine."""
+    if not config.workers:
+        return [
+            MockEngine(
+                (config.model,),
+                ttft_ms=config.mock_ttft_ms,
+                itl_ms=config.mock_itl_ms,
+                max_num_seqs=config.mock_max_num_seqs,
+                default_tokens=config.mock_tokens,
+            )
+        ]
+    return [engine_for_url(url, config) for url in config.workers]
+
+
+def engine_for_url(url: str, config: GatewayConfig) -> Engine:
+    if url.startswith(("ws://", "wss://")):
+        from trio_gateway.engines.ws_client import RemoteWorker
+
+        return RemoteWorker(url, token=config.worker_token or None, window=config.credit_window)
+    from trio_gateway.engines.openai_upstream import OpenAIUpstream
+
+    return OpenAIUpstream(url, api_key=config.upstream_api_key or None)
 
 
 class Gateway:
@@ -20,26 +52,21 @@ class Gateway:
         self.ledger = InFlightLedger()
         self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s)
         self.api_keys = config.accepted_api_keys()
-        if engines is None:
-            engines = [
-                MockEngine(
-                    (config.model,),
-                    ttft_ms=config.mock_ttft_ms,
-                    itl_ms=config.mock_itl_ms,
-                    max_num_seqs=config.mock_max_num_seqs,
-                    default_tokens=config.mock_tokens,
-                )
-            ]
-        self.engines = engines
-        self._by_model: dict[str, Engine] = {}
-        for engine in engines:
-            for model in engine.models:
-                self._by_model.setdefault(model, engine)
+        self.router = Router(
+            make_policy(config.routing_policy),
+            max_inflight=config.max_inflight or None,
+            queue_size=config.queue_size,
+            queue_timeout=config.queue_timeout_s,
+            breaker_threshold=config.breaker_threshold,
+            breaker_cooldown=config.breaker_cooldown_s,
+        )
+        for engine in engines_from_config(config) if engines is None else engines:
+            self.router.add(engine)
         self._nursery: trio.Nursery | None = None
 
     @property
     def models(self) -> list[str]:
-        return list(self._by_model)
+        return self.router.models()
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -57,18 +84,42 @@ class Gateway:
         """Running, and not shutting down: new requests are taken."""
         return self.running and self.shutdown.accepting
 
-    def engine_for(self, model: str) -> Engine:
-        try:
-            return self._by_model[model]
-        except KeyError:
-            raise model_not_found(model) from None
+    def check_model(self, model: str) -> None:
+        """404 before anything starts when no backend has ever served `model`."""
+        if not self.router.knows(model):
+            raise model_not_found(model)
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every engine's background work in `nursery`, which then hosts the flights."""
-        for engine in self.engines:
-            await nursery.start(engine.run)
+        for backend in list(self.router.backends):
+            await nursery.start(self._run_backend, backend)
         await nursery.start(self.shutdown.run)
         self._nursery = nursery
 
     def stop(self) -> None:
         self._nursery = None
+
+    async def add_engine(self, engine: Engine) -> None:
+        """Route to a new backend while running (`POST /admin/workers`)."""
+        backend = self.router.add(engine)
+        try:
+            await self.nursery.start(self._run_backend, backend)
+        except BaseException:
+            self.router.remove(backend)
+            raise
+
+    def remove_engine(self, name: str) -> bool:
+        """Stop routing to a backend and stop its engine; its streams end as `unavailable`."""
+        backend = self.router.find(name)
+        if backend is None:
+            return False
+        self.router.remove(backend)
+        if backend.scope is not None:
+            backend.scope.cancel()
+        return True
+
+    async def _run_backend(
+        self, backend: Backend, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as backend.scope:
+            await backend.engine.run(task_status=task_status)

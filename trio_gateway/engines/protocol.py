@@ -24,10 +24,25 @@ class Engine(Protocol):
     with `nursery.start` in the gateway's nursery, so it lives and dies with the gateway.
     """
 
-    name: str  # unique among the gateway's engines: the worker id, the upstream's URL
-    models: tuple[str, ...]  # may change while the engine runs (a worker says hello)
-    capacity: int | None  # concurrent requests it takes; None: no limit at the gateway
-    available: bool  # connected and willing: the router only picks available engines
+    @property
+    def name(self) -> str:
+        """Unique among the gateway's engines: the worker's id, the upstream's URL."""
+        ...
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """May change while the engine runs (a worker says hello)."""
+        ...
+
+    @property
+    def capacity(self) -> int | None:
+        """Concurrent requests it takes; None: no limit at the gateway."""
+        ...
+
+    @property
+    def available(self) -> bool:
+        """Connected and willing: the router only picks available engines."""
+        ...
 
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

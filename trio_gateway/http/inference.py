@@ -86,20 +86,17 @@ async def handle_inference(
             max_model_len=gateway.config.max_model_len,
             session_header=session.decode("latin-1") if session else None,
         )
-        engine = gateway.engine_for(request.model)
+        gateway.check_model(request.model)
         model_label = request.model
     except ClientGone:
         gateway.metrics.request_ended(model_label, endpoint, stream, client_cancelled())
         return
     except APIError as error:
-        headers = [id_header]
-        if error.status in (429, 503):
-            headers.append((b"retry-after", RETRY_AFTER_S))
-        await send_error(send, error, headers)
+        await send_error(send, error, _headers(error, id_header, None))
         gateway.metrics.request_ended(model_label, endpoint, stream, error)
         return
 
-    flight = Flight(flight_id, request.model, endpoint, engine.name, started_at)
+    flight = Flight(flight_id, request.model, endpoint, started_at)
     chunks_in, chunks_out = trio.open_memory_channel[Chunk](gateway.config.stream_buffer)
     reader = ChunkReader(chunks_out, flight, gateway.metrics)
     metrics = gateway.metrics
@@ -111,7 +108,7 @@ async def handle_inference(
         gateway.nursery.start_soon(
             run_flight,
             flight,
-            engine,
+            gateway.router,
             request,
             chunks_in,
             receive,
@@ -140,6 +137,18 @@ async def handle_inference(
             log.warning("request %s ended with %s: %s", flight_id, outcome.type, outcome.message)
 
 
+def _headers(
+    error: APIError | None, id_header: tuple[bytes, bytes], flight: Flight | None
+) -> list[tuple[bytes, bytes]]:
+    """x-request-id always, x-worker-id once routed, retry-after on 429 and 503."""
+    headers = [id_header]
+    if flight is not None and flight.worker is not None:
+        headers.append((b"x-worker-id", flight.worker.encode()))
+    if error is not None and error.status in (429, 503):
+        headers.append((b"retry-after", RETRY_AFTER_S))
+    return headers
+
+
 async def _write_stream(
     send: Send,
     request: GenerationRequest,
@@ -161,9 +170,8 @@ async def _write_stream(
     async def start(payload: bytes) -> bytes:
         nonlocal started
         started = True
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, id_header]}
-        )
+        headers = [*SSE_HEADERS, *_headers(None, id_header, flight)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         return encoder.role() + payload
 
     while True:
@@ -179,7 +187,7 @@ async def _write_stream(
         return error  # nobody is listening
     if not started:
         if error is not None:
-            await send_error(send, error, [id_header])
+            await send_error(send, error, _headers(error, id_header, flight))
             return error
         payload = await start(payload)
     if error is not None:
@@ -206,7 +214,7 @@ async def _write_unary(
     error = flight.outcome(reader.finish_reason, gateway.config.inactivity_timeout)
     if error is not None:
         if error.error_type != "cancelled":
-            await send_error(send, error, [id_header])
+            await send_error(send, error, _headers(error, id_header, flight))
         return error
     body = responses.completion_body(
         request.endpoint,
@@ -218,12 +226,7 @@ async def _write_unary(
         reader.prompt_tokens or 0,
         reader.tokens,
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/json"), id_header],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), *_headers(None, id_header, flight)]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": orjson.dumps(body), "more_body": False})
     return None

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import trio
 
-from trio_gateway.engines.protocol import Engine
 from trio_gateway.generation import Chunk, GenerationRequest
 from trio_gateway.http.asgi import Receive
 from trio_gateway.openai.errors import (
@@ -24,6 +23,7 @@ from trio_gateway.openai.errors import (
     response_timeout,
     shutting_down,
 )
+from trio_gateway.router.admission import Router
 
 log = logging.getLogger("trio_gateway.flight")
 
@@ -33,14 +33,17 @@ RESPONSE_TIMEOUT = "response_timeout"
 SHUTDOWN = "shutdown"
 HANDLER_EXIT = "handler_exit"
 
+# Failures that count against a backend's circuit breaker (not the client's own errors).
+BACKEND_FAULTS = frozenset({"internal", "unavailable"})
+
 
 @dataclass(eq=False, slots=True)
 class Flight:
     request_id: str
     model: str
     endpoint: str
-    engine: str
     started_at: float
+    worker: str | None = None  # the backend serving it, once routed
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancel_reason: str | None = None
     error: APIError | None = None
@@ -74,16 +77,17 @@ class Flight:
 
 async def run_flight(
     flight: Flight,
-    engine: Engine,
+    router: Router,
     request: GenerationRequest,
     chunks: trio.MemorySendChannel[Chunk],
     receive: Receive,
     inactivity_timeout: float,
 ) -> None:
-    """The engine task: generate into `chunks` beside a watcher of the client's connection.
+    """The engine task: route, then generate into `chunks`, beside a watcher of the client.
 
-    Closing `chunks` on the way out (any way out) is what tells the response writer the
-    engine is done.
+    Waiting in the admission queue happens in here, under the flight's scope, so a client
+    that leaves while queued leaves the queue at once. Closing `chunks` on the way out (any
+    way out) is what tells the response writer the engine is done.
     """
     try:
         with chunks:
@@ -92,12 +96,12 @@ async def run_flight(
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_watch, receive, flight, inactivity_timeout)
                         try:
-                            await engine.generate(request, chunks)
+                            await _route_and_generate(flight, router, request, chunks)
                         except APIError as error:
                             flight.error = error
                         except Exception:
                             log.exception(
-                                "engine %s failed on request %s", engine.name, flight.request_id
+                                "engine %s failed on request %s", flight.worker, flight.request_id
                             )
                             flight.error = internal_error()
                         finally:
@@ -110,6 +114,45 @@ async def run_flight(
                 raise
     finally:
         flight.done.set()
+
+
+async def _route_and_generate(
+    flight: Flight,
+    router: Router,
+    request: GenerationRequest,
+    chunks: trio.MemorySendChannel[Chunk],
+) -> None:
+    """Generate on a backend the router picks; a failure that produced nothing and says so
+    (`retryable`) is tried again on another backend, each backend at most once."""
+    tried: list[str] = []
+    last_failure: APIError | None = None
+    while True:
+        try:
+            backend = await router.acquire(request.model, exclude=tried)
+        except APIError:
+            if last_failure is not None:
+                raise last_failure from None  # the last backend's failure says more
+            raise
+        flight.worker = backend.name
+        verdict: bool | None = None
+        try:
+            await backend.engine.generate(request, chunks)
+            verdict = True
+            return
+        except APIError as error:
+            verdict = False if error.error_type in BACKEND_FAULTS else None
+            if not error.retryable:
+                raise
+            log.warning(
+                "request %s: %s failed before its first chunk (%s); trying another backend",
+                flight.request_id,
+                backend.name,
+                error.message,
+            )
+            last_failure = error
+            tried.append(backend.name)
+        finally:
+            router.release(backend, verdict)
 
 
 async def _watch(receive: Receive, flight: Flight, inactivity_timeout: float) -> None:

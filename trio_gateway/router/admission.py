@@ -25,6 +25,8 @@ class Backend:
     inflight: int = 0
     # Set by the gateway's override (`--max-inflight`); else the engine's own capacity.
     max_inflight: int | None = None
+    # The scope of the engine's background work in the gateway's nursery.
+    scope: trio.CancelScope | None = None
 
     @property
     def name(self) -> str:
@@ -63,7 +65,7 @@ class Router:
         self.queue_timeout = queue_timeout
         self._breaker_threshold = breaker_threshold
         self._breaker_cooldown = breaker_cooldown
-        self.backends: dict[str, Backend] = {}
+        self.backends: list[Backend] = []
         self._waiters: list[_Waiter] = []
 
     @property
@@ -71,29 +73,36 @@ class Router:
         return len(self._waiters)
 
     def add(self, engine: Engine) -> Backend:
-        if engine.name in self.backends:
+        if self.find(engine.name) is not None:
             raise ValueError(f"a backend named {engine.name!r} is already routed to")
         backend = Backend(
             engine,
             CircuitBreaker(self._breaker_threshold, self._breaker_cooldown),
             max_inflight=self.max_inflight,
         )
-        self.backends[engine.name] = backend
+        self.backends.append(backend)
         self.wake()
         return backend
 
-    def remove(self, name: str) -> Backend | None:
-        return self.backends.pop(name, None)
+    def find(self, name: str) -> Backend | None:
+        """By the engine's name (a worker's id once it said hello) or its address."""
+        for backend in self.backends:
+            if name in (backend.name, getattr(backend.engine, "url", None)):
+                return backend
+        return None
+
+    def remove(self, backend: Backend) -> None:
+        self.backends.remove(backend)
 
     def models(self) -> list[str]:
         seen: dict[str, None] = {}
-        for backend in self.backends.values():
+        for backend in self.backends:
             for model in backend.engine.models:
                 seen.setdefault(model)
         return list(seen)
 
     def knows(self, model: str) -> bool:
-        return any(backend.serves(model) for backend in self.backends.values())
+        return any(backend.serves(model) for backend in self.backends)
 
     def _candidates(
         self, model: str, exclude: Iterable[str], now: float
@@ -101,7 +110,7 @@ class Router:
         """Backends that can take the request now, and whether any could later (when full)."""
         excluded = set(exclude)
         ready, could_later = [], False
-        for backend in self.backends.values():
+        for backend in self.backends:
             if backend.name in excluded or not backend.serves(model):
                 continue
             if not backend.engine.available or not backend.breaker.allows(now):

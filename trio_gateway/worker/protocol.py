@@ -300,4 +300,3 @@ def decode(text: str | bytes) -> Message:
     if kind == "close_session":
         return CloseSession(_get(frame, "id", str, rid), _get(frame, "session_id", str, rid))
     raise ProtocolError(f"unknown frame type {kind!r}", rid)
-

@@ -1,0 +1,271 @@
+"""A remote worker as an engine: one WebSocket, many requests multiplexed on it (DESIGN §4).
+
+`run` dials the worker, checks its `hello`, reads frames and hands each to its request's
+inbox, and redials with backoff when the connection goes; while it is down the worker is
+quarantined (`available` False) and every request on it fails at once. `generate` sends
+`generate`, passes chunks on, returns credit as the response writer takes them (so a slow
+client slows the worker, across the network), and on the way out without an end, sends
+`cancel` from a shielded, deadlined cleanup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    open_websocket_url,
+)
+
+from trio_gateway.generation import Chunk, GenerationRequest
+from trio_gateway.openai.errors import APIError, internal_error, unavailable
+from trio_gateway.worker import protocol
+from trio_gateway.worker.protocol import (
+    PROTOCOL_VERSION,
+    ChunkFrame,
+    End,
+    ErrorFrame,
+    Hello,
+    Load,
+    ProtocolError,
+)
+
+log = logging.getLogger("trio_gateway.ws_client")
+
+CANCEL_DEADLINE_S = 1.0
+HELLO_TIMEOUT_S = 5.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+PROTOCOL_HEADER = b"x-trio-gateway-protocol"
+
+
+@dataclass(frozen=True, slots=True)
+class _Lost:
+    reason: str
+
+
+_Inbound = ChunkFrame | End | ErrorFrame | _Lost
+
+
+@dataclass(eq=False)
+class _Stream:
+    send: trio.MemorySendChannel[_Inbound]
+    receive: trio.MemoryReceiveChannel[_Inbound]
+    window: int
+
+    @classmethod
+    def open(cls, window: int) -> _Stream:
+        # Unbounded, but the worker may have at most `window` chunks unacknowledged: the
+        # reader never blocks on one slow request (no head-of-line blocking).
+        send, receive = trio.open_memory_channel[_Inbound](math.inf)
+        return cls(send, receive, window)
+
+
+@dataclass
+class WorkerLoad:
+    inflight: int = 0
+    queued: int = 0
+
+
+@dataclass(eq=False)
+class RemoteWorker:
+    url: str
+    token: str | None = None
+    window: int = 32
+    connect_timeout: float = 5.0
+    ping_interval: float = 5.0
+    ping_timeout: float = 5.0
+    backoff_max: float = 5.0
+    worker_id: str | None = None
+    models: tuple[str, ...] = ()
+    capacity: int | None = None
+    available: bool = False
+    load: WorkerLoad = field(default_factory=WorkerLoad)
+    connections: int = 0  # how many times a hello was accepted
+    _ws: WebSocketConnection | None = None
+    _streams: dict[str, _Stream] = field(default_factory=dict)
+    _connected: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.worker_id or self.url
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()  # the gateway starts even while a worker is down
+        backoff = 0.1
+        while True:
+            try:
+                await self._connect_once()
+                backoff = 0.1
+            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as error:
+                log.warning("worker %s: %s", self.url, _describe(error))
+            except ProtocolError as error:
+                log.error("worker %s: protocol error, closing the connection: %s", self.url, error)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, self.backoff_max)
+
+    async def _connect_once(self) -> None:
+        headers = [(PROTOCOL_HEADER, str(PROTOCOL_VERSION).encode())]
+        if self.token:
+            headers.append((b"authorization", b"Bearer " + self.token.encode()))
+        async with open_websocket_url(
+            self.url,
+            extra_headers=headers,
+            connect_timeout=self.connect_timeout,
+            max_message_size=MAX_MESSAGE_BYTES,
+        ) as ws:
+            with trio.fail_after(HELLO_TIMEOUT_S):
+                hello = protocol.decode(await ws.get_message())
+            if not isinstance(hello, Hello):
+                raise ProtocolError(f"expected hello, got {type(hello).__name__}")
+            if hello.protocol != PROTOCOL_VERSION:
+                log.error(
+                    "worker %s speaks protocol %d, this gateway %d: not using it",
+                    self.url,
+                    hello.protocol,
+                    PROTOCOL_VERSION,
+                )
+                await ws.aclose(code=1002, reason="protocol version mismatch")
+                raise ProtocolError("protocol version mismatch")
+            self.worker_id, self.models = hello.worker_id, hello.models
+            self.capacity = hello.max_inflight
+            self._ws = ws
+            self.available = True
+            self.connections += 1
+            self._connected.set()
+            log.info("worker %s (%s) connected: models %s", self.worker_id, self.url, self.models)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keep_alive, ws)
+                    await self._read(ws)
+                    nursery.cancel_scope.cancel()
+            finally:
+                self.available = False
+                self._ws = None
+                self._connected = trio.Event()
+                self._fail_all("the connection to the worker closed")
+
+    async def _keep_alive(self, ws: WebSocketConnection) -> None:
+        """A worker that stops answering pings is as good as gone: close and redial."""
+        while True:
+            await trio.sleep(self.ping_interval)
+            with trio.move_on_after(self.ping_timeout) as waited:
+                await ws.ping()
+            if waited.cancelled_caught:
+                log.warning("worker %s: no pong within %g s", self.name, self.ping_timeout)
+                await ws.aclose(code=1011, reason="ping timeout")
+                return
+
+    async def _read(self, ws: WebSocketConnection) -> None:
+        while True:
+            try:
+                message = protocol.decode(await ws.get_message())
+            except ConnectionClosed:
+                return
+            except ProtocolError as error:
+                if error.request_id is None:
+                    raise
+                log.error(
+                    "worker %s: bad frame for request %s: %s", self.name, error.request_id, error
+                )
+                stream = self._streams.get(error.request_id)
+                if stream is not None:
+                    stream.send.send_nowait(_Lost(f"the worker sent a bad frame: {error}"))
+                continue
+            if isinstance(message, ChunkFrame | End | ErrorFrame):
+                stream = self._streams.get(message.id)
+                if stream is not None:  # else: a request already gone (cancelled, failed)
+                    stream.send.send_nowait(message)
+            elif isinstance(message, Load):
+                self.load = WorkerLoad(message.inflight, message.queued)
+            else:
+                log.warning(
+                    "worker %s: unexpected %s frame ignored", self.name, type(message).__name__
+                )
+
+    def _fail_all(self, reason: str) -> None:
+        for stream in self._streams.values():
+            stream.send.send_nowait(_Lost(reason))
+
+    async def generate(
+        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
+    ) -> None:
+        ws = self._ws
+        if ws is None:
+            raise unavailable(f"Worker {self.name} is not connected.", retryable=True)
+        rid = request.request_id
+        stream = _Stream.open(self.window)
+        self._streams[rid] = stream
+        produced = ended = False
+        try:
+            try:
+                await ws.send_message(protocol.encode(protocol.Generate(rid, request, self.window)))
+            except ConnectionClosed:
+                ended = True
+                raise unavailable(f"Worker {self.name} is gone.", retryable=True) from None
+            unacknowledged = 0
+            credit_every = max(1, self.window // 2)
+            while True:
+                message = await stream.receive.receive()
+                if isinstance(message, ChunkFrame):
+                    produced = True
+                    await send.send(message.chunk())
+                    if message.finish_reason is not None:
+                        ended = True  # the worker follows with `end`; nothing left to cancel
+                        return
+                    unacknowledged += 1
+                    if unacknowledged >= credit_every:
+                        await self._send_quietly(ws, protocol.Credit(rid, unacknowledged))
+                        unacknowledged = 0
+                elif isinstance(message, End):
+                    ended = True
+                    return
+                elif isinstance(message, ErrorFrame):
+                    ended = True
+                    raise _worker_error(message, retryable=not produced)
+                else:
+                    ended = True
+                    raise unavailable(
+                        f"Worker {self.name} lost: {message.reason}.", retryable=not produced
+                    )
+        finally:
+            del self._streams[rid]
+            if not ended and self._ws is ws:
+                with trio.CancelScope(shield=True) as cleanup:
+                    cleanup.deadline = trio.current_time() + CANCEL_DEADLINE_S
+                    await self._send_quietly(ws, protocol.Cancel(rid))
+
+    async def _send_quietly(self, ws: WebSocketConnection, message: protocol.Message) -> None:
+        """A send on a connection that may be closing; the reader notices the close."""
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send_message(protocol.encode(message))
+
+
+def _worker_error(frame: ErrorFrame, *, retryable: bool) -> APIError:
+    if frame.status == 503 or frame.type == "unavailable":
+        return unavailable(frame.message, retryable=retryable)
+    if 400 <= frame.status < 500:
+        return APIError(frame.status, frame.message, frame.type, None, frame.code, "validation")
+    if frame.type == "shutdown":
+        return APIError(503, frame.message, "unavailable", None, frame.code, "unavailable")
+    error = internal_error(frame.message)
+    return error
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, HandshakeError):
+        status = getattr(error, "status_code", None)
+        body = getattr(error, "body", b"") or b""
+        detail = body.decode(errors="replace").strip() if isinstance(body, bytes) else ""
+        return f"handshake refused ({status}): {detail or error}"
+    if isinstance(error, trio.TooSlowError):
+        return "no hello in time"
+    return f"{type(error).__name__}: {error}"
