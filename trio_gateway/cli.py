@@ -15,9 +15,16 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from trio_gateway import __version__
-from trio_gateway.config import ConfigError, GatewayConfig, add_config_flags, config_from_args
+from trio_gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    WorkerConfig,
+    add_config_flags,
+    config_from_args,
+)
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
+from trio_gateway.worker.server import WorkerServer
 
 log = logging.getLogger("trio_gateway")
 
@@ -59,40 +66,60 @@ async def serve(
     log.info("stopped")
 
 
+async def run_worker(server: WorkerServer) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(forward_signals, server.shutdown)
+        await server.serve()
+        nursery.cancel_scope.cancel()
+    log.info("worker stopped")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trio-gateway", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the gateway (mock engine by default)")
     add_config_flags(serve_parser)
+    worker_parser = commands.add_parser(
+        "worker", help="run an engine worker behind the WebSocket request plane"
+    )
+    add_config_flags(worker_parser, WorkerConfig)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = config_from_args(args)
-        app = create_app(config)
+        if args.command == "worker":
+            worker_config = config_from_args(args, kind=WorkerConfig)
+            _configure_logging(worker_config.log_level)
+            server = WorkerServer(worker_config)
+        else:
+            config = config_from_args(args)
+            _configure_logging(config.log_level)
+            app = create_app(config)
     except ConfigError as error:
         print(f"trio-gateway: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.command == "serve":
+    if args.command == "worker":
+        trio.run(run_worker, server)
+    else:
         log.info(
-            "serving %s on http://%s:%d (mock engine: ttft %g ms, step %g ms, %d seqs)",
-            config.model,
-            config.host,
-            config.port,
+            "serving %s (mock engine: ttft %g ms, step %g ms, %d seqs)",
+            ", ".join(config.workers) or config.model,
             config.mock_ttft_ms,
             config.mock_itl_ms,
             config.mock_max_num_seqs,
         )
         trio.run(partial(serve, app, config))
-        exit_without_teardown(0)
+    exit_without_teardown(0)
     return 0
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def exit_without_teardown(code: int) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
     open_websocket_url,
@@ -261,11 +262,11 @@ def _worker_error(frame: ErrorFrame, *, retryable: bool) -> APIError:
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, HandshakeError):
-        status = getattr(error, "status_code", None)
-        body = getattr(error, "body", b"") or b""
-        detail = body.decode(errors="replace").strip() if isinstance(body, bytes) else ""
-        return f"handshake refused ({status}): {detail or error}"
+    if isinstance(error, ConnectionRejected):
+        body = (error.body or b"").decode(errors="replace").strip()
+        return f"handshake refused with {error.status_code}: {body or 'no reason given'}"
+    if isinstance(error, HandshakeError) and error.__cause__ is not None:
+        return f"cannot connect: {error.__cause__}"
     if isinstance(error, trio.TooSlowError):
         return "no hello in time"
     return f"{type(error).__name__}: {error}"

@@ -1,0 +1,336 @@
+"""`trio-gateway worker`: an engine (the mock by default) behind the WebSocket request plane.
+
+Per connection: a nursery; per `generate`: a task in it under its own cancel scope, listed
+in the worker's in-flight ledger. `cancel` cancels that scope; the connection closing
+cancels the connection's nursery, so every generation on it stops at once. Chunks go out
+only against credit: at most `window` unacknowledged per request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+
+from trio_gateway.config import WorkerConfig
+from trio_gateway.engines.mock import MockEngine
+from trio_gateway.engines.protocol import Engine
+from trio_gateway.engines.ws_client import MAX_MESSAGE_BYTES, PROTOCOL_HEADER
+from trio_gateway.generation import Chunk
+from trio_gateway.http.asgi import Receive, Scope, Send
+from trio_gateway.http.auth import bearer_token, key_accepted
+from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, SHUTDOWN, Flight
+from trio_gateway.lifecycle.ledger import InFlightLedger
+from trio_gateway.lifecycle.shutdown import GracefulShutdown
+from trio_gateway.openai.errors import APIError, internal_error
+from trio_gateway.worker import protocol
+from trio_gateway.worker.metrics import WorkerMetrics
+from trio_gateway.worker.protocol import (
+    PROTOCOL_VERSION,
+    Cancel,
+    ChunkFrame,
+    CloseSession,
+    Credit,
+    End,
+    ErrorFrame,
+    Generate,
+    Hello,
+    Load,
+    OpenSession,
+    ProtocolError,
+    SessionReply,
+)
+
+log = logging.getLogger("trio_gateway.worker")
+
+
+@dataclass(eq=False)
+class CreditWindow:
+    """How many more chunks of one request may go out before the gateway acknowledges."""
+
+    available: int
+    _more: trio.Event = field(default_factory=trio.Event)
+
+    async def take(self) -> None:
+        while self.available <= 0:
+            await self._more.wait()
+        self.available -= 1
+
+    def give(self, n: int) -> None:
+        self.available += n
+        self._more.set()
+        self._more = trio.Event()
+
+
+@dataclass(eq=False)
+class _Generation:
+    flight: Flight
+    credit: CreditWindow
+
+
+class WorkerServer:
+    def __init__(self, config: WorkerConfig, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine: Engine = engine or MockEngine(
+            (config.model,),
+            ttft_ms=config.mock_ttft_ms,
+            itl_ms=config.mock_itl_ms,
+            max_num_seqs=config.mock_max_num_seqs,
+            default_tokens=config.mock_tokens,
+        )
+        self.metrics = WorkerMetrics()
+        self.ledger = InFlightLedger()
+        self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s)
+        self.worker_id = config.worker_id
+        self.port = config.port
+        self.metrics_port = config.metrics_port
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.engine.run)
+            await nursery.start(self.shutdown.run)
+            listener = await nursery.start(
+                lambda task_status: serve_websocket(
+                    self._handle,
+                    self.config.host,
+                    self.config.port,
+                    None,
+                    max_message_size=MAX_MESSAGE_BYTES,
+                    task_status=task_status,
+                )
+            )
+            self.port = listener.port
+            self.worker_id = self.config.worker_id or f"{self.config.host}:{self.port}"
+            hc = HypercornConfig()
+            hc.bind = [f"{self.config.host}:{self.config.metrics_port}"]
+            hc.accesslog = None
+            hc.errorlog = logging.getLogger("hypercorn.error")
+            binds = await nursery.start(
+                lambda task_status: hypercorn_serve(
+                    self._metrics_app,  # type: ignore[arg-type]
+                    hc,
+                    shutdown_trigger=trio.sleep_forever,
+                    task_status=task_status,
+                )
+            )
+            self.metrics_port = int(binds[0].rsplit(":", 1)[1])
+            log.info(
+                "worker %s: request plane ws://%s:%d, metrics http://%s:%d/metrics",
+                self.worker_id,
+                self.config.host,
+                self.port,
+                self.config.host,
+                self.metrics_port,
+            )
+            task_status.started()
+            await self.shutdown.wait_stopped()
+            nursery.cancel_scope.cancel()
+
+    async def _metrics_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        status, body = (
+            (200, self.metrics.exposition())
+            if scope["path"] == "/metrics"
+            else (
+                404,
+                b"not found\n",
+            )
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"text/plain; version=0.0.4")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        headers = {k.lower(): v for k, v in request.headers}
+        peer = f"{request.remote}"
+        if self.config.token and not key_accepted(
+            bearer_token(headers.get(b"authorization")), [self.config.token]
+        ):
+            log.error("refused a gateway from %s: wrong or missing token", peer)
+            await request.reject(401, body=b"wrong or missing worker token")
+            return
+        version = headers.get(PROTOCOL_HEADER, str(PROTOCOL_VERSION).encode())
+        if version != str(PROTOCOL_VERSION).encode():
+            log.error(
+                "refused a gateway from %s: it speaks protocol %s, this worker %d",
+                peer,
+                version.decode(errors="replace"),
+                PROTOCOL_VERSION,
+            )
+            await request.reject(
+                400, body=f"this worker speaks protocol {PROTOCOL_VERSION}".encode()
+            )
+            return
+        ws = await request.accept()
+        self.metrics.connections.inc()
+        try:
+            await self._serve_connection(ws, peer)
+        finally:
+            self.metrics.connections.dec()
+
+    async def _serve_connection(self, ws: WebSocketConnection, peer: str) -> None:
+        generations: dict[str, _Generation] = {}
+        try:
+            await ws.send_message(
+                protocol.encode(Hello(self.worker_id, self.engine.models, self.config.max_inflight))
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._report_load, ws)
+                try:
+                    await self._read(ws, nursery, generations)
+                finally:
+                    nursery.cancel_scope.cancel()  # the gateway is gone: stop everything
+        except ConnectionClosed:
+            pass
+        except ProtocolError as error:
+            log.error("gateway %s sent a broken frame, closing: %s", peer, error)
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await ws.aclose(code=1002, reason="protocol error")
+
+    async def _read(
+        self, ws: WebSocketConnection, nursery: trio.Nursery, generations: dict[str, _Generation]
+    ) -> None:
+        while True:
+            try:
+                message = protocol.decode(await ws.get_message())
+            except ProtocolError as error:
+                if error.request_id is None:
+                    raise
+                log.error("bad frame for request %s: %s", error.request_id, error)
+                await _send_error(ws, error.request_id, internal_error(f"bad frame: {error}"))
+                continue
+            if isinstance(message, Generate):
+                if not self.shutdown.accepting or len(generations) >= self.config.max_inflight:
+                    reason = "draining" if not self.shutdown.accepting else "full"
+                    await ws.send_message(
+                        protocol.encode(
+                            ErrorFrame(
+                                message.id,
+                                f"worker {self.worker_id} is {reason}",
+                                "unavailable",
+                                reason,
+                                503,
+                            )
+                        )
+                    )
+                    continue
+                nursery.start_soon(self._generate, ws, message, generations)
+            elif isinstance(message, Credit):
+                generation = generations.get(message.id)
+                if generation is not None:
+                    generation.credit.give(message.n)
+            elif isinstance(message, Cancel):
+                generation = generations.get(message.id)
+                if generation is not None:
+                    generation.flight.cancel(CLIENT_DISCONNECTED)
+            elif isinstance(message, OpenSession | CloseSession):
+                await ws.send_message(
+                    protocol.encode(
+                        SessionReply(message.id, "error", "sessions are not supported yet")
+                    )
+                )
+            else:
+                log.warning("unexpected %s frame from the gateway ignored", type(message).__name__)
+
+    async def _generate(
+        self, ws: WebSocketConnection, frame: Generate, generations: dict[str, _Generation]
+    ) -> None:
+        request = frame.request
+        flight = Flight(frame.id, request.model, request.endpoint, trio.current_time())
+        generation = _Generation(flight, CreditWindow(frame.window))
+        generations[frame.id] = generation
+        self.ledger.add(flight)
+        self.metrics.active.inc()
+        outcome = "cancelled"
+        try:
+            with flight.scope:
+                await self._stream(ws, frame, generation)
+                outcome = "finished"
+            if flight.cancel_reason == SHUTDOWN:
+                await _send_error(
+                    ws,
+                    frame.id,
+                    APIError(503, "the worker shut down", "shutdown", None, "shutdown", "shutdown"),
+                )
+        except APIError as error:
+            outcome = "error"
+            await _send_error(ws, frame.id, error)
+        except trio.Cancelled:
+            if flight.cancel_reason is None:
+                flight.cancel_reason = "connection_lost"
+            raise
+        finally:
+            del generations[frame.id]
+            self.ledger.remove(flight)
+            flight.done.set()
+            self.metrics.active.dec()
+            self.metrics.requests.labels(outcome).inc()
+            if flight.cancel_reason is not None:
+                self.metrics.cancellations.labels(flight.cancel_reason).inc()
+
+    async def _stream(
+        self, ws: WebSocketConnection, frame: Generate, generation: _Generation
+    ) -> None:
+        """Engine → local channel → frames, each frame against one credit."""
+        send, receive = trio.open_memory_channel[Chunk](max(1, frame.window))
+        failure: APIError | None = None
+
+        async def produce() -> None:
+            nonlocal failure
+            with send:
+                try:
+                    await self.engine.generate(frame.request, send)
+                except APIError as error:
+                    failure = error
+                except Exception:
+                    log.exception("engine failed on request %s", frame.id)
+                    failure = internal_error()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            with receive:
+                async for chunk in receive:
+                    await generation.credit.take()
+                    await ws.send_message(
+                        protocol.encode(
+                            ChunkFrame(
+                                frame.id,
+                                chunk.text,
+                                chunk.tokens,
+                                chunk.finish_reason,
+                                chunk.prompt_tokens,
+                            )
+                        )
+                    )
+        if failure is not None:
+            raise failure
+        await ws.send_message(protocol.encode(End(frame.id)))
+
+    async def _report_load(self, ws: WebSocketConnection) -> None:
+        while True:
+            await ws.send_message(protocol.encode(Load(len(self.ledger), 0)))
+            await trio.sleep(self.config.load_interval_s)
+
+
+async def _send_error(ws: WebSocketConnection, request_id: str, error: APIError) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send_message(
+            protocol.encode(
+                ErrorFrame(request_id, error.message, error.type, error.code, error.status)
+            )
+        )
