@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 import trio
@@ -117,12 +118,7 @@ class RemoteWorker:
         headers = [(PROTOCOL_HEADER, str(PROTOCOL_VERSION).encode())]
         if self.token:
             headers.append((b"authorization", b"Bearer " + self.token.encode()))
-        async with open_websocket_url(
-            self.url,
-            extra_headers=headers,
-            connect_timeout=self.connect_timeout,
-            max_message_size=MAX_MESSAGE_BYTES,
-        ) as ws:
+        async with self.open_connection(headers) as ws:
             with trio.fail_after(HELLO_TIMEOUT_S):
                 hello = protocol.decode(await ws.get_message())
             if not isinstance(hello, Hello):
@@ -153,6 +149,17 @@ class RemoteWorker:
                 self._ws = None
                 self._connected = trio.Event()
                 self._fail_all("the connection to the worker closed")
+
+    def open_connection(
+        self, headers: list[tuple[bytes, bytes]]
+    ) -> AbstractAsyncContextManager[WebSocketConnection]:
+        """The WebSocket to the worker; tests put an in-memory one here."""
+        return open_websocket_url(
+            self.url,
+            extra_headers=headers,
+            connect_timeout=self.connect_timeout,
+            max_message_size=MAX_MESSAGE_BYTES,
+        )
 
     async def _keep_alive(self, ws: WebSocketConnection) -> None:
         """A worker that stops answering pings is as good as gone: close and redial."""

@@ -14,10 +14,16 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trio_gateway.gateway import Gateway
+from trio_gateway.gateway import Gateway, engine_for_url
 from trio_gateway.http.auth import bearer_token, is_loopback, key_accepted
-from trio_gateway.openai.errors import APIError, invalid_api_key, model_not_found
+from trio_gateway.openai.errors import (
+    APIError,
+    invalid_api_key,
+    invalid_request,
+    model_not_found,
+)
 from trio_gateway.openai.responses import models_body
+from trio_gateway.router.admission import Backend
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -122,6 +128,54 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         # methods get 405 rather than 404.
         raise RuntimeError("inference routes are served by trio_gateway.http.inference")
 
+    @app.get("/admin/workers")
+    async def list_workers() -> Response:
+        return _json({"workers": [_describe_backend(b) for b in gateway.router.backends]})
+
+    @app.post("/admin/workers")
+    async def add_worker() -> Response:
+        body = await request.get_json(force=True, silent=True)
+        url = body.get("url") if isinstance(body, dict) else None
+        if not isinstance(url, str) or not url.startswith(
+            ("ws://", "wss://", "http://", "https://")
+        ):
+            return _api_error(
+                invalid_request(
+                    'Send {"url": "ws://HOST:PORT"} or an OpenAI-compatible "http://HOST:PORT/v1".',
+                    "url",
+                )
+            )
+        if gateway.router.find(url) is not None:
+            return _api_error(
+                APIError(
+                    409,
+                    f"{url} is already routed to.",
+                    "invalid_request_error",
+                    "url",
+                    "duplicate_worker",
+                )
+            )
+        engine = engine_for_url(url, gateway.config)
+        await gateway.add_engine(engine)
+        backend = gateway.router.find(url)
+        assert backend is not None
+        return _json(_describe_backend(backend), 201)
+
+    @app.delete("/admin/workers/<path:worker_id>")
+    async def remove_worker(worker_id: str) -> Response:
+        if not gateway.remove_engine(worker_id):
+            return _api_error(
+                APIError(
+                    404,
+                    f"No worker {worker_id!r}.",
+                    "invalid_request_error",
+                    None,
+                    "worker_not_found",
+                    "not_found",
+                )
+            )
+        return _json({"removed": worker_id})
+
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
@@ -129,6 +183,19 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         return _api_error(APIError(status, error.description or error.name, kind))
 
     return app
+
+
+def _describe_backend(backend: Backend) -> dict[str, Any]:
+    engine = backend.engine
+    return {
+        "id": backend.name,
+        "url": getattr(engine, "url", None),
+        "models": list(engine.models),
+        "available": engine.available,
+        "inflight": backend.inflight,
+        "capacity": backend.capacity,
+        "breaker": backend.breaker.state.value,
+    }
 
 
 def _api_error(error: APIError) -> Response:

@@ -1,7 +1,8 @@
 """The worker request plane's messages (DESIGN §4), as a pure codec: text frame ⇄ dataclass.
 
 One WebSocket per gateway-worker pair carries many requests; every per-request message has
-an `id`. A frame that is not a JSON object breaks the connection (framing is lost); a frame
+an `id`. The `error` frame carries the error's OpenAI type as `error_type`, since `type`
+names the frame. A frame that is not a JSON object breaks the connection (framing is lost); a frame
 with an `id` that is otherwise bad fails only that request.
 """
 
@@ -179,6 +180,17 @@ def encode(message: Message) -> str:
         if message.session_id is not None:
             frame["session_id"] = message.session_id
         return orjson.dumps(frame).decode()
+    if isinstance(message, ErrorFrame):  # its `type` would clash with the frame's own
+        return orjson.dumps(
+            {
+                "type": "error",
+                "id": message.id,
+                "message": message.message,
+                "error_type": message.type,
+                "code": message.code,
+                "status": message.status,
+            }
+        ).decode()
     frame = {"type": _TYPE_OF[type(message)]}
     for name in message.__dataclass_fields__:
         value = getattr(message, name)
@@ -268,7 +280,7 @@ def decode(text: str | bytes) -> Message:
         return ErrorFrame(
             _get(frame, "id", str, rid),
             _get(frame, "message", str, rid),
-            _optional(frame, "type", str, rid) or "internal_error",
+            _optional(frame, "error_type", str, rid) or "internal_error",
             frame.get("code") if isinstance(frame.get("code"), str | int) else None,
             _status(frame.get("status")),
         )
