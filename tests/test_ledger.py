@@ -16,9 +16,7 @@ from trio_gateway.lifecycle.ledger import InFlightLedger
 
 
 def flight(request_id: str = "req-1") -> Flight:
-    return Flight(
-        request_id=request_id, model="mock", endpoint="chat", started_at=0.0
-    )
+    return Flight(request_id=request_id, model="mock", endpoint="chat", started_at=0.0)
 
 
 def test_empty_ledger() -> None:
