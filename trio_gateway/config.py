@@ -112,7 +112,7 @@ class GatewayConfig:
                 f"choose one of {', '.join(POLICY_NAMES)}"
             )
         for url in self.workers:
-            if not url.startswith(("ws://", "wss://", "http://", "https://")):
+            if not url.startswith(("ws://", "http://", "https://")):
                 raise ConfigError(
                     f"workers: {url!r} is neither ws://HOST:PORT nor http://HOST:PORT/v1"
                 )

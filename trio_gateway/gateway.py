@@ -36,7 +36,7 @@ def engines_from_config(config: GatewayConfig) -> list[Engine]:
 
 
 def engine_for_url(url: str, config: GatewayConfig) -> Engine:
-    if url.startswith(("ws://", "wss://")):
+    if url.startswith("ws://"):
         from trio_gateway.engines.ws_client import RemoteWorker
 
         return RemoteWorker(url, token=config.worker_token or None, window=config.credit_window)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -38,9 +39,12 @@ ERROR_BODY_LIMIT = 64 * 1024
 ERROR_MESSAGE_LIMIT = 2000
 # A single SSE line longer than this is a broken upstream, not a token.
 MAX_LINE_BYTES = 8 * 1024 * 1024
-# After the final chunk was handed over, how long to wait for the upstream's `[DONE]` so the
-# connection can go back to the pool (a normal upstream sends it in the same packet).
+# After the final chunk was handed over, how long to wait for the end of the upstream's body
+# (`[DONE]`, then the chunked terminator) so the connection can go back to the pool; a
+# normal upstream sends them at once.
 DRAIN_TIMEOUT = 1.0
+# Closing an abandoned response (shielded: it must happen even when cancelled).
+CLEANUP_TIMEOUT = 1.0
 # Below the 5 s idle timeout of uvicorn (vLLM) and cpp-httplib (llama.cpp): reusing a
 # connection the server is closing at that moment fails the request before any response.
 KEEPALIVE_EXPIRY = 4.0
@@ -142,10 +146,39 @@ def _choice_delta(event: dict[str, Any], chat: bool) -> tuple[str, str | None]:
     return (text if isinstance(text, str) else ""), _as_str(choice.get("finish_reason"))
 
 
+class _Body:
+    """`async with _Body(response) as chunks`: `response.aiter_bytes()`, left without
+    abandoning httpx's generators half-way.
+
+    `aiter_bytes` is a stack of five async generators (httpx, then httpcore); closing the
+    outer one leaves the inner ones suspended, and trio warns when the garbage collector
+    finds them (httpx#3686). So on the way out the response is closed first (the upstream
+    sees the connection close: it stops generating), then the stack is resumed: its read on
+    the closed connection fails and every generator in it finishes.
+
+    A class, not `@asynccontextmanager`: on Python 3.11 an `APIError` (a frozen dataclass
+    with slots) cannot cross a generator-based context manager (see `generate`).
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+
+    async def __aenter__(self) -> AsyncGenerator[bytes, None]:
+        return self.chunks
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLEANUP_TIMEOUT):
+            await self.response.aclose()
+            with contextlib.suppress(Exception):
+                while True:  # what h11 had buffered, then the failed read
+                    await self.chunks.__anext__()
+
+
 async def _read_limited(response: httpx.Response, limit: int) -> bytes:
     """Up to `limit` bytes of a body that may be anything (an error page, a stream)."""
     data = bytearray()
-    async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+    async with _Body(response) as chunks:
         async for chunk in chunks:
             data += chunk
             if len(data) >= limit:
@@ -327,17 +360,23 @@ class OpenAIUpstream:
             "X-Request-Id": request.request_id,
         }
         relay = _Relay(self.name, request.endpoint == "chat", send)
+        failure: APIError | None = None
         try:
             async with client.stream(
                 "POST", self.base_url + path, content=self._payload(request), headers=headers
             ) as response:
-                if response.status_code != 200:
-                    raise await self._status_error(response)
-                content_type = response.headers.get("content-type", "")
-                if content_type.startswith("application/json"):
-                    await relay.unary(response)
-                else:
-                    await relay.stream(response)
+                # `client.stream` is an `@asynccontextmanager`, and on Python 3.11 a frozen
+                # slots dataclass exception crossing one turns into a TypeError (contextlib
+                # assigns its __traceback__): carry the APIError out instead.
+                try:
+                    if response.status_code != 200:
+                        failure = await self._status_error(response)
+                    elif response.headers.get("content-type", "").startswith("application/json"):
+                        await relay.unary(response)
+                    else:
+                        await relay.stream(response)
+                except APIError as error:
+                    failure = error
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             self._connection_lost(f"{type(error).__name__}: {error}")
             raise unavailable(
@@ -354,6 +393,8 @@ class OpenAIUpstream:
                 f"The upstream {self.name} sent a response that could not be read "
                 f"({type(error).__name__})."
             ) from None
+        if failure is not None:
+            raise failure
 
     async def _status_error(self, response: httpx.Response) -> APIError:
         """The `APIError` for an upstream that answered with an error status."""
@@ -363,10 +404,8 @@ class OpenAIUpstream:
         except httpx.HTTPError:
             raw = b""
         fields: dict[str, Any] | None = None
-        try:
+        with contextlib.suppress(orjson.JSONDecodeError):
             fields = _error_object(orjson.loads(raw))
-        except orjson.JSONDecodeError:
-            pass
         if fields is not None and isinstance(fields.get("message"), str):
             message = _truncate(fields["message"])
         else:
@@ -383,8 +422,7 @@ class OpenAIUpstream:
             log.warning("upstream %s rejected the gateway's credentials (%d)", self.name, status)
             return dataclasses.replace(
                 internal_error(
-                    f"The upstream {self.name} rejected the gateway's credentials "
-                    f"(HTTP {status})."
+                    f"The upstream {self.name} rejected the gateway's credentials (HTTP {status})."
                 ),
                 retryable=True,
             )
@@ -438,7 +476,7 @@ class _Relay:
 
     async def stream(self, response: httpx.Response) -> None:
         final: Chunk | None = None
-        complete = False  # the finish and the usage after it are both in
+        ended = False  # `[DONE]`, or the finish and the usage after it: the body should end
         prompt_tokens: int | None = None
         completion_tokens: int | None = None
         async with contextlib.aclosing(_sse_lines(response)) as lines:
@@ -446,6 +484,7 @@ class _Relay:
                 if field == b"error":  # llama.cpp: `error: {...}` instead of a data line
                     raise inband_error(_loads(payload, self.name))
                 if payload.strip() == b"[DONE]":
+                    ended = True
                     break
                 event = _loads(payload, self.name)
                 if not isinstance(event, dict):
@@ -453,28 +492,27 @@ class _Relay:
                 if "error" in event or event.get("object") == "error":
                     raise inband_error(event)
                 text, finish_reason = _choice_delta(event, self.chat)
-                usage = event.get("usage")
                 if final is None and finish_reason is not None:
                     final = Chunk(text, tokens=1 if text else 0, finish_reason=finish_reason)
                 elif final is None and text:
                     await self._emit(Chunk(text, 1))
+                usage = event.get("usage")
                 if isinstance(usage, dict) and final is not None:
                     prompt_tokens = _as_int(usage.get("prompt_tokens"))
                     completion_tokens = _as_int(usage.get("completion_tokens"))
-                    complete = True
+                    ended = True
                     break
             if final is None:
                 raise internal_error("upstream ended the stream without a finish_reason")
             await self._emit(self._final(final, prompt_tokens, completion_tokens))
-            if complete:
-                # Read on to `[DONE]` so the connection can be reused; the request's outcome
-                # is settled, so nothing found here changes it.
-                with trio.move_on_after(DRAIN_TIMEOUT):
-                    try:
-                        async for _field, payload in lines:
-                            if payload.strip() == b"[DONE]":
-                                break
-                    except httpx.HTTPError:
+            if ended:
+                # Read the body to its end so the connection can be reused. The outcome is
+                # settled: nothing found here changes it.
+                with (
+                    trio.move_on_after(DRAIN_TIMEOUT),
+                    contextlib.suppress(httpx.HTTPError, APIError),
+                ):
+                    async for _ in lines:
                         pass
 
     async def unary(self, response: httpx.Response) -> None:
@@ -516,7 +554,7 @@ def _loads(payload: bytes, name: str) -> Any:
         raise internal_error(f"The upstream {name} sent an event that is not JSON.") from None
 
 
-async def _sse_lines(response: httpx.Response) -> Any:
+async def _sse_lines(response: httpx.Response) -> AsyncGenerator[tuple[bytes, bytes], None]:
     """(field, value) for each `data:` and `error:` line of an SSE body, as bytes.
 
     Lines are split on b"\\n" here rather than with `aiter_lines()`: httpx splits like
@@ -526,7 +564,7 @@ async def _sse_lines(response: httpx.Response) -> Any:
     per line.
     """
     buffer = bytearray()
-    async with contextlib.aclosing(response.aiter_bytes()) as chunks:
+    async with _Body(response) as chunks:
         async for chunk in chunks:
             buffer += chunk
             start = 0

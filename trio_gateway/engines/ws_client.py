@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import trio
 from trio_websocket import (
@@ -22,7 +24,7 @@ from trio_websocket import (
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
+    wrap_client_stream,
 )
 
 from trio_gateway.generation import Chunk, GenerationRequest
@@ -154,12 +156,39 @@ class RemoteWorker:
         self, headers: list[tuple[bytes, bytes]]
     ) -> AbstractAsyncContextManager[WebSocketConnection]:
         """The WebSocket to the worker; tests put an in-memory one here."""
-        return open_websocket_url(
-            self.url,
-            extra_headers=headers,
-            connect_timeout=self.connect_timeout,
-            max_message_size=MAX_MESSAGE_BYTES,
-        )
+        return self._dial(headers)
+
+    @asynccontextmanager
+    async def _dial(self, headers: list[tuple[bytes, bytes]]) -> AsyncIterator[WebSocketConnection]:
+        """Like trio-websocket's `open_websocket_url`, but the TCP stream is closed on every
+        way out, a handshake cut short included (that path leaked sockets)."""
+        url = urlsplit(self.url)
+        if url.scheme != "ws" or url.hostname is None:
+            raise OSError(f"unsupported worker URL {self.url!r}: expected ws://HOST:PORT")
+        port = url.port or 80
+        with trio.fail_after(self.connect_timeout):
+            stream = await trio.open_tcp_stream(url.hostname, port)
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(self.connect_timeout):
+                    ws = await wrap_client_stream(
+                        nursery,
+                        stream,
+                        f"{url.hostname}:{port}",
+                        url.path or "/",
+                        extra_headers=headers,
+                        max_message_size=MAX_MESSAGE_BYTES,
+                    )
+                try:
+                    yield ws
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:  # callers catch the bare error, as from trio-websocket
+                raise group.exceptions[0] from None
+            raise
+        finally:
+            await trio.aclose_forcefully(stream)
 
     async def _keep_alive(self, ws: WebSocketConnection) -> None:
         """A worker that stops answering pings is as good as gone: close and redial."""
@@ -215,7 +244,8 @@ class RemoteWorker:
         produced = ended = False
         try:
             try:
-                await ws.send_message(protocol.encode(protocol.Generate(rid, request, self.window)))
+                generate = protocol.Generate(rid, request, self.window, request.session_id)
+                await ws.send_message(protocol.encode(generate))
             except ConnectionClosed:
                 ended = True
                 raise unavailable(f"Worker {self.name} is gone.", retryable=True) from None

@@ -136,9 +136,7 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
     async def add_worker() -> Response:
         body = await request.get_json(force=True, silent=True)
         url = body.get("url") if isinstance(body, dict) else None
-        if not isinstance(url, str) or not url.startswith(
-            ("ws://", "wss://", "http://", "https://")
-        ):
+        if not isinstance(url, str) or not url.startswith(("ws://", "http://", "https://")):
             return _api_error(
                 invalid_request(
                     'Send {"url": "ws://HOST:PORT"} or an OpenAI-compatible "http://HOST:PORT/v1".',

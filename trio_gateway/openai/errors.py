@@ -22,7 +22,7 @@ ERROR_TYPES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)  # no slots: contextlib sets __traceback__ on exceptions it rethrows
 class APIError(Exception):
     """An error the client sees as `{"error": {...}}` with an HTTP status.
 

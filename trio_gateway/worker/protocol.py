@@ -198,44 +198,67 @@ def encode(message: Message) -> str:
     return orjson.dumps(frame).decode()
 
 
-def _get(frame: dict[str, Any], name: str, kind: type | tuple[type, ...], rid: str | None) -> Any:
+def _get(
+    frame: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    rid: str | None,
+    where: str | None = None,
+) -> Any:
     value = frame.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
-        raise ProtocolError(f"{frame.get('type')!r} frame: bad or missing {name!r}", rid)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        where = where or f"{frame.get('type')!r} frame"
+        raise ProtocolError(f"{where}: bad or missing {name!r}", rid)
     return value
 
 
 def _optional(
-    frame: dict[str, Any], name: str, kind: type | tuple[type, ...], rid: str | None
+    frame: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    rid: str | None,
+    where: str | None = None,
 ) -> Any:
-    return None if frame.get(name) is None else _get(frame, name, kind, rid)
+    return None if frame.get(name) is None else _get(frame, name, kind, rid, where)
 
 
 def _decode_request(raw: Any, rid: str) -> GenerationRequest:
+    """The request's own fields; its session travels as the frame's `session_id`."""
     if not isinstance(raw, dict):
         raise ProtocolError("'generate' frame: 'request' must be an object", rid)
     endpoint = raw.get("endpoint")
     if endpoint not in ("chat", "completion"):
         raise ProtocolError("'generate' frame: bad 'request.endpoint'", rid)
+    where = "'generate' frame, 'request'"
     mock_raw = raw.get("mock")
     mock = None
     if mock_raw is not None:
         if not isinstance(mock_raw, dict):
             raise ProtocolError("'generate' frame: 'request.mock' must be an object", rid)
-        try:
-            mock = MockOptions(**mock_raw)
-        except TypeError:
-            raise ProtocolError("'generate' frame: unknown field in 'request.mock'", rid) from None
+        unknown = set(mock_raw) - {"tokens", "itl_ms", "ttft_ms", "error_after", "stall_after"}
+        if unknown:
+            raise ProtocolError("'generate' frame: unknown field in 'request.mock'", rid)
+        mock_where = "'generate' frame, 'request.mock'"
+        mock = MockOptions(
+            tokens=_optional(mock_raw, "tokens", int, rid, mock_where),
+            itl_ms=_optional(mock_raw, "itl_ms", (int, float), rid, mock_where),
+            ttft_ms=_optional(mock_raw, "ttft_ms", (int, float), rid, mock_where),
+            error_after=_optional(mock_raw, "error_after", int, rid, mock_where),
+            stall_after=_optional(mock_raw, "stall_after", int, rid, mock_where),
+        )
     stop = raw.get("stop", [])
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise ProtocolError("'generate' frame: 'request.stop' must be strings", rid)
+    stream = raw.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ProtocolError(f"{where}: bad 'stream'", rid)
     return GenerationRequest(
-        request_id=_get(raw, "request_id", str, rid),
+        request_id=_get(raw, "request_id", str, rid, where),
         endpoint=endpoint,
-        model=_get(raw, "model", str, rid),
-        prompt=_get(raw, "prompt", str, rid),
-        stream=bool(raw.get("stream", False)),
-        max_tokens=_optional(raw, "max_tokens", int, rid),
+        model=_get(raw, "model", str, rid, where),
+        prompt=_get(raw, "prompt", str, rid, where),
+        stream=stream,
+        max_tokens=_optional(raw, "max_tokens", int, rid, where),
         stop=tuple(stop),
         mock=mock,
     )
@@ -258,7 +281,7 @@ def decode(text: str | bytes) -> Message:
         return ChunkFrame(
             _get(frame, "id", str, rid),
             _get(frame, "text", str, rid),
-            frame.get("tokens", 1) if isinstance(frame.get("tokens", 1), int) else 1,
+            _get(frame, "tokens", int, rid) if "tokens" in frame else 1,
             _optional(frame, "finish_reason", str, rid),
             _optional(frame, "prompt_tokens", int, rid),
         )
