@@ -253,6 +253,7 @@ async def test_request_id_header_is_echoed(autojump_clock: trio.testing.MockCloc
         ok = await harness.request("POST", CHAT, chat(max_tokens=1), headers={"x-request-id": "r1"})
         bad = await harness.request("POST", CHAT, {"model": 3}, headers={"x-request-id": "r2"})
         assert ok.headers[b"x-request-id"] == b"r1"
+        assert ok.headers[b"x-worker-id"] == b"mock"
         assert bad.headers[b"x-request-id"] == b"r2"
 
 
@@ -285,3 +286,31 @@ async def test_control_routes(autojump_clock: trio.testing.MockClock) -> None:
         assert missing.json()["error"]["type"] == "invalid_request_error"
         wrong_method = await harness.request("GET", CHAT)
         assert wrong_method.status == 405
+
+
+async def test_over_capacity_is_429_and_a_queued_client_that_leaves_frees_its_place(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = GatewayConfig(max_inflight=1, queue_size=1, queue_timeout_s=5)
+    async with running_gateway(config) as harness:
+        running = harness.start("POST", CHAT, chat(stream=True, mock={"tokens": 1000}))
+        await running.wait_until(lambda e: len(e.tokens()) >= 1)
+        queued = harness.start("POST", CHAT, chat(stream=True))
+        await trio.sleep(0.1)
+        assert harness.gateway.router.queued == 1
+        full = await harness.request("POST", CHAT, chat())
+        assert full.status == 429
+        assert full.headers[b"retry-after"] == b"5"
+        assert full.json()["error"]["type"] == "overload"
+        queued.disconnect()
+        await queued.finished.wait()
+        assert harness.gateway.router.queued == 0
+        waited = harness.start("POST", CHAT, chat())
+        await waited.finished.wait()
+        assert waited.status == 429  # no slot within the 5 s queue timeout
+        assert trio.current_time() >= 5
+        assert count(harness, "overload", "unary") == 2
+        running.disconnect()
+        await running.finished.wait()
+        assert harness.metric("trio_gateway_inflight_requests", model="mock") == 0
+        assert harness.metric("trio_gateway_queued_requests", model="mock") == 0

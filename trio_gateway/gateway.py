@@ -13,7 +13,7 @@ from trio_gateway.engines.protocol import Engine
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.metrics import GatewayMetrics
-from trio_gateway.openai.errors import model_not_found
+from trio_gateway.openai.errors import model_not_found, unavailable
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.policies import make_policy
 
@@ -84,10 +84,19 @@ class Gateway:
         """Running, and not shutting down: new requests are taken."""
         return self.running and self.shutdown.accepting
 
+    @property
+    def ready(self) -> bool:
+        """Accepting, with at least one backend able to take a request."""
+        return self.accepting and any(b.engine.available for b in self.router.backends)
+
     def check_model(self, model: str) -> None:
-        """404 before anything starts when no backend has ever served `model`."""
-        if not self.router.knows(model):
-            raise model_not_found(model)
+        """404 before anything starts when no backend serves `model` (503 while some
+        backend has not said yet which models it serves)."""
+        if self.router.knows(model):
+            return
+        if any(not backend.engine.models for backend in self.router.backends):
+            raise unavailable("Backends are still starting; retry shortly.")
+        raise model_not_found(model)
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every engine's background work in `nursery`, which then hosts the flights."""

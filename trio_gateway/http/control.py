@@ -97,7 +97,7 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/ready")
     async def ready() -> Response:
-        if gateway.accepting:
+        if gateway.ready:
             return _json({"status": "ready"})
         return _json({"status": "not_ready", "phase": gateway.shutdown.phase.value}, 503)
 
