@@ -147,14 +147,16 @@ def cpu_seconds(pid: int) -> float:
 class GatewayProcess:
     """`trio-gateway serve` as a subprocess on a free loopback port."""
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, *flags: str, command: str = "serve") -> None:
         self.port = free_port()
         exe = Path(sys.executable).parent / "trio-gateway"
+        if command == "worker":
+            flags = ("--metrics-port", "0", *flags)
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
             prefix="gateway-", suffix=".log", delete=False
         )
         self.proc = subprocess.Popen(
-            [str(exe), "serve", "--port", str(self.port), "--log-level", "warning", *flags],
+            [str(exe), command, "--port", str(self.port), "--log-level", "warning", *flags],
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 
 import trio
@@ -172,4 +173,8 @@ async def _watch(receive: Receive, flight: Flight, inactivity_timeout: float) ->
             message = await receive()
             if message["type"] == "http.disconnect":
                 flight.cancel(CLIENT_DISCONNECTED)
+                # Wall-clock stamp: benchmarks/worker_path.py measures disconnect → cancel.
+                log.debug(
+                    "request %s: client gone, cancelled at %.6f", flight.request_id, time.time()
+                )
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 
 import trio
@@ -238,6 +239,10 @@ class WorkerServer:
                 generation = generations.get(message.id)
                 if generation is not None:
                     generation.flight.cancel(CLIENT_DISCONNECTED)
+                    # Wall-clock stamp: benchmarks/worker_path.py measures disconnect → cancel.
+                    log.debug(
+                        "request %s: cancelled by the gateway at %.6f", message.id, time.time()
+                    )
             elif isinstance(message, OpenSession | CloseSession):
                 await ws.send_message(
                     protocol.encode(
