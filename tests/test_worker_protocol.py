@@ -653,3 +653,18 @@ def test_generate_mock_values_mistyped_rejected() -> None:
     with pytest.raises(ProtocolError) as info:
         decode(dumps(generate_frame(mock={"tokens": "5"})))
     assert info.value.request_id == "g1"
+
+
+def test_chunks_frame_round_trip_and_rejects_bad_items() -> None:
+    from trio_gateway.worker.protocol import Chunks, ProtocolError
+
+    message = Chunks(
+        (ChunkFrame("a", "x"), ChunkFrame("b", "y", 2, "stop", 3), ChunkFrame("a", "", 0))
+    )
+    assert decode(encode(message)) == message
+    with pytest.raises(ProtocolError) as caught:
+        decode('{"type": "chunks", "items": [{"id": "a"}]}')
+    assert caught.value.request_id == "a"
+    with pytest.raises(ProtocolError) as caught:
+        decode('{"type": "chunks", "items": "nope"}')
+    assert caught.value.request_id is None

@@ -33,6 +33,7 @@ from trio_gateway.worker import protocol
 from trio_gateway.worker.protocol import (
     PROTOCOL_VERSION,
     ChunkFrame,
+    Chunks,
     End,
     ErrorFrame,
     Hello,
@@ -217,16 +218,22 @@ class RemoteWorker:
                 if stream is not None:
                     stream.send.send_nowait(_Lost(f"the worker sent a bad frame: {error}"))
                 continue
-            if isinstance(message, ChunkFrame | End | ErrorFrame):
-                stream = self._streams.get(message.id)
-                if stream is not None:  # else: a request already gone (cancelled, failed)
-                    stream.send.send_nowait(message)
+            if isinstance(message, Chunks):
+                for item in message.items:
+                    self._deliver(item)
+            elif isinstance(message, ChunkFrame | End | ErrorFrame):
+                self._deliver(message)
             elif isinstance(message, Load):
                 self.load = WorkerLoad(message.inflight, message.queued)
             else:
                 log.warning(
                     "worker %s: unexpected %s frame ignored", self.name, type(message).__name__
                 )
+
+    def _deliver(self, message: ChunkFrame | End | ErrorFrame) -> None:
+        stream = self._streams.get(message.id)
+        if stream is not None:  # else: a request already gone (cancelled, failed)
+            stream.send.send_nowait(message)
 
     def _fail_all(self, reason: str) -> None:
         for stream in self._streams.values():

@@ -49,6 +49,14 @@ class ChunkFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class Chunks:
+    """Several requests' chunks in one frame: what the worker sends when more than one is
+    queued (a batch step produces a token for every running sequence at once)."""
+
+    items: tuple[ChunkFrame, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class End:
     id: str
 
@@ -112,6 +120,7 @@ class CloseSession:
 Message = (
     Hello
     | ChunkFrame
+    | Chunks
     | End
     | ErrorFrame
     | SessionReply
@@ -126,6 +135,7 @@ Message = (
 _TYPE_OF: dict[type, str] = {
     Hello: "hello",
     ChunkFrame: "chunk",
+    Chunks: "chunks",
     End: "end",
     ErrorFrame: "error",
     SessionReply: "session",
@@ -160,16 +170,23 @@ def _request_fields(request: GenerationRequest) -> dict[str, Any]:
     return out
 
 
+def _chunk_fields(message: ChunkFrame) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "chunk", "id": message.id, "text": message.text}
+    if message.tokens != 1:
+        frame["tokens"] = message.tokens
+    if message.finish_reason is not None:
+        frame["finish_reason"] = message.finish_reason
+        if message.prompt_tokens is not None:
+            frame["prompt_tokens"] = message.prompt_tokens
+    return frame
+
+
 def encode(message: Message) -> str:
     if isinstance(message, ChunkFrame):  # the hot path: keep it short
-        frame: dict[str, Any] = {"type": "chunk", "id": message.id, "text": message.text}
-        if message.tokens != 1:
-            frame["tokens"] = message.tokens
-        if message.finish_reason is not None:
-            frame["finish_reason"] = message.finish_reason
-            if message.prompt_tokens is not None:
-                frame["prompt_tokens"] = message.prompt_tokens
-        return orjson.dumps(frame).decode()
+        return orjson.dumps(_chunk_fields(message)).decode()
+    if isinstance(message, Chunks):
+        items = [_chunk_fields(item) for item in message.items]
+        return orjson.dumps({"type": "chunks", "items": items}).decode()
     if isinstance(message, Generate):
         frame = {
             "type": "generate",
@@ -264,6 +281,18 @@ def _decode_request(raw: Any, rid: str) -> GenerationRequest:
     )
 
 
+def _decode_chunk(frame: dict[str, Any]) -> ChunkFrame:
+    rid = frame.get("id") if isinstance(frame.get("id"), str) else None
+    where = "'chunk'"
+    return ChunkFrame(
+        _get(frame, "id", str, rid, where),
+        _get(frame, "text", str, rid, where),
+        _get(frame, "tokens", int, rid, where) if "tokens" in frame else 1,
+        _optional(frame, "finish_reason", str, rid, where),
+        _optional(frame, "prompt_tokens", int, rid, where),
+    )
+
+
 def _status(value: Any) -> int:
     return value if isinstance(value, int) and 400 <= value <= 599 else 500
 
@@ -276,15 +305,14 @@ def decode(text: str | bytes) -> Message:
     if not isinstance(frame, dict):
         raise ProtocolError("frame is not a JSON object")
     kind = frame.get("type")
-    rid = frame.get("id") if isinstance(frame.get("id"), str) else None
     if kind == "chunk":
-        return ChunkFrame(
-            _get(frame, "id", str, rid),
-            _get(frame, "text", str, rid),
-            _get(frame, "tokens", int, rid) if "tokens" in frame else 1,
-            _optional(frame, "finish_reason", str, rid),
-            _optional(frame, "prompt_tokens", int, rid),
-        )
+        return _decode_chunk(frame)
+    if kind == "chunks":
+        items = frame.get("items")
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise ProtocolError("'chunks' frame: 'items' must be a list of objects")
+        return Chunks(tuple(_decode_chunk(item) for item in items))
+    rid = frame.get("id") if isinstance(frame.get("id"), str) else None
     if kind == "end":
         return End(_get(frame, "id", str, rid))
     if kind == "credit":

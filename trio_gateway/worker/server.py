@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ from trio_gateway.worker.protocol import (
     PROTOCOL_VERSION,
     Cancel,
     ChunkFrame,
+    Chunks,
     CloseSession,
     Credit,
     End,
@@ -189,10 +191,12 @@ class WorkerServer:
             await ws.send_message(
                 protocol.encode(Hello(self.worker_id, self.engine.models, self.config.max_inflight))
             )
+            outbox, outgoing = trio.open_memory_channel[Outbound](math.inf)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._report_load, ws)
+                nursery.start_soon(_write, ws, outgoing)
                 try:
-                    await self._read(ws, nursery, generations)
+                    await self._read(ws, nursery, generations, outbox)
                 finally:
                     nursery.cancel_scope.cancel()  # the gateway is gone: stop everything
         except ConnectionClosed:
@@ -204,7 +208,11 @@ class WorkerServer:
                 await ws.aclose(code=1002, reason="protocol error")
 
     async def _read(
-        self, ws: WebSocketConnection, nursery: trio.Nursery, generations: dict[str, _Generation]
+        self,
+        ws: WebSocketConnection,
+        nursery: trio.Nursery,
+        generations: dict[str, _Generation],
+        outbox: trio.MemorySendChannel[Outbound],
     ) -> None:
         while True:
             try:
@@ -230,7 +238,7 @@ class WorkerServer:
                         )
                     )
                     continue
-                nursery.start_soon(self._generate, ws, message, generations)
+                nursery.start_soon(self._generate, outbox, message, generations)
             elif isinstance(message, Credit):
                 generation = generations.get(message.id)
                 if generation is not None:
@@ -253,7 +261,10 @@ class WorkerServer:
                 log.warning("unexpected %s frame from the gateway ignored", type(message).__name__)
 
     async def _generate(
-        self, ws: WebSocketConnection, frame: Generate, generations: dict[str, _Generation]
+        self,
+        outbox: trio.MemorySendChannel[Outbound],
+        frame: Generate,
+        generations: dict[str, _Generation],
     ) -> None:
         request = frame.request
         flight = Flight(frame.id, request.model, request.endpoint, trio.current_time())
@@ -264,17 +275,13 @@ class WorkerServer:
         outcome = "cancelled"
         try:
             with flight.scope:
-                await self._stream(ws, frame, generation)
+                await self._stream(outbox, frame, generation)
                 outcome = "finished"
             if flight.cancel_reason == SHUTDOWN:
-                await _send_error(
-                    ws,
-                    frame.id,
-                    APIError(503, "the worker shut down", "shutdown", None, "shutdown", "shutdown"),
-                )
+                outbox.send_nowait(_error_frame(frame.id, shut_down()))
         except APIError as error:
             outcome = "error"
-            await _send_error(ws, frame.id, error)
+            outbox.send_nowait(_error_frame(frame.id, error))
         except trio.Cancelled:
             if flight.cancel_reason is None:
                 flight.cancel_reason = "connection_lost"
@@ -289,9 +296,12 @@ class WorkerServer:
                 self.metrics.cancellations.labels(flight.cancel_reason).inc()
 
     async def _stream(
-        self, ws: WebSocketConnection, frame: Generate, generation: _Generation
+        self,
+        outbox: trio.MemorySendChannel[Outbound],
+        frame: Generate,
+        generation: _Generation,
     ) -> None:
-        """Engine → local channel → frames, each frame against one credit."""
+        """Engine → local channel → the connection's outbox, each chunk against one credit."""
         send, receive = trio.open_memory_channel[Chunk](max(1, frame.window))
         failure: APIError | None = None
 
@@ -311,20 +321,18 @@ class WorkerServer:
             with receive:
                 async for chunk in receive:
                     await generation.credit.take()
-                    await ws.send_message(
-                        protocol.encode(
-                            ChunkFrame(
-                                frame.id,
-                                chunk.text,
-                                chunk.tokens,
-                                chunk.finish_reason,
-                                chunk.prompt_tokens,
-                            )
+                    outbox.send_nowait(
+                        ChunkFrame(
+                            frame.id,
+                            chunk.text,
+                            chunk.tokens,
+                            chunk.finish_reason,
+                            chunk.prompt_tokens,
                         )
                     )
         if failure is not None:
             raise failure
-        await ws.send_message(protocol.encode(End(frame.id)))
+        outbox.send_nowait(End(frame.id))
 
     async def _report_load(self, ws: WebSocketConnection) -> None:
         while True:
@@ -332,10 +340,45 @@ class WorkerServer:
             await trio.sleep(self.config.load_interval_s)
 
 
+Outbound = ChunkFrame | End | ErrorFrame
+
+
+async def _write(ws: WebSocketConnection, outgoing: trio.MemoryReceiveChannel[Outbound]) -> None:
+    """The connection's one writer: whatever is queued goes out together, consecutive
+    chunks (of any requests) as one `chunks` frame, in order per request."""
+    async for first in outgoing:
+        queued: list[Outbound] = [first]
+        while True:
+            try:
+                queued.append(outgoing.receive_nowait())
+            except trio.WouldBlock:
+                break
+        chunks: list[ChunkFrame] = []
+        for message in queued:
+            if isinstance(message, ChunkFrame):
+                chunks.append(message)
+                continue
+            await _send_chunks(ws, chunks)
+            chunks = []
+            await ws.send_message(protocol.encode(message))
+        await _send_chunks(ws, chunks)
+
+
+async def _send_chunks(ws: WebSocketConnection, chunks: list[ChunkFrame]) -> None:
+    if len(chunks) == 1:
+        await ws.send_message(protocol.encode(chunks[0]))
+    elif chunks:
+        await ws.send_message(protocol.encode(Chunks(tuple(chunks))))
+
+
+def shut_down() -> APIError:
+    return APIError(503, "the worker shut down", "shutdown", None, "shutdown", "shutdown")
+
+
+def _error_frame(request_id: str, error: APIError) -> ErrorFrame:
+    return ErrorFrame(request_id, error.message, error.type, error.code, error.status)
+
+
 async def _send_error(ws: WebSocketConnection, request_id: str, error: APIError) -> None:
     with contextlib.suppress(ConnectionClosed):
-        await ws.send_message(
-            protocol.encode(
-                ErrorFrame(request_id, error.message, error.type, error.code, error.status)
-            )
-        )
+        await ws.send_message(protocol.encode(_error_frame(request_id, error)))
