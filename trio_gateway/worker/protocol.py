@@ -311,7 +311,11 @@ def decode(text: str | bytes) -> Message:
         items = frame.get("items")
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             raise ProtocolError("'chunks' frame: 'items' must be a list of objects")
-        return Chunks(tuple(_decode_chunk(item) for item in items))
+        try:
+            return Chunks(tuple(_decode_chunk(item) for item in items))
+        except ProtocolError as error:
+            # Failing one request would lose the frame's other items: the connection goes.
+            raise ProtocolError(f"'chunks' frame: {error}") from None
     rid = frame.get("id") if isinstance(frame.get("id"), str) else None
     if kind == "end":
         return End(_get(frame, "id", str, rid))
