@@ -210,3 +210,23 @@ async def test_stalled_worker_hits_the_inactivity_timeout(
             assert orjson.loads(exchange.events()[-2])["error"]["type"] == "response_timeout"
             with trio.fail_after(1):
                 await server.ledger.wait_empty()  # the cancel reached the worker
+
+
+async def test_worker_drain_finishes_its_streams_then_cuts_with_a_frame(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_worker("w1", drain_timeout_s=2) as server:
+        worker = InMemoryWorker("ws://w1", handler=server._handle)
+        async with running_gateway(engines=[worker]) as harness:
+            await worker.wait_connected()
+            short = harness.start("POST", CHAT, chat(stream=True, mock={"tokens": 10}))
+            long = harness.start("POST", CHAT, chat(stream=True, mock={"tokens": 1000}))
+            await long.wait_until(lambda e: len(e.tokens()) >= 1)
+            server.shutdown.request_stop("SIGTERM")
+            await server.shutdown.wait_stopped()
+            await short.finished.wait()
+            await long.finished.wait()
+            assert short.events()[-1] == "[DONE]" and len(short.tokens()) == 10
+            assert orjson.loads(long.events()[-2])["error"]["type"] == "unavailable"
+            assert long.events()[-1] == "[DONE]"
+            assert len(server.ledger) == 0
