@@ -260,27 +260,37 @@ class RemoteWorker:
             credit_every = max(1, self.window // 2)
             while True:
                 message = await stream.receive.receive()
-                if isinstance(message, ChunkFrame):
-                    produced = True
-                    await send.send(message.chunk())
-                    if message.finish_reason is not None:
-                        ended = True  # the worker follows with `end`; nothing left to cancel
+                while True:
+                    if isinstance(message, ChunkFrame):
+                        produced = True
+                        # No checkpoint while there is room: every chunk already here
+                        # reaches the response writer before it wakes, as one write.
+                        try:
+                            send.send_nowait(message.chunk())
+                        except trio.WouldBlock:
+                            await send.send(message.chunk())
+                        if message.finish_reason is not None:
+                            ended = True  # the worker follows with `end`: nothing to cancel
+                            return
+                        unacknowledged += 1
+                    elif isinstance(message, End):
+                        ended = True
                         return
-                    unacknowledged += 1
-                    if unacknowledged >= credit_every:
-                        await self._send_quietly(ws, protocol.Credit(rid, unacknowledged))
-                        unacknowledged = 0
-                elif isinstance(message, End):
-                    ended = True
-                    return
-                elif isinstance(message, ErrorFrame):
-                    ended = True
-                    raise _worker_error(message, retryable=not produced)
-                else:
-                    ended = True
-                    raise unavailable(
-                        f"Worker {self.name} lost: {message.reason}.", retryable=not produced
-                    )
+                    elif isinstance(message, ErrorFrame):
+                        ended = True
+                        raise _worker_error(message, retryable=not produced)
+                    else:
+                        ended = True
+                        raise unavailable(
+                            f"Worker {self.name} lost: {message.reason}.", retryable=not produced
+                        )
+                    try:
+                        message = stream.receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                if unacknowledged >= credit_every:
+                    await self._send_quietly(ws, protocol.Credit(rid, unacknowledged))
+                    unacknowledged = 0
         finally:
             del self._streams[rid]
             if not ended and self._ws is ws:
