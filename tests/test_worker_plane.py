@@ -230,3 +230,32 @@ async def test_worker_drain_finishes_its_streams_then_cuts_with_a_frame(
             assert orjson.loads(long.events()[-2])["error"]["type"] == "unavailable"
             assert long.events()[-1] == "[DONE]"
             assert len(server.ledger) == 0
+
+
+async def test_a_gateway_vanishing_mid_stream_does_not_take_the_worker_down(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trio_websocket import wrap_client_stream, wrap_server_stream
+
+    from trio_gateway.worker.protocol import Generate
+
+    async with running_worker("w1") as server:
+        client_stream, server_stream = trio.testing.memory_stream_pair()
+        handled = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def worker_side() -> None:
+                ws_request = await wrap_server_stream(nursery, server_stream)
+                await server._handle(ws_request)  # must return, whatever the gateway did
+                handled.set()
+
+            nursery.start_soon(worker_side)
+            ws = await wrap_client_stream(nursery, client_stream, "w1", "/")  # type: ignore[arg-type]
+            await ws.get_message()  # hello
+            await ws.send_message(encode(Generate("g1", request(tokens=1000), 4)))
+            await ws.get_message()  # the first chunk: it is generating
+            await trio.aclose_forcefully(client_stream)  # the gateway vanishes
+            with trio.fail_after(5):
+                await handled.wait()
+            assert len(server.ledger) == 0
+            nursery.cancel_scope.cancel()

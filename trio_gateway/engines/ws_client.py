@@ -107,13 +107,20 @@ class RemoteWorker:
         task_status.started()  # the gateway starts even while a worker is down
         backoff = 0.1
         while True:
+            # However a connection ends, the gateway goes on: this worker is redialled.
             try:
                 await self._connect_once()
                 backoff = 0.1
-            except (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as error:
-                log.warning("worker %s: %s", self.url, _describe(error))
-            except ProtocolError as error:
-                log.error("worker %s: protocol error, closing the connection: %s", self.url, error)
+            except* (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as group:
+                log.warning("worker %s: %s", self.url, _describe(group.exceptions[0]))
+            except* ProtocolError as group:
+                log.error(
+                    "worker %s: protocol error, closing the connection: %s",
+                    self.url,
+                    group.exceptions[0],
+                )
+            except* Exception:
+                log.exception("worker %s: connection failed", self.url)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, self.backoff_max)
 

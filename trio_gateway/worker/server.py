@@ -186,6 +186,8 @@ class WorkerServer:
             self.metrics.connections.dec()
 
     async def _serve_connection(self, ws: WebSocketConnection, peer: str) -> None:
+        """One gateway's connection. However it ends, only this connection's generations
+        end with it: nothing a gateway does takes the worker down."""
         generations: dict[str, _Generation] = {}
         try:
             await ws.send_message(
@@ -199,13 +201,15 @@ class WorkerServer:
                     await self._read(ws, nursery, generations, outbox)
                 finally:
                     nursery.cancel_scope.cancel()  # the gateway is gone: stop everything
-        except ConnectionClosed:
-            pass
-        except ProtocolError as error:
-            log.error("gateway %s sent a broken frame, closing: %s", peer, error)
+        except* ConnectionClosed:
+            log.info("gateway %s disconnected", peer)
+        except* ProtocolError as group:
+            log.error("gateway %s sent a broken frame, closing: %s", peer, group.exceptions[0])
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
                 await ws.aclose(code=1002, reason="protocol error")
+        except* Exception:
+            log.exception("connection from gateway %s failed", peer)
 
     async def _read(
         self,
