@@ -45,7 +45,7 @@ async def ready_status(port: int) -> int:
 
 
 async def run_case(streams: int, length: float, drain_timeout: float) -> dict[str, Any]:
-    gateway = GatewayProcess("--drain-timeout-s", str(drain_timeout))
+    gateway = GatewayProcess("--drain-timeout-s", str(drain_timeout), "--mock-max-num-seqs", "4096")
     body = {
         "model": "mock",
         "stream": True,
@@ -54,15 +54,17 @@ async def run_case(streams: int, length: float, drain_timeout: float) -> dict[st
     }
     request = http_request(gateway.port, body)
     outcomes: list[tuple[str, float]] = []
+    failures: list[str] = []
     first_tokens = trio.Semaphore(0)
 
     async def one_stream() -> None:
         received = b""
+        announced = False
+        error = ""
         try:
             stream = await trio.open_tcp_stream("127.0.0.1", gateway.port)
             async with stream:
                 await stream.send_all(request)
-                announced = False
                 while not received.endswith(b"0\r\n\r\n"):
                     data = await stream.receive_some(65536)
                     if not data:
@@ -71,10 +73,19 @@ async def run_case(streams: int, length: float, drain_timeout: float) -> dict[st
                     if not announced and received.count(b'"content":') >= 2:
                         announced = True
                         first_tokens.release()
-        except OSError:
-            pass
+        except OSError as failure:
+            error = repr(failure)
+        finally:
+            if not announced:
+                first_tokens.release()  # never leave the SIGTERM waiting on a dead stream
         done = b"data: [DONE]" in received
-        kind = "bare" if not done else ("frame" if b'"error"' in received else "intact")
+        if not announced:
+            kind = "failed_to_open"
+            failures.append(error or received[:200].decode(errors="replace"))
+        elif not done:
+            kind = "bare"
+        else:
+            kind = "frame" if b'"error"' in received else "intact"
         outcomes.append((kind, time.perf_counter()))
 
     try:
@@ -105,6 +116,8 @@ async def run_case(streams: int, length: float, drain_timeout: float) -> dict[st
         "intact": kinds.count("intact"),
         "cut_with_frame": kinds.count("frame"),
         "cut_bare": kinds.count("bare"),
+        "failed_to_open": kinds.count("failed_to_open"),
+        "open_failures": failures[:5],
         "exit_after_last_stream_s": exited_at - last_end,
         "exit_after_sigterm_s": exited_at - sigterm_at,
         "exit_code": gateway.proc.returncode,
@@ -128,13 +141,13 @@ async def main(counts: list[int], length: float, deadline: float, cut_length: fl
     path = save("shutdown_drain", {"environment": environment(), "cases": cases})
     print(
         "\n| streams | drain deadline s | /ready 503 after ms | intact | cut w/ frame "
-        "| cut bare | last stream → exit ms | cut - deadline ms | exit code |"
+        "| cut bare | not opened | last stream → exit ms | cut - deadline ms | exit code |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for c in cases:
         print(
             f"| {c['streams']} | {c['drain_timeout_s']:g} | {ms(c['ready_503_after_s'])} "
-            f"| {c['intact']} | {c['cut_with_frame']} | {c['cut_bare']} "
+            f"| {c['intact']} | {c['cut_with_frame']} | {c['cut_bare']} | {c['failed_to_open']} "
             f"| {ms(c['exit_after_last_stream_s'])} | {ms(c['cut_minus_deadline_max_s'])} "
             f"| {c['exit_code']} |"
         )
