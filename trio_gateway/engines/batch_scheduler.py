@@ -15,7 +15,6 @@ until a later step, so a slow reader slows its own sequence and nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import deque
 from collections.abc import Callable
@@ -71,12 +70,22 @@ class BatchScheduler:
             raise ValueError("step_s must be positive and finite")
         self.step_s = step_s
         self.max_num_seqs = max_num_seqs
-        self.running: list[Sequence] = []
+        # A dict for O(1) removal: a shutdown cancels a thousand sequences at once.
+        self._running: dict[Sequence, None] = {}
+        self._on_grid_count = 0  # running sequences that use the engine's step
         self.waiting: deque[Sequence] = deque()
         self._anchor = 0.0  # a time on the batch grid
 
+    @property
+    def running(self) -> list[Sequence]:
+        return list(self._running)
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
     def submit(self, seq: Sequence, now: float) -> None:
-        if len(self.running) < self.max_num_seqs:
+        if len(self._running) < self.max_num_seqs:
             self._admit(seq, now)
         else:
             self.waiting.append(seq)
@@ -91,31 +100,33 @@ class BatchScheduler:
 
     def next_wakeup(self) -> float:
         """When `step` next has work; NEVER when idle."""
-        if self.waiting and len(self.running) < self.max_num_seqs:
+        if self.waiting and len(self._running) < self.max_num_seqs:
             return -NEVER
-        return min((seq.next_due for seq in self.running), default=NEVER)
+        return min((seq.next_due for seq in self._running), default=NEVER)
 
     def step(self, now: float) -> None:
         """Emit every token due by `now`, then finish, fail and admit sequences."""
         ended = False
-        for seq in self.running:
+        for seq in self._running:
             if seq.next_due <= now:
                 self._advance(seq, now)
                 ended = ended or seq.finished
         if ended:
-            self.running = [seq for seq in self.running if not seq.finished]
-        while self.waiting and len(self.running) < self.max_num_seqs:
+            for seq in [seq for seq in self._running if seq.finished]:
+                self._remove_running(seq)
+        while self.waiting and len(self._running) < self.max_num_seqs:
             self._admit(self.waiting.popleft(), now)
 
     def _admit(self, seq: Sequence, now: float) -> None:
         first = now + seq.ttft
         if seq.itl is None:
-            if any(other.itl is None for other in self.running):
+            if self._on_grid_count:
                 first = self._on_grid(first)
             else:
                 self._anchor = first
+            self._on_grid_count += 1
         seq.next_due = first
-        self.running.append(seq)
+        self._running[seq] = None
 
     def _on_grid(self, t: float) -> float:
         """The first grid time at or after `t` (the batch's next step boundary)."""
@@ -123,8 +134,10 @@ class BatchScheduler:
         return self._anchor + steps * self.step_s
 
     def _remove_running(self, seq: Sequence) -> None:
-        with contextlib.suppress(ValueError):
-            self.running.remove(seq)
+        if seq in self._running:
+            del self._running[seq]
+            if seq.itl is None:
+                self._on_grid_count -= 1
 
     def _advance(self, seq: Sequence, now: float) -> None:
         period = self.step_s if seq.itl is None else seq.itl

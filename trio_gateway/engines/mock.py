@@ -43,7 +43,7 @@ class MockEngine:
     @property
     def active(self) -> int:
         """Sequences running or waiting: what a test checks to see the engine stopped."""
-        return len(self.scheduler.running) + len(self.scheduler.waiting)
+        return self.scheduler.running_count + len(self.scheduler.waiting)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.started = True
