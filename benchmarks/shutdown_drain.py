@@ -6,8 +6,9 @@ For each N: `trio-gateway serve` as a subprocess, N streams of `--length` second
 100 ms), SIGTERM once all have their first token. Measured: SIGTERM → `/ready` answering
 503; each stream intact (`[DONE]`, no error), cut with a frame (error frame + `[DONE]`) or
 cut bare (closed without `[DONE]`: must be 0); last `[DONE]` → process exit. Then the same
-with a drain deadline (`--deadline`) far shorter than the streams (`--cut-length`): how far
-past the deadline the last cut stream gets its frame, as this (Python) client sees it.
+with a drain deadline (`--deadline`) far shorter than the streams (`--cut-length`, a token a
+second): how far past the deadline the last cut stream gets its frame, as this (Python)
+client sees it.
 Prints a Markdown table and writes benchmarks/results/shutdown_drain.json.
 """
 
@@ -44,13 +45,15 @@ async def ready_status(port: int) -> int:
     return int(head.split(b" ", 2)[1])
 
 
-async def run_case(streams: int, length: float, drain_timeout: float) -> dict[str, Any]:
+async def run_case(
+    streams: int, length: float, drain_timeout: float, itl_ms: float = ITL_MS
+) -> dict[str, Any]:
     gateway = GatewayProcess("--drain-timeout-s", str(drain_timeout), "--mock-max-num-seqs", "4096")
     body = {
         "model": "mock",
         "stream": True,
         "messages": [{"role": "user", "content": "x"}],
-        "mock": {"tokens": round(length * 1000 / ITL_MS), "itl_ms": ITL_MS, "ttft_ms": 0},
+        "mock": {"tokens": round(length * 1000 / itl_ms), "itl_ms": itl_ms, "ttft_ms": 0},
     }
     request = http_request(gateway.port, body)
     outcomes: list[tuple[str, float]] = []
@@ -111,6 +114,7 @@ async def run_case(streams: int, length: float, drain_timeout: float) -> dict[st
     return {
         "streams": streams,
         "length_s": length,
+        "itl_ms": itl_ms,
         "drain_timeout_s": drain_timeout,
         "ready_503_after_s": not_ready_after,
         "intact": kinds.count("intact"),
@@ -137,7 +141,9 @@ async def main(counts: list[int], length: float, deadline: float, cut_length: fl
         cases.append(await run_case(n, length, drain_timeout=length + 10))
         print(f"{n} streams, deadline {deadline:g} s ...", file=sys.stderr, flush=True)
         # Streams far longer than the deadline, so every one of them is cut.
-        cases.append(await run_case(n, cut_length, drain_timeout=deadline))
+        # A token a second: 1000 such streams are a load the gateway sustains, so the figure
+        # is about the cut, not about an overloaded loop (100 ms tokens x 1000 streams is).
+        cases.append(await run_case(n, cut_length, drain_timeout=deadline, itl_ms=1000))
     path = save("shutdown_drain", {"environment": environment(), "cases": cases})
     print(
         "\n| streams | drain deadline s | /ready 503 after ms | intact | cut w/ frame "
