@@ -23,15 +23,7 @@ log = logging.getLogger("trio_gateway")
 def engines_from_config(config: GatewayConfig) -> list[Engine]:
     """`--worker` URLs as engines; with none, the in-process mock engine."""
     if not config.workers:
-        return [
-            MockEngine(
-                (config.model,),
-                ttft_ms=config.mock_ttft_ms,
-                itl_ms=config.mock_itl_ms,
-                max_num_seqs=config.mock_max_num_seqs,
-                default_tokens=config.mock_tokens,
-            )
-        ]
+        return [MockEngine.from_settings(config)]
     return [engine_for_url(url, config) for url in config.workers]
 
 

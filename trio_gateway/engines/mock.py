@@ -11,6 +11,7 @@ import zlib
 
 import trio
 
+from trio_gateway.config import GatewayConfig, WorkerConfig
 from trio_gateway.engines.batch_scheduler import (
     BatchScheduler,
     Sequence,
@@ -39,6 +40,17 @@ class MockEngine:
         self.scheduler = BatchScheduler(itl_ms / 1000, max_num_seqs)
         self._sleep: trio.CancelScope | None = None
         self.started = False
+
+    @classmethod
+    def from_settings(cls, config: GatewayConfig | WorkerConfig) -> MockEngine:
+        """The mock the `--model` and `--mock-*` settings describe (gateway or worker)."""
+        return cls(
+            (config.model,),
+            ttft_ms=config.mock_ttft_ms,
+            itl_ms=config.mock_itl_ms,
+            max_num_seqs=config.mock_max_num_seqs,
+            default_tokens=config.mock_tokens,
+        )
 
     @property
     def active(self) -> int:

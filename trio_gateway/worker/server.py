@@ -79,13 +79,7 @@ class _Generation:
 class WorkerServer:
     def __init__(self, config: WorkerConfig, engine: Engine | None = None) -> None:
         self.config = config
-        self.engine: Engine = engine or MockEngine(
-            (config.model,),
-            ttft_ms=config.mock_ttft_ms,
-            itl_ms=config.mock_itl_ms,
-            max_num_seqs=config.mock_max_num_seqs,
-            default_tokens=config.mock_tokens,
-        )
+        self.engine: Engine = engine or MockEngine.from_settings(config)
         self.metrics = WorkerMetrics()
         self.ledger = InFlightLedger()
         self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s)
