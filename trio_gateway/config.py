@@ -53,6 +53,10 @@ class GatewayConfig:
     worker_token: str = field(default="", repr=False)
     upstream_api_key: str = field(default="", repr=False)
     credit_window: int = 32
+    # Sessions: idle time before a session closes; "hard" affinity answers 503 session_lost
+    # when a session's worker is gone, "soft" re-homes the session on another worker.
+    session_timeout_s: float = 300.0
+    session_affinity: str = "hard"
     # Routing and admission.
     routing_policy: str = "power_of_two"
     max_inflight: int = 0  # per backend; 0: the backend's own (a worker's hello)
@@ -106,6 +110,12 @@ class GatewayConfig:
             raise ConfigError("mock_itl_ms: must be above 0 (it is the engine's step time)")
         if not self.model:
             raise ConfigError("model: must not be empty")
+        if self.session_affinity not in ("hard", "soft"):
+            raise ConfigError(
+                f"session_affinity: expected hard or soft, got {self.session_affinity!r}"
+            )
+        if self.session_timeout_s <= 0:
+            raise ConfigError(f"session_timeout_s: must be above 0, got {self.session_timeout_s}")
         if self.routing_policy not in POLICY_NAMES:
             raise ConfigError(
                 f"routing_policy: unknown {self.routing_policy!r}; "

@@ -4,6 +4,7 @@ shutdown, and the nursery everything runs in."""
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import trio
 
@@ -16,6 +17,7 @@ from trio_gateway.metrics import GatewayMetrics
 from trio_gateway.openai.errors import model_not_found, unavailable
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.policies import make_policy
+from trio_gateway.sessions.manager import SessionManager
 
 log = logging.getLogger("trio_gateway")
 
@@ -54,6 +56,13 @@ class Gateway:
         )
         for engine in engines_from_config(config) if engines is None else engines:
             self.router.add(engine)
+        self.sessions = SessionManager(
+            self.router,
+            self.metrics,
+            default_timeout=config.session_timeout_s,
+            soft_affinity=config.session_affinity == "soft",
+        )
+        self.shutdown.on_stopping.append(partial(self.sessions.close_all, "shutdown"))
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -94,6 +103,7 @@ class Gateway:
         """Start every engine's background work in `nursery`, which then hosts the flights."""
         for backend in list(self.router.backends):
             await nursery.start(self._run_backend, backend)
+        await nursery.start(self.sessions.run)
         await nursery.start(self.shutdown.run)
         self._nursery = nursery
 

@@ -36,6 +36,7 @@ class GenerationRequest:
     include_usage: bool = False
     mock: MockOptions | None = None
     session_id: str | None = None
+    session_timeout: float | None = None  # seconds idle before the session closes
     # The validated client body, for engines that forward it (OpenAI-compatible upstreams).
     body: dict[str, Any] = field(default_factory=dict, repr=False)
 

@@ -97,6 +97,21 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.sessions_active = Gauge(
+            PREFIX + "sessions_active",
+            "Sessions open (with an affinity to a worker).",
+            registry=r,
+        )
+        self.sessions_opened = Counter(
+            PREFIX + "sessions_opened_total", "Sessions opened on a worker.", registry=r
+        )
+        self.sessions_closed = Counter(
+            PREFIX + "sessions_closed_total",
+            "Sessions closed, by reason (explicit, expired, worker_lost, shutdown).",
+            ["reason"],
+            registry=r,
+        )
+
     def request_ended(
         self,
         model: str,

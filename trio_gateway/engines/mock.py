@@ -7,6 +7,7 @@ removes the sequence from the batch at once.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import trio
@@ -33,6 +34,7 @@ class MockEngine:
         itl_ms: float = 10.0,
         max_num_seqs: int = 256,
         default_tokens: int = 100,
+        session_capacity: int = 4096,
     ) -> None:
         self.models = models
         self.ttft = ttft_ms / 1000
@@ -40,6 +42,9 @@ class MockEngine:
         self.scheduler = BatchScheduler(itl_ms / 1000, max_num_seqs)
         self._sleep: trio.CancelScope | None = None
         self.started = False
+        self.session_capacity = session_capacity
+        # Each session's conversation so far (capacity-trimmed): the next answer continues it.
+        self.sessions: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, config: GatewayConfig | WorkerConfig) -> MockEngine:
@@ -70,9 +75,22 @@ class MockEngine:
         if self._sleep is not None and when < self._sleep.deadline:
             self._sleep.deadline = when
 
+    async def open_session(self, session_id: str, idle_timeout_s: float) -> None:
+        self.sessions.setdefault(session_id, "")
+
+    async def close_session(self, session_id: str) -> None:
+        self.sessions.pop(session_id, None)
+
     async def generate(
         self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
     ) -> None:
+        history = self.sessions.get(request.session_id) if request.session_id else None
+        answer: list[str] = []
+        if history is not None:
+            # Deterministic continuation: the session's text seeds the answer, and the
+            # answer joins the session's text.
+            request = dataclasses.replace(request, prompt=history + request.prompt)
+            send = _Tee(send, answer)  # type: ignore[assignment]
         done = trio.Event()
         seq = self._sequence(request, send, done)
         self.scheduler.submit(seq, trio.current_time())
@@ -85,6 +103,9 @@ class MockEngine:
                 self._wake_by(self.scheduler.next_wakeup())
         if seq.error is not None:
             raise seq.error
+        if history is not None and request.session_id in self.sessions:
+            text = request.prompt + "".join(answer)
+            self.sessions[request.session_id] = text[-self.session_capacity :]
 
     def _sequence(
         self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk], done: trio.Event
@@ -121,3 +142,15 @@ class MockEngine:
             error_after=None if mock is None else mock.error_after,
             stall_after=None if mock is None else mock.stall_after,
         )
+
+
+class _Tee:
+    """The one call the scheduler makes on a channel, recording the text that got through."""
+
+    def __init__(self, send: trio.MemorySendChannel[Chunk], texts: list[str]) -> None:
+        self._send = send
+        self._texts = texts
+
+    def send_nowait(self, chunk: Chunk) -> None:
+        self._send.send_nowait(chunk)
+        self._texts.append(chunk.text)

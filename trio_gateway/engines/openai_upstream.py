@@ -344,6 +344,19 @@ class OpenAIUpstream:
         }
         return orjson.dumps(body)
 
+    async def open_session(self, session_id: str, idle_timeout_s: float) -> None:
+        raise APIError(
+            400,
+            "Sessions need a trio-gateway worker; an OpenAI-compatible upstream has none.",
+            "invalid_request_error",
+            "session_id",
+            "sessions_unsupported",
+            "validation",
+        )
+
+    async def close_session(self, session_id: str) -> None:
+        return None
+
     async def generate(
         self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
     ) -> None:

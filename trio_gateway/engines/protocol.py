@@ -51,3 +51,12 @@ class Engine(Protocol):
     async def generate(
         self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
     ) -> None: ...
+
+    async def open_session(self, session_id: str, idle_timeout_s: float) -> None:
+        """Make room for a session's state, which then lives `idle_timeout_s` seconds past its last
+        use; raise `APIError` when it cannot (the request fails fast, nothing half-open)."""
+        ...
+
+    async def close_session(self, session_id: str) -> None:
+        """Forget a session's state; closing an unknown session is not an error."""
+        ...

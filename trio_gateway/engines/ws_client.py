@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -39,11 +40,13 @@ from trio_gateway.worker.protocol import (
     Hello,
     Load,
     ProtocolError,
+    SessionReply,
 )
 
 log = logging.getLogger("trio_gateway.ws_client")
 
 CANCEL_DEADLINE_S = 1.0
+SESSION_CALL_TIMEOUT_S = 5.0
 HELLO_TIMEOUT_S = 5.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 PROTOCOL_HEADER = b"x-trio-gateway-protocol"
@@ -71,6 +74,12 @@ class _Stream:
         return cls(send, receive, window)
 
 
+@dataclass(eq=False)
+class _SessionCall:
+    answered: trio.Event = field(default_factory=trio.Event)
+    reply: SessionReply | None = None
+
+
 @dataclass
 class WorkerLoad:
     inflight: int = 0
@@ -94,6 +103,7 @@ class RemoteWorker:
     connections: int = 0  # how many times a hello was accepted
     _ws: WebSocketConnection | None = None
     _streams: dict[str, _Stream] = field(default_factory=dict)
+    _session_calls: dict[str, _SessionCall] = field(default_factory=dict)
     _connected: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -230,6 +240,11 @@ class RemoteWorker:
                     self._deliver(item)
             elif isinstance(message, ChunkFrame | End | ErrorFrame):
                 self._deliver(message)
+            elif isinstance(message, SessionReply):
+                call = self._session_calls.get(message.id)
+                if call is not None:
+                    call.reply = message
+                    call.answered.set()
             elif isinstance(message, Load):
                 self.load = WorkerLoad(message.inflight, message.queued)
             else:
@@ -245,6 +260,43 @@ class RemoteWorker:
     def _fail_all(self, reason: str) -> None:
         for stream in self._streams.values():
             stream.send.send_nowait(_Lost(reason))
+        for call in self._session_calls.values():
+            call.answered.set()  # no reply: the caller reports the worker lost
+
+    async def open_session(self, session_id: str, idle_timeout_s: float) -> None:
+        reply = await self._session_call(
+            lambda call_id: protocol.OpenSession(call_id, session_id, idle_timeout_s)
+        )
+        if reply.status != "ok":
+            raise unavailable(
+                f"Worker {self.name} refused session {session_id!r}: {reply.message or 'no reason'}"
+            )
+
+    async def close_session(self, session_id: str) -> None:
+        await self._session_call(lambda call_id: protocol.CloseSession(call_id, session_id))
+
+    async def _session_call(
+        self, make: Callable[[str], protocol.OpenSession | protocol.CloseSession]
+    ) -> SessionReply:
+        ws = self._ws
+        if ws is None:
+            raise unavailable(f"Worker {self.name} is not connected.")
+        call_id = uuid.uuid4().hex
+        call = self._session_calls[call_id] = _SessionCall()
+        try:
+            with trio.fail_after(SESSION_CALL_TIMEOUT_S):
+                try:
+                    await ws.send_message(protocol.encode(make(call_id)))
+                except ConnectionClosed:
+                    raise unavailable(f"Worker {self.name} is gone.") from None
+                await call.answered.wait()
+        except trio.TooSlowError:
+            raise unavailable(f"Worker {self.name} did not answer a session call.") from None
+        finally:
+            del self._session_calls[call_id]
+        if call.reply is None:
+            raise unavailable(f"Worker {self.name} was lost during a session call.")
+        return call.reply
 
     async def generate(
         self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]

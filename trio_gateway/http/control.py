@@ -128,6 +128,23 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         # methods get 405 rather than 404.
         raise RuntimeError("inference routes are served by trio_gateway.http.inference")
 
+    @app.delete("/v1/sessions/<path:session_id>")
+    async def close_session(session_id: str) -> Response:
+        closed = gateway.sessions.close(session_id)
+        if closed is None:
+            return _api_error(
+                APIError(
+                    404,
+                    f"No session {session_id!r}.",
+                    "invalid_request_error",
+                    "session_id",
+                    "session_not_found",
+                    "not_found",
+                )
+            )
+        # 202: closed once its in-flight requests end.
+        return _json({"id": session_id, "closed": closed}, 200 if closed else 202)
+
     @app.get("/admin/workers")
     async def list_workers() -> Response:
         return _json({"workers": [_describe_backend(b) for b in gateway.router.backends]})

@@ -113,6 +113,7 @@ async def handle_inference(
             chunks_in,
             receive,
             gateway.config.inactivity_timeout,
+            gateway.sessions,
         )
         with chunks_out:
             if request.stream:

@@ -25,6 +25,7 @@ from trio_gateway.openai.errors import (
     shutting_down,
 )
 from trio_gateway.router.admission import Router
+from trio_gateway.sessions.manager import SessionManager
 
 log = logging.getLogger("trio_gateway.flight")
 
@@ -83,6 +84,7 @@ async def run_flight(
     chunks: trio.MemorySendChannel[Chunk],
     receive: Receive,
     inactivity_timeout: float,
+    sessions: SessionManager | None = None,
 ) -> None:
     """The engine task: route, then generate into `chunks`, beside a watcher of the client.
 
@@ -97,7 +99,12 @@ async def run_flight(
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(_watch, receive, flight, inactivity_timeout)
                         try:
-                            await _route_and_generate(flight, router, request, chunks)
+                            if request.session_id is not None and sessions is not None:
+                                await _generate_in_session(
+                                    flight, router, sessions, request, chunks
+                                )
+                            else:
+                                await _route_and_generate(flight, router, request, chunks)
                         except APIError as error:
                             flight.error = error
                         except Exception:
@@ -154,6 +161,28 @@ async def _route_and_generate(
             tried.append(backend.name)
         finally:
             router.release(backend, verdict)
+
+
+async def _generate_in_session(
+    flight: Flight,
+    router: Router,
+    sessions: SessionManager,
+    request: GenerationRequest,
+    chunks: trio.MemorySendChannel[Chunk],
+) -> None:
+    """On the session's worker only: no retry elsewhere, the session's state lives there."""
+    backend, session = await sessions.acquire(request)
+    flight.worker = backend.name
+    verdict: bool | None = None
+    try:
+        await backend.engine.generate(request, chunks)
+        verdict = True
+    except APIError as error:
+        verdict = False if error.error_type in BACKEND_FAULTS else None
+        raise
+    finally:
+        router.release(backend, verdict)
+        sessions.release(session)
 
 
 async def _watch(receive: Receive, flight: Flight, inactivity_timeout: float) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -75,6 +76,8 @@ class GracefulShutdown:
         self._triggered = trio.Event()
         self._stopped = trio.Event()
         self._drain_scope: trio.CancelScope | None = None
+        # Run in phase 3 once requests are cut, before `stopped` (sessions close here).
+        self.on_stopping: list[Callable[[], Awaitable[None]]] = []
 
     @property
     def phase(self) -> Phase:
@@ -124,6 +127,8 @@ class GracefulShutdown:
                 await self.ledger.wait_empty()
             if len(self.ledger):
                 log.error("%d request(s) did not end after being cut", len(self.ledger))
+        for cleanup in self.on_stopping:
+            await cleanup()
         self.phases.stopped()
         log.info("shutdown: nothing left in flight")
         self._stopped.set()

@@ -125,6 +125,17 @@ def unavailable(message: str, *, retryable: bool = False) -> APIError:
     return APIError(503, message, "unavailable", None, "unavailable", "unavailable", retryable)
 
 
+def session_lost(session_id: str, worker: str) -> APIError:
+    return APIError(
+        503,
+        f"Session {session_id!r} lived on worker {worker}, which is gone; start a new session.",
+        "session_lost",
+        "session_id",
+        "session_lost",
+        "unavailable",
+    )
+
+
 def overloaded(message: str) -> APIError:
     return APIError(429, message, "overload", None, "overload", "overload")
 

@@ -280,6 +280,8 @@ def parse_generation_request(
     if session_id is not None and (not isinstance(session_id, str) or not session_id):
         raise _type_error("session_id", "a non-empty string", session_id)
 
+    session_timeout = _optional_number(body, "session_timeout", 0.001, 7 * 24 * 3600)
+
     return GenerationRequest(
         request_id=request_id,
         endpoint=endpoint,
@@ -291,5 +293,6 @@ def parse_generation_request(
         include_usage=include_usage,
         mock=_mock_options(body),
         session_id=session_id,
+        session_timeout=session_timeout,
         body=body,
     )

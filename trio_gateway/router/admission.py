@@ -105,13 +105,15 @@ class Router:
         return any(backend.serves(model) for backend in self.backends)
 
     def _candidates(
-        self, model: str, exclude: Iterable[str], now: float
+        self, model: str, exclude: Iterable[str], now: float, only: str | None = None
     ) -> tuple[list[Backend], bool]:
         """Backends that can take the request now, and whether any could later (when full)."""
         excluded = set(exclude)
         ready, could_later = [], False
         for backend in self.backends:
             if backend.name in excluded or not backend.serves(model):
+                continue
+            if only is not None and backend.name != only:
                 continue
             if not backend.engine.available or not backend.breaker.allows(now):
                 continue
@@ -121,10 +123,13 @@ class Router:
                 could_later = True
         return ready, could_later
 
-    def try_acquire(self, model: str, exclude: Iterable[str] = ()) -> Backend | None:
-        """A slot now, or None; raises when the request cannot be served by waiting."""
+    def try_acquire(
+        self, model: str, exclude: Iterable[str] = (), only: str | None = None
+    ) -> Backend | None:
+        """A slot now, or None; raises when the request cannot be served by waiting.
+        `only` names the one backend allowed (a session's worker)."""
         now = trio.current_time()
-        ready, could_later = self._candidates(model, exclude, now)
+        ready, could_later = self._candidates(model, exclude, now, only)
         if ready:
             backend = self.policy.choose(ready)
             assert isinstance(backend, Backend)
@@ -137,10 +142,12 @@ class Router:
             raise model_not_found(model)
         raise unavailable(f"No backend serving {model!r} is available right now.")
 
-    async def acquire(self, model: str, exclude: Iterable[str] = ()) -> Backend:
+    async def acquire(
+        self, model: str, exclude: Iterable[str] = (), only: str | None = None
+    ) -> Backend:
         """A slot on a backend, waiting in the bounded queue when every one is full."""
         exclude = tuple(exclude)
-        backend = self.try_acquire(model, exclude)
+        backend = self.try_acquire(model, exclude, only)
         if backend is not None:
             return backend
         if len(self._waiters) >= self.queue_size:
@@ -152,7 +159,7 @@ class Router:
                 while True:
                     await waiter.event.wait()
                     waiter.event = trio.Event()
-                    backend = self.try_acquire(model, exclude)
+                    backend = self.try_acquire(model, exclude, only)
                     if backend is not None:
                         return backend
         finally:

@@ -9,6 +9,7 @@ only against credit: at most `window` unacknowledged per request.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -30,6 +31,7 @@ from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, SHUTDOWN, Flight
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.openai.errors import APIError, internal_error
+from trio_gateway.sessions.table import SessionTable
 from trio_gateway.worker import protocol
 from trio_gateway.worker.metrics import WorkerMetrics
 from trio_gateway.worker.protocol import (
@@ -83,6 +85,8 @@ class WorkerServer:
         self.metrics = WorkerMetrics()
         self.ledger = InFlightLedger()
         self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s)
+        self.sessions = SessionTable()
+        self._reaper_sleep: trio.CancelScope | None = None
         self.worker_id = config.worker_id
         self.port = config.port
         self.metrics_port = config.metrics_port
@@ -91,6 +95,7 @@ class WorkerServer:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.engine.run)
             await nursery.start(self.shutdown.run)
+            nursery.start_soon(self.reap_sessions)
             listener = await nursery.start(
                 lambda task_status: serve_websocket(
                     self._handle,
@@ -249,14 +254,47 @@ class WorkerServer:
                     log.debug(
                         "request %s: cancelled by the gateway at %.6f", message.id, time.time()
                     )
-            elif isinstance(message, OpenSession | CloseSession):
-                await ws.send_message(
-                    protocol.encode(
-                        SessionReply(message.id, "error", "sessions are not supported yet")
-                    )
-                )
+            elif isinstance(message, OpenSession):
+                reply = await self._open_session(message)
+                await ws.send_message(protocol.encode(reply))
+            elif isinstance(message, CloseSession):
+                await self._close_session(message.session_id)
+                await ws.send_message(protocol.encode(SessionReply(message.id, "ok")))
             else:
                 log.warning("unexpected %s frame from the gateway ignored", type(message).__name__)
+
+    async def _open_session(self, message: OpenSession) -> SessionReply:
+        if not self.shutdown.accepting:
+            return SessionReply(message.id, "error", f"worker {self.worker_id} is draining")
+        if self.sessions.get(message.session_id) is None:
+            try:
+                await self.engine.open_session(message.session_id, message.timeout)
+            except APIError as error:
+                return SessionReply(message.id, "error", error.message)
+            self.sessions.open(message.session_id, "", message.timeout, trio.current_time())
+            self.metrics.sessions_active.set(len(self.sessions))
+            self._rearm_reaper()
+        return SessionReply(message.id, "ok")
+
+    async def _close_session(self, session_id: str) -> None:
+        if self.sessions.remove(session_id) is not None:
+            await self.engine.close_session(session_id)
+            self.metrics.sessions_active.set(len(self.sessions))
+
+    async def reap_sessions(self) -> None:
+        """The worker's own expiry: timeout + grace past last use (the gateway closes first)."""
+        while True:
+            with trio.CancelScope(deadline=self.sessions.next_expiry()) as self._reaper_sleep:
+                await trio.sleep_forever()
+            self._reaper_sleep = None
+            for session in self.sessions.pop_expired(trio.current_time()):
+                log.info("session %s expired on the worker", session.session_id)
+                await self.engine.close_session(session.session_id)
+            self.metrics.sessions_active.set(len(self.sessions))
+
+    def _rearm_reaper(self) -> None:
+        if self._reaper_sleep is not None:
+            self._reaper_sleep.deadline = self.sessions.next_expiry()
 
     async def _generate(
         self,
@@ -265,6 +303,11 @@ class WorkerServer:
         generations: dict[str, _Generation],
     ) -> None:
         request = frame.request
+        session = self.sessions.get(frame.session_id) if frame.session_id else None
+        if session is not None:
+            request = dataclasses.replace(request, session_id=frame.session_id)
+            frame = dataclasses.replace(frame, request=request)
+            self.sessions.begin(session)
         flight = Flight(frame.id, request.model, request.endpoint, trio.current_time())
         generation = _Generation(flight, CreditWindow(frame.window))
         generations[frame.id] = generation
@@ -285,6 +328,9 @@ class WorkerServer:
                 flight.cancel_reason = "connection_lost"
             raise
         finally:
+            if session is not None:
+                self.sessions.end(session, trio.current_time())
+                self._rearm_reaper()
             del generations[frame.id]
             self.ledger.remove(flight)
             flight.done.set()

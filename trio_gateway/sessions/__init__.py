@@ -1,0 +1,1 @@
+"""Sessions: sticky routing of a conversation to one worker, and their expiry."""
