@@ -57,6 +57,7 @@ class GatewayConfig:
     # when a session's worker is gone, "soft" re-homes the session on another worker.
     session_timeout_s: float = 300.0
     session_affinity: str = "hard"
+    session_store: str = ""  # "": in memory; redis://HOST:PORT/DB: shared by replicas
     # Routing and admission.
     routing_policy: str = "power_of_two"
     max_inflight: int = 0  # per backend; 0: the backend's own (a worker's hello)
@@ -113,6 +114,10 @@ class GatewayConfig:
         if self.session_affinity not in ("hard", "soft"):
             raise ConfigError(
                 f"session_affinity: expected hard or soft, got {self.session_affinity!r}"
+            )
+        if self.session_store and not self.session_store.startswith("redis://"):
+            raise ConfigError(
+                f"session_store: expected redis://HOST:PORT/DB, got {self.session_store!r}"
             )
         if self.session_timeout_s <= 0:
             raise ConfigError(f"session_timeout_s: must be above 0, got {self.session_timeout_s}")

@@ -18,6 +18,7 @@ from trio_gateway.openai.errors import model_not_found, unavailable
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.policies import make_policy
 from trio_gateway.sessions.manager import SessionManager
+from trio_gateway.sessions.store import RedisSessionStore
 
 log = logging.getLogger("trio_gateway")
 
@@ -56,11 +57,17 @@ class Gateway:
         )
         for engine in engines_from_config(config) if engines is None else engines:
             self.router.add(engine)
+        self.session_store = (
+            RedisSessionStore(config.session_store, self.metrics.session_store_errors.inc)
+            if config.session_store
+            else None
+        )
         self.sessions = SessionManager(
             self.router,
             self.metrics,
             default_timeout=config.session_timeout_s,
             soft_affinity=config.session_affinity == "soft",
+            store=self.session_store,
         )
         self.shutdown.on_stopping.append(partial(self.sessions.close_all, "shutdown"))
         self._nursery: trio.Nursery | None = None
@@ -103,6 +110,8 @@ class Gateway:
         """Start every engine's background work in `nursery`, which then hosts the flights."""
         for backend in list(self.router.backends):
             await nursery.start(self._run_backend, backend)
+        if self.session_store is not None:
+            await nursery.start(self.session_store.run)
         await nursery.start(self.sessions.run)
         await nursery.start(self.shutdown.run)
         self._nursery = nursery

@@ -112,6 +112,12 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.session_store_errors = Counter(
+            PREFIX + "session_store_errors_total",
+            "Session store calls that failed or timed out (affinity fell back to local).",
+            registry=r,
+        )
+
     def request_ended(
         self,
         model: str,

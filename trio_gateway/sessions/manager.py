@@ -15,6 +15,7 @@ from trio_gateway.generation import GenerationRequest
 from trio_gateway.metrics import GatewayMetrics
 from trio_gateway.openai.errors import APIError, session_lost, unavailable
 from trio_gateway.router.admission import Backend, Router
+from trio_gateway.sessions.store import SessionStore
 from trio_gateway.sessions.table import Session, SessionTable
 
 log = logging.getLogger("trio_gateway.sessions")
@@ -31,7 +32,9 @@ class SessionManager:
         *,
         default_timeout: float = 300.0,
         soft_affinity: bool = False,
+        store: SessionStore | None = None,
     ) -> None:
+        self.store = store
         self.router = router
         self.metrics = metrics
         self.default_timeout = default_timeout
@@ -51,7 +54,14 @@ class SessionManager:
                     await trio.sleep_forever()
                 self._sleep = None
                 for session in self.table.pop_expired(trio.current_time()):
-                    nursery.start_soon(self._close_on_worker, session, "expired")
+                    nursery.start_soon(self._expire, session)
+
+    async def _expire(self, session: Session) -> None:
+        if self.store is not None and await self.store.fresh(session.session_id):
+            # Another replica used it since: it is theirs to close.
+            self.metrics.sessions_active.dec()
+            return
+        await self._close_on_worker(session, "expired")
 
     def _rearm(self) -> None:
         if self._sleep is not None:
@@ -64,6 +74,13 @@ class SessionManager:
         while (opening := self._opening.get(session_id)) is not None:
             await opening.wait()  # a concurrent first request is opening it
         session = self.table.get(session_id)
+        if session is None and self.store is not None:
+            worker = await self.store.lookup(session_id)
+            if worker is not None and self.table.get(session_id) is None:
+                # Opened through another replica: adopt its affinity, open nothing.
+                timeout = request.session_timeout or self.default_timeout
+                session = self.table.open(session_id, worker, timeout, trio.current_time())
+                self.metrics.sessions_active.inc()
         if session is not None:
             backend = self.router.find(session.worker)
             if backend is not None and backend.engine.available:
@@ -95,6 +112,8 @@ class SessionManager:
                 raise
             session = self.table.open(session_id, backend.name, timeout, trio.current_time())
             self.table.begin(session)
+            if self.store is not None:
+                await self.store.record(session_id, backend.name, timeout)
             self.metrics.sessions_opened.inc()
             self.metrics.sessions_active.inc()
             return backend, session
@@ -105,6 +124,10 @@ class SessionManager:
     def release(self, session: Session) -> None:
         """A request of the session ended (any way)."""
         self.table.end(session, trio.current_time())
+        if self.store is not None and self._nursery is not None and not session.closing:
+            self._nursery.start_soon(
+                self.store.record, session.session_id, session.worker, session.timeout
+            )
         if session.closing and session.inflight == 0 and self._remove(session):
             self._spawn_close(session, "explicit")
         self._rearm()
@@ -123,8 +146,13 @@ class SessionManager:
         return True
 
     async def close_all(self, reason: str) -> None:
-        """Phase 3 of shutdown: every session closed on its worker, within a deadline."""
+        """Phase 3 of shutdown: every session closed on its worker, within a deadline. With a
+        shared store the sessions outlive this replica (others serve them): only forgotten."""
         sessions = [s for s in self.table.all() if self._remove(s)]
+        if self.store is not None:
+            for _ in sessions:
+                self.metrics.sessions_active.dec()
+            return
         with trio.move_on_after(CALL_DEADLINE_S):
             async with trio.open_nursery() as nursery:
                 for session in sessions:
@@ -145,6 +173,8 @@ class SessionManager:
     async def _close_on_worker(self, session: Session, reason: str) -> None:
         self.metrics.sessions_closed.labels(reason).inc()
         self.metrics.sessions_active.dec()
+        if self.store is not None:
+            await self.store.forget(session.session_id)
         backend = self.router.find(session.worker)
         if backend is None:
             return
