@@ -217,3 +217,31 @@ async def test_a_lost_worker_loses_its_sessions_unless_affinity_is_soft(
                     assert again.status == 200
                     assert again.headers[b"x-worker-id"] != home
                 assert closed(harness, "worker_lost") == 1
+
+
+async def test_the_worker_expires_its_copy_after_the_gateways_timeout_and_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from trio_gateway.sessions.manager import WORKER_GRACE_S
+
+    async with running_worker("w1") as server:
+        worker = InMemoryWorker("ws://w1", handler=server._handle)
+        async with running_gateway(engines=[worker]) as harness:
+            await worker.wait_connected()
+            await harness.request(
+                "POST", CHAT, chat(max_tokens=1, session_id="orphan", session_timeout=10)
+            )
+            used_at = trio.current_time()
+            engine = server.engine
+            assert isinstance(engine, MockEngine) and "orphan" in engine.sessions
+            # The gateway forgets the worker (as if the gateway died): nobody closes it.
+            harness.gateway.remove_engine("w1")
+            await trio.sleep_until(used_at + 10 + WORKER_GRACE_S - 0.01)
+            assert "orphan" in engine.sessions
+            await trio.sleep_until(used_at + 10 + WORKER_GRACE_S + 0.01)
+            assert "orphan" not in engine.sessions
+            assert len(server.sessions) == 0
+            gauge = server.metrics.registry.get_sample_value(
+                "trio_gateway_worker_sessions_active", {}
+            )
+            assert gauge == 0
