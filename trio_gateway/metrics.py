@@ -118,6 +118,28 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.event_loop_lag = Histogram(
+            PREFIX + "event_loop_lag_seconds",
+            "How late a periodic task wakes up: time the event loop spent on other work.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.live_tasks = Gauge(
+            PREFIX + "live_tasks", "Trio tasks alive in the gateway process.", registry=r
+        )
+        self.shutdown_phase = Gauge(
+            PREFIX + "shutdown_phase",
+            "1 for the shutdown phase the gateway is in (running, draining, stopping, stopped).",
+            ["phase"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            PREFIX + "backend_up",
+            "1 when a backend (worker, upstream, the in-process mock) can take requests.",
+            ["backend"],
+            registry=r,
+        )
+
     def request_ended(
         self,
         model: str,
