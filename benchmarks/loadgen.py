@@ -85,7 +85,6 @@ async def run_stream(stream: trio.SocketStream, request: bytes, stats: StreamSta
         tail = window[-64:]
         if DONE in window and window.endswith(b"0\r\n\r\n"):
             break
-    tokens -= 1  # the role event also carries "content"
     stats.requests += 1
     stats.tokens += tokens
     stats.ttft.append(first - sent)

@@ -12,7 +12,8 @@ from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.lifecycle.ledger import InFlightLedger
-from trio_gateway.lifecycle.shutdown import GracefulShutdown
+from trio_gateway.lifecycle.shutdown import GracefulShutdown, Phase
+from trio_gateway.loop_health import count_tasks, sample_event_loop_lag
 from trio_gateway.metrics import GatewayMetrics
 from trio_gateway.openai.errors import model_not_found, unavailable
 from trio_gateway.router.admission import Backend, Router
@@ -97,6 +98,16 @@ class Gateway:
         """Accepting, with at least one backend able to take a request."""
         return self.accepting and any(b.engine.available for b in self.router.backends)
 
+    def refresh_gauges(self) -> None:
+        """State read at scrape time rather than kept up to date on every change."""
+        metrics = self.metrics
+        for phase in Phase:
+            metrics.shutdown_phase.labels(phase.value).set(phase is self.shutdown.phase)
+        for backend in self.router.backends:
+            metrics.backend_up.labels(backend.name).set(backend.engine.available)
+        if self.running:
+            metrics.live_tasks.set(count_tasks())
+
     def check_model(self, model: str) -> None:
         """404 before anything starts when no backend serves `model` (503 while some
         backend has not said yet which models it serves)."""
@@ -114,6 +125,7 @@ class Gateway:
             await nursery.start(self.session_store.run)
         await nursery.start(self.sessions.run)
         await nursery.start(self.shutdown.run)
+        await nursery.start(sample_event_loop_lag, self.metrics)
         self._nursery = nursery
 
     def stop(self) -> None:

@@ -119,6 +119,7 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        gateway.refresh_gauges()
         return Response(gateway.metrics.exposition(), content_type=PROMETHEUS_CONTENT_TYPE)
 
     @app.post("/v1/chat/completions")
