@@ -359,3 +359,28 @@ def test_bad_flag_value_names_the_flag() -> None:
     args = parser().parse_args(["--stream-buffer", "big"])
     with pytest.raises(ConfigError, match=r"^--stream-buffer: expected int"):
         config_from_args(args, environ=NO_ENV)
+
+
+def test_check_config_prints_settings_with_secrets_masked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_gateway.cli import main
+
+    monkeypatch.setenv("TRIO_GATEWAY_API_KEYS", "sk-one,sk-two")
+    assert main(["check-config", "--port", "9100", "--admin-token", "hush"]) == 0
+    out = capsys.readouterr().out
+    assert "port = 9100" in out
+    assert 'api_keys = ["****", "****"]' in out
+    assert 'admin_token = "****"' in out
+    assert "sk-one" not in out and "hush" not in out
+
+
+def test_check_config_bad_value_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_gateway.cli import main
+
+    monkeypatch.setenv("TRIO_GATEWAY_MOCK_ITL_MS", "fast")
+    assert main(["check-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == "trio-gateway: TRIO_GATEWAY_MOCK_ITL_MS: expected float, got 'fast'\n"

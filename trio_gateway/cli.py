@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -27,6 +29,10 @@ from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.worker.server import WorkerServer
 
 log = logging.getLogger("trio_gateway")
+
+SECRET_SETTINGS = frozenset(
+    {"api_keys", "admin_token", "worker_token", "upstream_api_key", "token"}
+)
 
 
 def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
@@ -84,11 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
         "worker", help="run an engine worker behind the WebSocket request plane"
     )
     add_config_flags(worker_parser, WorkerConfig)
+    check_parser = commands.add_parser(
+        "check-config",
+        help="validate settings (file, environment, flags) and print the effective ones",
+    )
+    add_config_flags(check_parser)
     return parser
+
+
+def effective_settings(config: GatewayConfig) -> str:
+    """`key = value` lines (TOML), secrets masked."""
+    lines = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in SECRET_SETTINGS and value:
+            value = ["****"] * len(value) if isinstance(value, tuple) else "****"
+        if isinstance(value, tuple):
+            value = list(value)
+        lines.append(f"{f.name} = {json.dumps(value)}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args)
     try:
         if args.command == "worker":
             worker_config = config_from_args(args, kind=WorkerConfig)
@@ -113,6 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         trio.run(partial(serve, app, config))
     exit_without_teardown(0)
+    return 0
+
+
+def check_config(args: argparse.Namespace) -> int:
+    """`trio-gateway check-config`: exit 0 and the effective settings, or 2 and one line."""
+    try:
+        config = config_from_args(args)
+        config.accepted_api_keys()
+    except ConfigError as error:
+        print(f"trio-gateway: {error}", file=sys.stderr)
+        return 2
+    print(effective_settings(config))
     return 0
 
 
