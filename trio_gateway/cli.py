@@ -26,6 +26,7 @@ from trio_gateway.config import (
 )
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
+from trio_gateway.logs import configure_logging
 from trio_gateway.worker.server import WorkerServer
 
 log = logging.getLogger("trio_gateway")
@@ -118,11 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "worker":
             worker_config = config_from_args(args, kind=WorkerConfig)
-            _configure_logging(worker_config.log_level)
+            configure_logging(worker_config.log_level, worker_config.log_format)
             server = WorkerServer(worker_config)
         else:
             config = config_from_args(args)
-            _configure_logging(config.log_level)
+            configure_logging(config.log_level, config.log_format)
             app = create_app(config)
     except ConfigError as error:
         print(f"trio-gateway: {error}", file=sys.stderr)
@@ -152,12 +153,6 @@ def check_config(args: argparse.Namespace) -> int:
         return 2
     print(effective_settings(config))
     return 0
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
 
 def exit_without_teardown(code: int) -> None:

@@ -71,6 +71,8 @@ class GatewayConfig:
     graceful_timeout_s: float = 5.0
     backlog: int = 2048
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one object per line
+    log_prompts: bool = False  # put prompt and completion text in the end-of-request line
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -111,6 +113,8 @@ class GatewayConfig:
             raise ConfigError("mock_itl_ms: must be above 0 (it is the engine's step time)")
         if not self.model:
             raise ConfigError("model: must not be empty")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: expected text or json, got {self.log_format!r}")
         if self.session_affinity not in ("hard", "soft"):
             raise ConfigError(
                 f"session_affinity: expected hard or soft, got {self.session_affinity!r}"
@@ -172,8 +176,11 @@ class WorkerConfig:
     load_interval_s: float = 1.0
     drain_timeout_s: float = 30.0
     log_level: str = "info"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: expected text or json, got {self.log_format!r}")
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name}: must be between 0 and 65535")

@@ -37,6 +37,9 @@ class GenerationRequest:
     mock: MockOptions | None = None
     session_id: str | None = None
     session_timeout: float | None = None  # seconds idle before the session closes
+    # The X-Request-Id (the client's, or ours when it sent none): what logs, workers and
+    # upstreams see. `request_id` stays our own unique flight id.
+    trace_id: str = ""
     # The validated client body, for engines that forward it (OpenAI-compatible upstreams).
     body: dict[str, Any] = field(default_factory=dict, repr=False)
 

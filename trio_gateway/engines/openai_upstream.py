@@ -370,7 +370,7 @@ class OpenAIUpstream:
             "Accept": "text/event-stream",
             # Compression would make a proxy or the server buffer the stream.
             "Accept-Encoding": "identity",
-            "X-Request-Id": request.request_id,
+            "X-Request-Id": request.trace_id or request.request_id,
         }
         relay = _Relay(self.name, request.endpoint == "chat", send)
         failure: APIError | None = None

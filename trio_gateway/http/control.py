@@ -7,6 +7,7 @@ are cheap, so the framework's per-request cost does not matter here.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -46,6 +47,11 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         if model not in gateway.models:
             return _api_error(model_not_found(model))
         return _json(models_body([model], created)["data"][0])
+
+    @app.after_request
+    async def tag_request_id(response: Response) -> Response:
+        response.headers["x-request-id"] = request.headers.get("x-request-id") or uuid.uuid4().hex
+        return response
 
     @app.before_request
     async def authorize() -> Response | None:

@@ -8,6 +8,7 @@ it never runs engine code itself.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -21,6 +22,7 @@ from trio_gateway.http.asgi import ClientGone, Receive, Scope, Send, header, rea
 from trio_gateway.http.auth import bearer_token, key_accepted
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Flight, run_flight
 from trio_gateway.lifecycle.reader import ChunkReader
+from trio_gateway.logs import request_id_var
 from trio_gateway.openai import responses
 from trio_gateway.openai.errors import (
     APIError,
@@ -33,6 +35,7 @@ from trio_gateway.openai.schemas import parse_generation_request, parse_json_bod
 from trio_gateway.openai.sse import DONE, StreamEncoder, error_event
 
 log = logging.getLogger("trio_gateway.inference")
+requests_log = logging.getLogger("trio_gateway.requests")
 
 INFERENCE_ROUTES: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat",
@@ -63,7 +66,9 @@ async def handle_inference(
     started_at = trio.current_time()
     flight_id = uuid.uuid4().hex
     client_id = header(scope, b"x-request-id")
-    id_header = (b"x-request-id", client_id or flight_id.encode())
+    trace_id = client_id.decode("latin-1")[:128] if client_id else flight_id
+    request_id_var.set(trace_id)  # every log line of this request, in every task it starts
+    id_header = (b"x-request-id", trace_id.encode("latin-1"))
     model_label = "unknown"
     stream = False
     try:
@@ -79,12 +84,15 @@ async def handle_inference(
         body = parse_json_body(await read_body(receive, gateway.config.max_body_bytes))
         stream = body.get("stream") is True
         session = header(scope, b"x-session-id")
-        request = parse_generation_request(
-            body,
-            endpoint,
-            flight_id,
-            max_model_len=gateway.config.max_model_len,
-            session_header=session.decode("latin-1") if session else None,
+        request = dataclasses.replace(
+            parse_generation_request(
+                body,
+                endpoint,
+                flight_id,
+                max_model_len=gateway.config.max_model_len,
+                session_header=session.decode("latin-1") if session else None,
+            ),
+            trace_id=trace_id,
         )
         gateway.check_model(request.model)
         model_label = request.model
@@ -98,7 +106,7 @@ async def handle_inference(
 
     flight = Flight(flight_id, request.model, endpoint, started_at)
     chunks_in, chunks_out = trio.open_memory_channel[Chunk](gateway.config.stream_buffer)
-    reader = ChunkReader(chunks_out, flight, gateway.metrics)
+    reader = ChunkReader(chunks_out, flight, gateway.metrics, keep_text=gateway.config.log_prompts)
     metrics = gateway.metrics
     metrics.inflight.labels(request.model).inc()
     metrics.queued.labels(request.model).inc()
@@ -135,7 +143,36 @@ async def handle_inference(
         if flight.cancel_reason == CLIENT_DISCONNECTED:
             metrics.disconnects.labels(request.model).inc()
         if outcome is not None and outcome.error_type in ("internal", "unavailable"):
-            log.warning("request %s ended with %s: %s", flight_id, outcome.type, outcome.message)
+            log.warning("ended with %s: %s", outcome.type, outcome.message)
+        _log_end(gateway, request, flight, reader, outcome, started_at)
+
+
+def _log_end(
+    gateway: Gateway,
+    request: GenerationRequest,
+    flight: Flight,
+    reader: ChunkReader,
+    outcome: APIError | None,
+    started_at: float,
+) -> None:
+    """One line per request, with what an operator greps for; text only if asked."""
+    if not requests_log.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, object] = {
+        "model": request.model,
+        "endpoint": request.endpoint,
+        "worker": flight.worker,
+        "status": "success" if outcome is None else outcome.status,
+        "error_type": "none" if outcome is None else outcome.error_type,
+        "ttft_s": None if reader.first_at is None else round(reader.first_at - started_at, 6),
+        "duration_s": round(trio.current_time() - started_at, 6),
+        "prompt_tokens": reader.prompt_tokens,
+        "completion_tokens": reader.tokens,
+    }
+    if gateway.config.log_prompts:
+        fields["prompt"] = request.prompt
+        fields["completion"] = "".join(reader.texts)
+    requests_log.info("request end", extra=fields)
 
 
 def _headers(

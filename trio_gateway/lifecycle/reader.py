@@ -22,6 +22,8 @@ class ChunkReader:
         chunks: trio.MemoryReceiveChannel[Chunk],
         flight: Flight,
         metrics: GatewayMetrics,
+        *,
+        keep_text: bool = False,
     ) -> None:
         self._chunks = chunks
         self._flight = flight
@@ -33,6 +35,8 @@ class ChunkReader:
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
         self.first_at: float | None = None
+        self._keep_text = keep_text
+        self.texts: list[str] = []  # only with keep_text (--log-prompts)
         self._last_at = 0.0
 
     async def batch(self) -> list[Chunk]:
@@ -63,6 +67,8 @@ class ChunkReader:
 
     def _account(self, batch: list[Chunk]) -> None:
         tokens = 0
+        if self._keep_text:
+            self.texts.extend(chunk.text for chunk in batch)
         for chunk in batch:
             tokens += chunk.tokens
             if chunk.finish_reason is not None:

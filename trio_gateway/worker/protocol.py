@@ -156,6 +156,8 @@ def _request_fields(request: GenerationRequest) -> dict[str, Any]:
         "prompt": request.prompt,
         "stream": request.stream,
     }
+    if request.trace_id:
+        out["trace_id"] = request.trace_id
     if request.max_tokens is not None:
         out["max_tokens"] = request.max_tokens
     if request.stop:
@@ -278,6 +280,7 @@ def _decode_request(raw: Any, rid: str) -> GenerationRequest:
         max_tokens=_optional(raw, "max_tokens", int, rid, where),
         stop=tuple(stop),
         mock=mock,
+        trace_id=_optional(raw, "trace_id", str, rid, where) or "",
     )
 
 

@@ -30,6 +30,7 @@ from trio_gateway.http.auth import bearer_token, key_accepted
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, SHUTDOWN, Flight
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
+from trio_gateway.logs import request_id_var
 from trio_gateway.openai.errors import APIError, internal_error
 from trio_gateway.sessions.table import SessionTable
 from trio_gateway.worker import protocol
@@ -303,6 +304,7 @@ class WorkerServer:
         generations: dict[str, _Generation],
     ) -> None:
         request = frame.request
+        request_id_var.set(request.trace_id or frame.id)  # this task's log lines
         session = self.sessions.get(frame.session_id) if frame.session_id else None
         if session is not None:
             request = dataclasses.replace(request, session_id=frame.session_id)
