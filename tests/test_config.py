@@ -384,3 +384,13 @@ def test_check_config_bad_value_is_one_line(
     assert main(["check-config"]) == 2
     err = capsys.readouterr().err
     assert err == "trio-gateway: TRIO_GATEWAY_MOCK_ITL_MS: expected float, got 'fast'\n"
+
+
+def test_kubernetes_service_link_variables_are_not_settings() -> None:
+    environ = {
+        "TRIO_GATEWAY_PORT": "tcp://10.0.0.7:8000",
+        "TRIO_GATEWAY_PORT_8000_TCP": "tcp://10.0.0.7:8000",
+        "TRIO_GATEWAY_MOCK_ITL_MS": "2",
+    }
+    config = load_config(environ=environ)
+    assert config.port == 8000 and config.mock_itl_ms == 2.0

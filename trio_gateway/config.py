@@ -19,6 +19,7 @@ from trio_gateway.router.policies import POLICY_NAMES
 
 ENV_PREFIX = "TRIO_GATEWAY_"
 WORKER_ENV_PREFIX = "TRIO_GATEWAY_WORKER_"
+SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 
 
 class ConfigError(ValueError):
@@ -264,6 +265,10 @@ def load_config(
     for name, field_type in types.items():
         env_name = prefix + name.upper()
         if env_name in environ:
+            if environ[env_name].startswith(SERVICE_LINK_SCHEMES):
+                # Kubernetes injects TRIO_GATEWAY_PORT=tcp://IP:PORT for a Service named
+                # trio-gateway (docker --link did the same): not a setting of ours.
+                continue
             values[name] = _convert(env_name, field_type, environ[env_name])
     for name, raw in (overrides or {}).items():
         if name not in types:
