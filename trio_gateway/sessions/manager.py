@@ -84,8 +84,12 @@ class SessionManager:
         if session is not None:
             backend = self.router.find(session.worker)
             if backend is not None and backend.engine.available:
-                slot = await self.router.acquire(request.model, only=backend.name)
-                self.table.begin(session)
+                self.table.begin(session)  # first: the reaper must not take it while we wait
+                try:
+                    slot = await self.router.acquire(request.model, only=backend.name)
+                except BaseException:
+                    self.release(session)
+                    raise
                 return slot, session
             self._forget(session, "worker_lost")
             if not self.soft_affinity:
