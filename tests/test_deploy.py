@@ -531,11 +531,10 @@ def test_worker_ports() -> None:
     annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
     assert annotations.get("prometheus.io/port") == str(config.metrics_port)
     assert annotations.get("prometheus.io/path") == "/metrics"
-    for probe in ("readinessProbe", "livenessProbe"):
-        action = container[probe].get("httpGet") or container[probe]["tcpSocket"]
-        assert resolve_port(container, action["port"]) in (config.port, config.metrics_port)
-        if "httpGet" in container[probe]:
-            assert action["path"] == "/metrics"  # the worker's only HTTP route
+    for probe, path in (("readinessProbe", "/ready"), ("livenessProbe", "/live")):
+        action = container[probe]["httpGet"]
+        assert resolve_port(container, action["port"]) == config.metrics_port
+        assert action["path"] == path  # served beside /metrics on the metrics port
 
 
 def test_worker_ids_are_the_pod_names() -> None:

@@ -259,3 +259,31 @@ async def test_a_gateway_vanishing_mid_stream_does_not_take_the_worker_down(
                 await handled.wait()
             assert len(server.ledger) == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_worker_probes_on_the_metrics_port(autojump_clock: trio.testing.MockClock) -> None:
+    async with running_worker("w1") as server:
+
+        async def get(path: str) -> int:
+            sent: list[dict[str, object]] = []
+
+            async def send(message: dict[str, object]) -> None:
+                sent.append(message)
+
+            async def receive() -> dict[str, object]:
+                return {"type": "http.request", "body": b"", "more_body": False}
+
+            await server._metrics_app({"type": "http", "path": path}, receive, send)  # type: ignore[arg-type]
+            status = sent[0]["status"]
+            assert isinstance(status, int)
+            return status
+
+        assert [await get(p) for p in ("/live", "/ready", "/metrics", "/nope")] == [
+            200,
+            200,
+            200,
+            404,
+        ]
+        server.shutdown.request_stop("SIGTERM")
+        assert await get("/ready") == 503
+        assert await get("/live") == 200

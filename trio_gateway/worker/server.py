@@ -135,19 +135,23 @@ class WorkerServer:
             nursery.cancel_scope.cancel()
 
     async def _metrics_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The worker's HTTP side: `/metrics`, and `/live` and `/ready` for probes (ready
+        while it takes new generations: not once it drains)."""
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.shutdown":
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        status, body = (
-            (200, self.metrics.exposition())
-            if scope["path"] == "/metrics"
-            else (
-                404,
-                b"not found\n",
-            )
-        )
+        path = scope["path"]
+        if path == "/metrics":
+            status, body = 200, self.metrics.exposition()
+        elif path == "/live":
+            status, body = 200, b"ok\n"
+        elif path == "/ready":
+            ready = self.shutdown.accepting
+            status, body = (200, b"ready\n") if ready else (503, b"draining\n")
+        else:
+            status, body = 404, b"not found\n"
         await send(
             {
                 "type": "http.response.start",
