@@ -394,3 +394,12 @@ def test_kubernetes_service_link_variables_are_not_settings() -> None:
     }
     config = load_config(environ=environ)
     assert config.port == 8000 and config.mock_itl_ms == 2.0
+
+
+def test_check_config_hides_a_redis_password(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_gateway.cli import main
+
+    assert main(["check-config", "--session-store", "redis://:pw123@cache:6379/2"]) == 0
+    out = capsys.readouterr().out
+    assert 'session_store = "redis://****@cache:6379/2"' in out
+    assert "pw123" not in out

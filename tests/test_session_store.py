@@ -21,12 +21,12 @@ from tests.asgi_client import running_gateway
 from tests.conftest import chat
 from tests.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
+from trio_gateway.sessions.store import RedisSessionStore
 
 CHAT = "/v1/chat/completions"
 
 
-@pytest.fixture
-def redis_url() -> Iterator[str]:
+def start_redis(*extra: str) -> tuple[subprocess.Popen[bytes], int]:
     server = shutil.which("redis-server")
     if server is None:
         if os.environ.get("TRIO_GATEWAY_REQUIRE_REDIS") == "1":
@@ -36,20 +36,59 @@ def redis_url() -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            server,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *extra,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    for _ in range(200):  # bounded: 200 x 25 ms
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                return process, port
+        except OSError:
+            time.sleep(0.025)
+    process.terminate()
+    pytest.fail("redis-server did not start")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    process, port = start_redis()
     try:
-        for _ in range(200):  # bounded: 200 x 25 ms
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                    break
-            except OSError:
-                time.sleep(0.025)
-        else:
-            pytest.fail("redis-server did not start")
         yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(5)
+
+
+async def test_a_password_in_the_url_is_used_and_never_shown() -> None:
+    process, port = start_redis("--requirepass", "s3cret")
+    try:
+        store = RedisSessionStore(f"redis://:s3cret@127.0.0.1:{port}/0")
+        assert "s3cret" not in store.url
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            with trio.fail_after(5):
+                await store.record("s", "w1", 10)
+                assert await store.lookup("s") == "w1"
+                assert await store.fresh("s")
+            nursery.cancel_scope.cancel()
+        wrong = RedisSessionStore(f"redis://:nope@127.0.0.1:{port}/0")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(wrong.run)
+            with trio.fail_after(5):
+                assert await wrong.lookup("s") is None  # refused: degraded, not raised
+            nursery.cancel_scope.cancel()
     finally:
         process.terminate()
         process.wait(5)

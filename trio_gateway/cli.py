@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Sequence
@@ -106,6 +107,8 @@ def effective_settings(config: GatewayConfig) -> str:
         value = getattr(config, f.name)
         if f.name in SECRET_SETTINGS and value:
             value = ["****"] * len(value) if isinstance(value, tuple) else "****"
+        if f.name == "session_store" and value:
+            value = re.sub(r"//([^@/]*)@", "//****@", value)  # a password in the URL
         if isinstance(value, tuple):
             value = list(value)
         lines.append(f"{f.name} = {json.dumps(value)}")

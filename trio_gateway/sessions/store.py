@@ -48,11 +48,14 @@ class RedisSessionStore:
     def __init__(self, url: str, on_error: Callable[[], None] | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme != "redis" or not parts.hostname:
-            raise ValueError(f"session store {url!r}: expected redis://HOST:PORT/DB")
-        self.url = url
+            raise ValueError("session store: expected redis://[:PASSWORD@]HOST:PORT/DB")
         self._host = parts.hostname
         self._port = parts.port or 6379
         self._db = int(parts.path.strip("/") or 0)
+        self._username = parts.username or None
+        self._password = parts.password or None
+        # Never log the password: the URL as shown keeps only host, port and db.
+        self.url = f"redis://{self._host}:{self._port}/{self._db}"
         self._client: Any = None
         self._on_error = on_error
         self._failing = False
@@ -64,6 +67,8 @@ class RedisSessionStore:
             host=self._host,
             port=self._port,
             db=self._db,
+            username=self._username,
+            password=self._password,
             decode_responses=True,
             connect_timeout=STORE_CALL_TIMEOUT_S,
             stream_timeout=STORE_CALL_TIMEOUT_S,
