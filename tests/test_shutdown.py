@@ -18,16 +18,25 @@ CHAT = "/v1/chat/completions"
 
 def test_phases_first_trigger_drains_second_cuts() -> None:
     phases = ShutdownPhases(drain_timeout=30)
-    assert phases.accepting and phases.phase is Phase.RUNNING
+    assert phases.accepting(now=0) and phases.ready and phases.phase is Phase.RUNNING
     assert phases.drain_deadline == math.inf
     assert phases.request_stop(now=100) is Phase.DRAINING
     assert phases.drain_deadline == 130
-    assert not phases.accepting
+    assert not phases.accepting(now=100) and not phases.ready
     assert phases.request_stop(now=101) is Phase.STOPPING
     assert phases.drain_deadline == 130  # unchanged: the second trigger skips, not re-arms
     assert phases.request_stop(now=102) is Phase.STOPPING
     phases.stopped()
     assert phases.request_stop(now=103) is Phase.STOPPED
+
+
+def test_phases_drain_delay_keeps_accepting_while_not_ready() -> None:
+    phases = ShutdownPhases(drain_timeout=30, drain_delay=5)
+    phases.request_stop(now=100)
+    assert not phases.ready
+    assert phases.accepting(now=104.9)
+    assert not phases.accepting(now=105)
+    assert phases.drain_deadline == 135  # the drain starts after the delay
 
 
 def test_phases_drain_over_moves_to_stopping_once() -> None:
@@ -107,6 +116,21 @@ async def test_new_requests_during_the_drain_get_503_and_readiness_flips(
         await running.finished.wait()
         assert running.events()[-1] == "[DONE]"
         assert len(running.tokens()) == 50
+
+
+async def test_drain_delay_takes_requests_while_not_ready(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_gateway(GatewayConfig(drain_delay_s=5, drain_timeout_s=10)) as harness:
+        harness.gateway.shutdown.request_stop("SIGTERM")
+        assert (await harness.request("GET", "/ready")).status == 503
+        during = await harness.request("POST", CHAT, chat(max_tokens=2))
+        assert during.status == 200  # the load balancer has not caught up yet: served
+        await trio.sleep(5)
+        after = await harness.request("POST", CHAT, chat(max_tokens=2))
+        assert after.status == 503
+        await harness.gateway.shutdown.wait_stopped()
+        assert trio.current_time() < 5.5
 
 
 async def test_a_second_trigger_cuts_at_once(autojump_clock: trio.testing.MockClock) -> None:

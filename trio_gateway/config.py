@@ -43,6 +43,9 @@ class GatewayConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     # Shutdown (DESIGN §5): in-flight requests get this long to finish after SIGTERM.
     drain_timeout_s: float = 30.0
+    # After SIGTERM, keep taking new requests this long while /ready already says 503, so
+    # load balancers stop sending before anything is refused.
+    drain_delay_s: float = 0.0
     # Security: keys accepted on /v1/* (none: open), and the token of /admin/* (none:
     # loopback clients only).
     api_keys: tuple[str, ...] = field(default=(), repr=False, metadata={"flag": "--api-key"})
@@ -102,6 +105,7 @@ class GatewayConfig:
             "keep_alive_timeout_s",
             "graceful_timeout_s",
             "drain_timeout_s",
+            "drain_delay_s",
             "max_inflight",
             "queue_size",
             "queue_timeout_s",

@@ -46,7 +46,9 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.ledger = InFlightLedger()
-        self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s)
+        self.shutdown = GracefulShutdown(
+            self.ledger, config.drain_timeout_s, config.drain_delay_s
+        )
         self.api_keys = config.accepted_api_keys()
         self.router = Router(
             make_policy(config.routing_policy),
@@ -96,7 +98,11 @@ class Gateway:
     @property
     def ready(self) -> bool:
         """Accepting, with at least one backend able to take a request."""
-        return self.accepting and any(b.engine.available for b in self.router.backends)
+        return (
+            self.running
+            and self.shutdown.ready
+            and any(b.engine.available for b in self.router.backends)
+        )
 
     def refresh_gauges(self) -> None:
         """State read at scrape time rather than kept up to date on every change."""

@@ -40,21 +40,31 @@ class Phase(enum.Enum):
 class ShutdownPhases:
     """Which phase the gateway is in, and what each trigger moves it to."""
 
-    def __init__(self, drain_timeout: float) -> None:
+    def __init__(self, drain_timeout: float, drain_delay: float = 0.0) -> None:
         self.drain_timeout = drain_timeout
+        self.drain_delay = drain_delay
         self.phase = Phase.RUNNING
+        self.refuse_after = math.inf
         self.drain_deadline = math.inf
 
     @property
-    def accepting(self) -> bool:
-        """New inference requests and sessions are taken only while running."""
+    def ready(self) -> bool:
+        """What `/ready` says: false from the first trigger on."""
         return self.phase is Phase.RUNNING
+
+    def accepting(self, now: float) -> bool:
+        """New requests are taken while running, and during the drain delay (while load
+        balancers notice `/ready` and stop sending)."""
+        return self.phase is Phase.RUNNING or (
+            self.phase is Phase.DRAINING and now < self.refuse_after
+        )
 
     def request_stop(self, now: float) -> Phase:
         """A trigger: the first starts the drain, a second skips straight to the cut."""
         if self.phase is Phase.RUNNING:
             self.phase = Phase.DRAINING
-            self.drain_deadline = now + self.drain_timeout
+            self.refuse_after = now + self.drain_delay
+            self.drain_deadline = self.refuse_after + self.drain_timeout
         elif self.phase is Phase.DRAINING:
             self.phase = Phase.STOPPING
         return self.phase
@@ -69,9 +79,11 @@ class ShutdownPhases:
 
 
 class GracefulShutdown:
-    def __init__(self, ledger: InFlightLedger, drain_timeout: float) -> None:
+    def __init__(
+        self, ledger: InFlightLedger, drain_timeout: float, drain_delay: float = 0.0
+    ) -> None:
         self.ledger = ledger
-        self.phases = ShutdownPhases(drain_timeout)
+        self.phases = ShutdownPhases(drain_timeout, drain_delay)
         self.cut = 0  # requests cut in phase 3
         self._triggered = trio.Event()
         self._stopped = trio.Event()
@@ -85,7 +97,11 @@ class GracefulShutdown:
 
     @property
     def accepting(self) -> bool:
-        return self.phases.accepting
+        return self.phases.accepting(trio.current_time())
+
+    @property
+    def ready(self) -> bool:
+        return self.phases.ready
 
     def request_stop(self, source: str) -> None:
         """Safe to call any number of times, from any task."""
@@ -113,9 +129,11 @@ class GracefulShutdown:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         await self._triggered.wait()
-        # Phase 2: in-flight requests finish, up to the deadline.
+        # Phase 2: in-flight requests finish, up to the deadline (after the drain delay,
+        # during which new requests are still taken).
         with trio.CancelScope(deadline=self.phases.drain_deadline) as self._drain_scope:
             if self.phases.phase is Phase.DRAINING:
+                await trio.sleep_until(self.phases.refuse_after)
                 await self.ledger.wait_empty()
         self._drain_scope = None
         self.phases.drain_over()

@@ -148,7 +148,7 @@ class WorkerServer:
         elif path == "/live":
             status, body = 200, b"ok\n"
         elif path == "/ready":
-            ready = self.shutdown.accepting
+            ready = self.shutdown.ready
             status, body = (200, b"ready\n") if ready else (503, b"draining\n")
         else:
             status, body = 404, b"not found\n"
