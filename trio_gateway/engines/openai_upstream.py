@@ -378,9 +378,8 @@ class OpenAIUpstream:
             async with client.stream(
                 "POST", self.base_url + path, content=self._payload(request), headers=headers
             ) as response:
-                # `client.stream` is an `@asynccontextmanager`, and on Python 3.11 a frozen
-                # slots dataclass exception crossing one turns into a TypeError (contextlib
-                # assigns its __traceback__): carry the APIError out instead.
+                # The failure is raised once the upstream response is closed, outside
+                # httpx's context manager and the transport-error handling below.
                 try:
                     if response.status_code != 200:
                         failure = await self._status_error(response)
