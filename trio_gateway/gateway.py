@@ -46,9 +46,7 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.ledger = InFlightLedger()
-        self.shutdown = GracefulShutdown(
-            self.ledger, config.drain_timeout_s, config.drain_delay_s
-        )
+        self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s, config.drain_delay_s)
         self.api_keys = config.accepted_api_keys()
         self.router = Router(
             make_policy(config.routing_policy),
