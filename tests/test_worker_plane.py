@@ -287,3 +287,26 @@ async def test_worker_probes_on_the_metrics_port(autojump_clock: trio.testing.Mo
         server.shutdown.request_stop("SIGTERM")
         assert await get("/ready") == 503
         assert await get("/live") == 200
+
+
+async def test_a_worker_coming_back_serves_the_queue_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_worker("w1") as first, running_worker("w2") as second:
+        busy = InMemoryWorker("ws://w1", handler=first._handle)
+        back = InMemoryWorker("ws://w2", handler=second._handle, refuse=True)
+        config = GatewayConfig(max_inflight=1, queue_timeout_s=60)
+        async with running_gateway(config, engines=[busy, back]) as harness:
+            await busy.wait_connected()
+            long = harness.start("POST", CHAT, chat(stream=True, mock={"tokens": 10_000}))
+            await long.wait_until(lambda e: len(e.tokens()) >= 1)
+            queued = harness.start("POST", CHAT, chat(max_tokens=1))
+            await trio.sleep(1)
+            assert harness.gateway.router.queued == 1  # w1 full, w2 down
+            back.refuse = False
+            came_back_at = trio.current_time()
+            await queued.finished.wait()
+            assert queued.status == 200
+            assert queued.headers[b"x-worker-id"] == b"w2"
+            assert trio.current_time() - came_back_at < 6  # redial backoff, not the timeout
+            long.disconnect()

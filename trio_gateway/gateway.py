@@ -157,5 +157,7 @@ class Gateway:
     async def _run_backend(
         self, backend: Backend, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        if hasattr(backend.engine, "on_available"):  # a worker coming back adds capacity
+            backend.engine.on_available = self.router.wake
         with trio.CancelScope() as backend.scope:
             await backend.engine.run(task_status=task_status)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, cast
 
 import httpx
@@ -208,6 +208,8 @@ class OpenAIUpstream:
         retry_max: float = 15.0,
         probe_timeout: float = 10.0,
     ) -> None:
+        # Called when the upstream answers again: the router lets queued requests look again.
+        self.on_available: Callable[[], None] | None = None
         url = httpx.URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"an upstream URL must be http(s)://host[:port]/..., got {url}")
@@ -311,10 +313,13 @@ class OpenAIUpstream:
             return False
         if listed is not None and not self._explicit_models:
             self.models = listed
-        if not self.available:
-            log.info("upstream %s is available, serving %s", self.name, ", ".join(self.models))
+        came_back = not self.available
         self.available = True
         self._last_problem = None
+        if came_back:
+            log.info("upstream %s is available, serving %s", self.name, ", ".join(self.models))
+            if self.on_available is not None:
+                self.on_available()
         return True
 
     def _went_down(self, problem: str) -> None:

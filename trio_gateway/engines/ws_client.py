@@ -101,6 +101,8 @@ class RemoteWorker:
     available: bool = False
     load: WorkerLoad = field(default_factory=WorkerLoad)
     connections: int = 0  # how many times a hello was accepted
+    # Called when the worker says hello: the router lets queued requests look again.
+    on_available: Callable[[], None] | None = None
     _ws: WebSocketConnection | None = None
     _streams: dict[str, _Stream] = field(default_factory=dict)
     _session_calls: dict[str, _SessionCall] = field(default_factory=dict)
@@ -158,6 +160,8 @@ class RemoteWorker:
             self.available = True
             self.connections += 1
             self._connected.set()
+            if self.on_available is not None:
+                self.on_available()
             log.info("worker %s (%s) connected: models %s", self.worker_id, self.url, self.models)
             try:
                 async with trio.open_nursery() as nursery:
