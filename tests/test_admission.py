@@ -736,3 +736,29 @@ async def test_failure_verdict_wakes_waiter_to_other_backend(
     assert [o[0] for o in outcomes] == [b]
     assert a.inflight == 0
     assert state_of(a) is BreakerState.OPEN
+
+
+async def test_a_queued_request_looks_again_when_a_cooldown_ends(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = router_with(
+        FakeEngine("a"),
+        FakeEngine("b"),
+        breaker_threshold=1,
+        breaker_cooldown=10.0,
+        queue_timeout=60.0,
+    )
+    b = router.try_acquire("m", only="b")
+    assert b is not None
+    router.release(b, False)  # one failure: b's breaker opens for 10 s
+    opened_at = trio.current_time()
+    a = router.try_acquire("m")
+    assert a is not None and a.name == "a"  # a is now full
+    outcomes: list[Outcome] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(acquire_into, router, "m", outcomes)
+        await trio.sleep(1)
+        assert router.queued == 1
+    got, at = outcomes[0]
+    assert isinstance(got, Backend) and got.name == "b"  # the half-open probe
+    assert at == pytest.approx(opened_at + 10.0)

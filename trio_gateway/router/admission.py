@@ -7,6 +7,7 @@ and leaves the queue the moment its caller is cancelled (a client that went away
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ import trio
 
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.openai.errors import APIError, model_not_found, overloaded, unavailable
-from trio_gateway.router.breaker import CircuitBreaker
+from trio_gateway.router.breaker import BreakerState, CircuitBreaker
 from trio_gateway.router.policies import Policy
 
 
@@ -157,7 +158,9 @@ class Router:
         try:
             with trio.move_on_after(self.queue_timeout):
                 while True:
-                    await waiter.event.wait()
+                    # Also look again when an open breaker's cooldown ends (a probe may go).
+                    with trio.move_on_at(self._next_cooldown_end()):
+                        await waiter.event.wait()
                     waiter.event = trio.Event()
                     backend = self.try_acquire(model, exclude, only)
                     if backend is not None:
@@ -177,6 +180,10 @@ class Router:
         else:
             backend.breaker.on_abandoned()
         self.wake()
+
+    def _next_cooldown_end(self) -> float:
+        ends = [b.breaker.open_until for b in self.backends if b.breaker.state is BreakerState.OPEN]
+        return min(ends, default=math.inf)
 
     def wake(self) -> None:
         """Let queued requests look again (a slot freed, a backend came back)."""
