@@ -26,6 +26,13 @@ class ConfigError(ValueError):
     """A bad setting; its message names the key and is meant to be printed as is."""
 
 
+def _check_logging(level: str, log_format: str) -> None:
+    if level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise ConfigError(f"log_level: unknown level {level!r}")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: expected text or json, got {log_format!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     host: str = "127.0.0.1"
@@ -118,8 +125,7 @@ class GatewayConfig:
             raise ConfigError("mock_itl_ms: must be above 0 (it is the engine's step time)")
         if not self.model:
             raise ConfigError("model: must not be empty")
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(f"log_format: expected text or json, got {self.log_format!r}")
+        _check_logging(self.log_level, self.log_format)
         if self.session_affinity not in ("hard", "soft"):
             raise ConfigError(
                 f"session_affinity: expected hard or soft, got {self.session_affinity!r}"
@@ -140,8 +146,6 @@ class GatewayConfig:
                 raise ConfigError(
                     f"workers: {url!r} is neither ws://HOST:PORT nor http://HOST:PORT/v1"
                 )
-        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
 
     def accepted_api_keys(self) -> frozenset[str]:
         """`api_keys` and the lines of `api_keys_file`; empty means no key is required."""
@@ -184,8 +188,7 @@ class WorkerConfig:
     log_format: str = "text"
 
     def __post_init__(self) -> None:
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(f"log_format: expected text or json, got {self.log_format!r}")
+        _check_logging(self.log_level, self.log_format)
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name}: must be between 0 and 65535")
@@ -197,8 +200,6 @@ class WorkerConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name}: must not be negative, got {value}")
-        if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise ConfigError(f"log_level: unknown level {self.log_level!r}")
 
 
 def _convert(name: str, kind: type, raw: Any) -> Any:
