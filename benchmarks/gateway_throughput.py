@@ -116,6 +116,22 @@ async def point(gateway: GatewayProcess, c: int, seconds: float) -> dict[str, An
     }
 
 
+async def throughput(
+    flags: tuple[str, ...], concurrencies: list[int], seconds: float
+) -> list[dict[str, Any]]:
+    """One fresh gateway (started with `flags`), warmed up, measured at each concurrency."""
+    gateway = GatewayProcess(*flags)
+    try:
+        await probe(gateway.port, 32, 2, BODY)  # warm up
+        points = []
+        for c in concurrencies:
+            print(f"  c={c}: {seconds:g} s ...", file=sys.stderr, flush=True)
+            points.append(await point(gateway, c, seconds))
+        return points
+    finally:
+        gateway.stop()
+
+
 async def rss_per_stream(gateway: GatewayProcess, streams: int) -> dict[str, Any]:
     """RSS growth per open SSE stream: headers and one token sent, then the engine idles."""
     body = dict(BODY, mock={"tokens": 2, "itl_ms": 600_000, "ttft_ms": 0})
@@ -165,15 +181,7 @@ async def main(seconds: float, concurrencies: list[int], idle_streams: int) -> N
         memory = await rss_per_stream(gateway, idle_streams)
     finally:
         gateway.stop()
-    gateway = GatewayProcess(*flags)
-    try:
-        await probe(gateway.port, 32, 2, BODY)  # warm up
-        points = []
-        for c in concurrencies:
-            print(f"c={c}: {seconds:g} s ...", file=sys.stderr, flush=True)
-            points.append(await point(gateway, c, seconds))
-    finally:
-        gateway.stop()
+    points = await throughput(flags, concurrencies, seconds)
     results.update(idle_rss_kib=idle_rss, points=points, memory=memory)
     path = save("gateway_throughput", results)
 

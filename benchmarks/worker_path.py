@@ -28,7 +28,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.gateway_throughput import point
+from benchmarks.gateway_throughput import point, throughput
 from benchmarks.loadgen import (
     BODY,
     GatewayProcess,
@@ -50,21 +50,6 @@ class WorkerProcess(GatewayProcess):
 
     def __init__(self, *flags: str) -> None:
         super().__init__(*flags, command="worker")
-
-
-async def throughput(
-    flags: tuple[str, ...], concurrencies: list[int], seconds: float
-) -> list[dict[str, Any]]:
-    gateway = GatewayProcess(*flags)
-    try:
-        await probe(gateway.port, 32, 2, BODY)  # warm up
-        points = []
-        for c in concurrencies:
-            print(f"  c={c} ...", file=sys.stderr, flush=True)
-            points.append(await point(gateway, c, seconds))
-        return points
-    finally:
-        gateway.stop()
 
 
 async def disconnects(port: int, log: Path, count: int) -> list[float]:
