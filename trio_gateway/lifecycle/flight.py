@@ -24,7 +24,7 @@ from trio_gateway.openai.errors import (
     response_timeout,
     shutting_down,
 )
-from trio_gateway.router.admission import Router
+from trio_gateway.router.admission import Backend, Router
 from trio_gateway.sessions.manager import SessionManager
 
 log = logging.getLogger("trio_gateway.flight")
@@ -141,14 +141,10 @@ async def _route_and_generate(
             if last_failure is not None:
                 raise last_failure from None  # the last backend's failure says more
             raise
-        flight.worker = backend.name
-        verdict: bool | None = None
         try:
-            await backend.engine.generate(request, chunks)
-            verdict = True
+            await _generate_on(flight, router, backend, request, chunks)
             return
         except APIError as error:
-            verdict = False if error.error_type in BACKEND_FAULTS else None
             if not error.retryable:
                 raise
             log.warning(
@@ -159,8 +155,6 @@ async def _route_and_generate(
             )
             last_failure = error
             tried.append(backend.name)
-        finally:
-            router.release(backend, verdict)
 
 
 async def _generate_in_session(
@@ -172,6 +166,21 @@ async def _generate_in_session(
 ) -> None:
     """On the session's worker only: no retry elsewhere, the session's state lives there."""
     backend, session = await sessions.acquire(request)
+    try:
+        await _generate_on(flight, router, backend, request, chunks)
+    finally:
+        sessions.release(session)
+
+
+async def _generate_on(
+    flight: Flight,
+    router: Router,
+    backend: Backend,
+    request: GenerationRequest,
+    chunks: trio.MemorySendChannel[Chunk],
+) -> None:
+    """Generate on a backend whose slot is held, then give the slot back with a verdict
+    for its breaker: backend faults count against it, the client's own errors do not."""
     flight.worker = backend.name
     verdict: bool | None = None
     try:
@@ -182,7 +191,6 @@ async def _generate_in_session(
         raise
     finally:
         router.release(backend, verdict)
-        sessions.release(session)
 
 
 async def _watch(receive: Receive, flight: Flight, inactivity_timeout: float) -> None:
