@@ -113,6 +113,24 @@ async def probe(port: int, connections: int, seconds: float, body: dict[str, Any
     return stats
 
 
+async def metric_total(port: int, name: str) -> float:
+    """The sum of every sample of one metric on the gateway's /metrics (all label sets)."""
+    with trio.fail_after(10):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+            )
+            received = bytearray()
+            while data := await stream.receive_some(1 << 16):
+                received += data
+    total = 0.0
+    for line in received.decode().splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None

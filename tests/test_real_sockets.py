@@ -22,6 +22,7 @@ from trio_gateway.cli import hypercorn_config
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.gateway import Gateway
+from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp
 
 T = TypeVar("T")
@@ -47,6 +48,7 @@ async def served_gateway(**settings: Any) -> AsyncIterator[Served]:
     gateway = Gateway(config, [engine])
     hc = hypercorn_config(config)
     hc.bind = ["127.0.0.1:0"]
+    socket_writes.install()  # as `trio-gateway serve` does
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
@@ -223,3 +225,4 @@ def test_hypercorn_can_load_the_app_object() -> None:
 
     wrapped = load_application("trio_gateway.app:app", 0)
     assert isinstance(wrapped.app, GatewayApp)
+    assert TCPServer.protocol_send is socket_writes.fast_protocol_send

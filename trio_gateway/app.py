@@ -1,11 +1,14 @@
 """The ASGI application object, for `hypercorn --worker-class trio trio_gateway.app:app`.
 
 Settings come from `TRIO_GATEWAY_*` and the TOML file named by `TRIO_GATEWAY_CONFIG`;
-importing this module builds the gateway (no I/O: engines start with the ASGI lifespan).
+importing this module builds the gateway (no I/O: engines start with the ASGI lifespan)
+and puts the gateway's faster socket write path into hypercorn (`http/socket_writes.py`).
 """
 
 from __future__ import annotations
 
+from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 
+socket_writes.install()
 app: GatewayApp = create_app()

@@ -25,6 +25,7 @@ from trio_gateway.config import (
     add_config_flags,
     config_from_args,
 )
+from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.logs import configure_logging
@@ -62,6 +63,7 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """hypercorn stops accepting only once the gateway's own drain has finished."""
+    socket_writes.install()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward_signals, app.gateway.shutdown)
         await hypercorn_serve(

@@ -82,7 +82,10 @@ class GatewayMetrics:
             registry=r,
         )
         self.output_tokens = Counter(
-            PREFIX + "output_tokens_total", "Tokens sent to clients.", ["model"], registry=r
+            PREFIX + "output_tokens_total",
+            "Output tokens passed to clients, counted as each batch is written.",
+            ["model"],
+            registry=r,
         )
         self.disconnects = Counter(
             PREFIX + "disconnected_clients_total",

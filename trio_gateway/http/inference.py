@@ -136,8 +136,6 @@ async def handle_inference(
             metrics.queued.labels(request.model).dec()
         metrics.request_ended(request.model, endpoint, request.stream, outcome)
         metrics.duration.labels(request.model).observe(trio.current_time() - started_at)
-        if reader.tokens:
-            metrics.output_tokens.labels(request.model).inc(reader.tokens)
         if flight.cancel_reason is not None:
             metrics.cancellations.labels(flight.cancel_reason).inc()
         if flight.cancel_reason == CLIENT_DISCONNECTED:

@@ -30,6 +30,9 @@ class ChunkReader:
         self._metrics = metrics
         self._ttft = metrics.ttft.labels(flight.model)
         self._itl = metrics.itl.labels(flight.model)
+        # Counted as written, not when the request ends: a rate over any window is then the
+        # rate clients received tokens at, even while every stream is still running.
+        self._output_tokens = metrics.output_tokens.labels(flight.model)
         self.ended = False
         self.tokens = 0
         self.finish_reason: str | None = None
@@ -83,3 +86,5 @@ class ChunkReader:
             self._itl.observe((now - self._last_at) / tokens)
         self._last_at = now
         self.tokens += tokens
+        if tokens:
+            self._output_tokens.inc(tokens)

@@ -1,0 +1,215 @@
+"""The non-blocking first try in front of hypercorn's write path (`http/socket_writes.py`).
+
+Unit tests drive `fast_protocol_send` on a socketpair with hypercorn's own path recorded;
+the last test serves a real hypercorn on an ephemeral loopback port to a client that stops
+reading, so the kernel buffer fills and the rest must go through hypercorn's path intact.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.trio import serve
+from hypercorn.trio.tcp_server import TCPServer
+
+from trio_gateway.http import socket_writes
+
+
+@dataclass
+class RecordingProtocol:
+    events: list[Event] = field(default_factory=list)
+
+    async def handle(self, event: Event) -> None:
+        self.events.append(event)
+
+
+@dataclass
+class FakeServer:
+    """The three attributes of hypercorn's TCPServer that the fast path touches."""
+
+    stream: Any
+    protocol: RecordingProtocol = field(default_factory=RecordingProtocol)
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+@pytest.fixture
+def slow_path(monkeypatch: pytest.MonkeyPatch) -> list[Event]:
+    """Records what reaches hypercorn's own `protocol_send` instead of running it."""
+    reached: list[Event] = []
+
+    async def record(server: object, event: Event) -> None:
+        reached.append(event)
+
+    monkeypatch.setattr(socket_writes, "_hypercorn_protocol_send", record)
+    return reached
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[trio.SocketStream, socket.socket]]:
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    try:
+        yield stream, peer
+    finally:
+        ours.close()
+        peer.close()
+
+
+async def test_a_write_the_kernel_takes_whole_never_reaches_hypercorn(
+    pair: tuple[trio.SocketStream, socket.socket], slow_path: list[Event]
+) -> None:
+    stream, peer = pair
+    server = FakeServer(stream)
+    await socket_writes.fast_protocol_send(server, RawData(b"data: one\n\n"))  # type: ignore[arg-type]
+    await socket_writes.fast_protocol_send(server, RawData(b"data: two\n\n"))  # type: ignore[arg-type]
+    assert slow_path == []
+    assert peer.recv(100) == b"data: one\n\ndata: two\n\n"
+
+
+async def test_what_the_kernel_does_not_take_goes_through_hypercorn_in_order(
+    pair: tuple[trio.SocketStream, socket.socket], slow_path: list[Event]
+) -> None:
+    stream, peer = pair
+    data = bytes(range(256)) * 16384  # 4 MiB: more than a socket buffer holds
+    await socket_writes.fast_protocol_send(FakeServer(stream), RawData(data))  # type: ignore[arg-type]
+    [rest] = slow_path
+    assert isinstance(rest, RawData)
+    assert 0 < len(rest.data) < len(data)
+    received = b""
+    while len(received) < len(data) - len(rest.data):
+        received += peer.recv(1 << 20)
+    assert received + rest.data == data
+
+
+async def test_a_write_in_progress_keeps_the_order(
+    pair: tuple[trio.SocketStream, socket.socket], slow_path: list[Event]
+) -> None:
+    stream, peer = pair
+    server = FakeServer(stream)
+    async with server.send_lock:  # hypercorn is still sending an earlier write
+        await socket_writes.fast_protocol_send(server, RawData(b"later"))  # type: ignore[arg-type]
+    assert slow_path == [RawData(b"later")]
+    peer.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        peer.recv(100)
+
+
+async def test_a_peer_that_is_gone_closes_the_connection(
+    pair: tuple[trio.SocketStream, socket.socket], slow_path: list[Event]
+) -> None:
+    stream, peer = pair
+    peer.close()
+    server = FakeServer(stream)
+    await socket_writes.fast_protocol_send(server, RawData(b"data: x\n\n"))  # type: ignore[arg-type]
+    assert server.protocol.events == [Closed()]
+    assert slow_path == []
+
+
+async def test_a_closed_stream_closes_the_connection(
+    pair: tuple[trio.SocketStream, socket.socket], slow_path: list[Event]
+) -> None:
+    stream, _ = pair
+    await stream.aclose()  # fileno() is -1 from now on
+    server = FakeServer(stream)
+    await socket_writes.fast_protocol_send(server, RawData(b"data: x\n\n"))  # type: ignore[arg-type]
+    assert server.protocol.events == [Closed()]
+
+
+async def test_other_events_and_tls_streams_take_hypercorns_path(slow_path: list[Event]) -> None:
+    class TLSLike:  # an SSLStream has no `socket`
+        pass
+
+    server = FakeServer(TLSLike())
+    await socket_writes.fast_protocol_send(server, RawData(b"x"))  # type: ignore[arg-type]
+    await socket_writes.fast_protocol_send(server, Closed())  # type: ignore[arg-type]
+    assert slow_path == [RawData(b"x"), Closed()]
+
+
+def test_install_is_idempotent_and_only_for_the_hypercorn_it_was_written_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(TCPServer, "protocol_send", socket_writes._hypercorn_protocol_send)
+    monkeypatch.setattr(socket_writes, "version", lambda name: "0.99.0")
+    assert socket_writes.install() is False
+    assert TCPServer.protocol_send is socket_writes._hypercorn_protocol_send
+    monkeypatch.setattr(socket_writes, "version", lambda name: socket_writes.WRITTEN_FOR)
+    assert socket_writes.install() is True
+    assert socket_writes.install() is True
+    assert TCPServer.protocol_send is socket_writes.fast_protocol_send
+
+
+async def test_a_client_that_stops_reading_gets_every_byte_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(TCPServer, "protocol_send", socket_writes._hypercorn_protocol_send)
+    assert socket_writes.install()
+    slow_writes = 0
+    buffers_full = trio.Event()
+    original = socket_writes._hypercorn_protocol_send
+
+    async def counting(server: TCPServer, event: Event) -> None:
+        nonlocal slow_writes
+        if isinstance(event, RawData):
+            slow_writes += 1
+            buffers_full.set()
+        await original(server, event)
+
+    monkeypatch.setattr(socket_writes, "_hypercorn_protocol_send", counting)
+    chunks = [bytes([index % 251]) * 65536 for index in range(128)]  # 8 MiB, each chunk distinct
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    stop = trio.Event()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                lambda task_status: serve(
+                    app, config, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            port = int(binds[0].rsplit(":", 1)[1])
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            async with client:
+                await client.send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                await buffers_full.wait()  # the server filled the buffers we are not reading
+                received = bytearray()
+                while data := await client.receive_some(1 << 20):
+                    received += data
+            stop.set()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert _dechunk(body) == b"".join(chunks)
+    assert slow_writes > 0
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += body[:size]
+        body = body[size + 2 :]
