@@ -1,11 +1,13 @@
 """Tokens/s, TTFT and ITL through the gateway with its mock engine, and RSS per open stream.
 
     python benchmarks/gateway_throughput.py [--seconds 10] [--concurrency 1,32,256]
+        [--processes 1,2]
 
 Load: streaming chat, 100 tokens at 10 ms per token, 5 ms prefill (as shared/peers runs
 Dynamo). At each concurrency c, `wrk -t1` holds c - p connections for throughput while this
 script's raw-socket client holds p = min(c, 16) and measures TTFT and ITL under that load.
 Tokens/s and CPU are read over a window after a 2 s warm-up, from the gateway's counters.
+`--processes 1,2` measures `serve --processes N` too (CPU and RSS: all N processes).
 TTFT "added" compares with the mock engine's own TTFT, measured in-process without HTTP.
 Prints a Markdown table and writes benchmarks/results/gateway_throughput.json.
 """
@@ -191,7 +193,9 @@ async def rss_per_stream(gateway: GatewayProcess, streams: int) -> dict[str, Any
     }
 
 
-async def main(seconds: float, concurrencies: list[int], idle_streams: int) -> None:
+async def main(
+    seconds: float, concurrencies: list[int], idle_streams: int, process_counts: list[int]
+) -> None:
     raise_fd_limit()
     own_ttft = await engine_ttft()
     results: dict[str, Any] = {"environment": environment(), "engine_ttft_p50_s": own_ttft}
@@ -205,21 +209,31 @@ async def main(seconds: float, concurrencies: list[int], idle_streams: int) -> N
         memory = await rss_per_stream(gateway, idle_streams)
     finally:
         gateway.stop()
-    points = await throughput(flags, concurrencies, seconds)
-    results.update(idle_rss_kib=idle_rss, points=points, memory=memory)
+    by_processes: dict[int, list[dict[str, Any]]] = {}
+    for processes in process_counts:
+        print(f"{processes} gateway process(es):", file=sys.stderr, flush=True)
+        extra = ("--processes", str(processes)) if processes > 1 else ()
+        by_processes[processes] = await throughput((*flags, *extra), concurrencies, seconds)
+    points = by_processes.get(1, [])
+    results.update(
+        idle_rss_kib=idle_rss,
+        points=points,  # one process (the default); charts.py draws these
+        points_by_processes={str(n): p for n, p in by_processes.items()},
+        memory=memory,
+    )
     path = save("gateway_throughput", results)
 
     print(f"\nmock engine's own TTFT p50: {ms(own_ttft)} ms; gateway idle RSS {idle_rss} KiB\n")
     print(
-        "| c | tok/s | req/s | TTFT p50 ms | TTFT p99 ms | TTFT added p50 ms | ITL p50 ms "
-        "| ITL p99 ms | tok/read | CPU % | peak RSS MiB | errors |"
+        "| procs | c | tok/s | req/s | TTFT p50 ms | TTFT p99 ms | TTFT added p50 ms "
+        "| ITL p50 ms | ITL p99 ms | tok/read | CPU % | peak RSS MiB | errors |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for p in points:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for processes, p in [(n, p) for n, ps in by_processes.items() for p in ps]:
         added = None if p["ttft_p50_s"] is None else p["ttft_p50_s"] - own_ttft
         errors = p["errors"] + len(p["wrk_errors"])
         print(
-            f"| {p['concurrency']} | {p['tokens_per_s']} | {p['requests_per_s']} "
+            f"| {processes} | {p['concurrency']} | {p['tokens_per_s']} | {p['requests_per_s']} "
             f"| {ms(p['ttft_p50_s'])} | {ms(p['ttft_p99_s'])} | {ms(added)} "
             f"| {ms(p['itl_p50_s'])} | {ms(p['itl_p99_s'])} | {p['tokens_per_read']} "
             f"| {p['gateway_cpu_percent']} "
@@ -237,9 +251,16 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", default="1,32,256")
     parser.add_argument("--idle-streams", type=int, default=1000)
+    parser.add_argument(
+        "--processes", default="1", help="gateway process counts to measure, e.g. 1,2"
+    )
     args = parser.parse_args()
     trio.run(
         partial(
-            main, args.seconds, [int(c) for c in args.concurrency.split(",")], args.idle_streams
+            main,
+            args.seconds,
+            [int(c) for c in args.concurrency.split(",")],
+            args.idle_streams,
+            [int(n) for n in args.processes.split(",")],
         )
     )

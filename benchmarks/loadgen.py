@@ -149,16 +149,52 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (`serve --processes N` runs the gateways as children)."""
+    tree = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            tree.extend(process_tree(int(child)))
+    return tree
+
+
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+    """Resident memory of the process and its children."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            status = Path(f"/proc/{member}/status").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        total += next(int(line.split()[1]) for line in status.splitlines() if "VmRSS:" in line)
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time (user + system) of the process and its children, alive ones."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def listening_sockets(port: int) -> int:
+    """Sockets in LISTEN on `port` (one per gateway process; SO_REUSEPORT lets several)."""
+    suffix = f":{port:04X}"
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            count += local.endswith(suffix) and state == "0A"
+    return count
 
 
 class GatewayProcess:
@@ -177,15 +213,14 @@ class GatewayProcess:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+        listeners = 1
+        if "--processes" in flags:
+            listeners = int(flags[flags.index("--processes") + 1])
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if listening_sockets(self.port) >= listeners:
+                return
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"the gateway did not start; see {self.log.name}")
 

@@ -29,6 +29,8 @@ from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.logs import configure_logging
+from trio_gateway.processes import reuse_port_socket
+from trio_gateway.processes import run as run_processes
 from trio_gateway.worker.server import WorkerServer
 
 log = logging.getLogger("trio_gateway")
@@ -64,11 +66,15 @@ async def serve(
 ) -> None:
     """hypercorn stops accepting only once the gateway's own drain has finished."""
     socket_writes.install()
+    hc = hypercorn_config(config)
+    if config.reuse_port:  # one of `--processes`: hypercorn listens on a socket we bound
+        sock = reuse_port_socket(config.host, config.port, config.backlog)
+        hc.bind = [f"fd://{sock.detach()}"]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward_signals, app.gateway.shutdown)
         await hypercorn_serve(
             app,  # type: ignore[arg-type]
-            hypercorn_config(config),
+            hc,
             shutdown_trigger=app.gateway.shutdown.wait_stopped,
             task_status=task_status,
         )
@@ -129,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             config = config_from_args(args)
             configure_logging(config.log_level, config.log_format)
+            if config.processes > 1:
+                return run_processes(sys.argv[1:] if argv is None else argv, config.processes)
             app = create_app(config)
     except ConfigError as error:
         print(f"trio-gateway: {error}", file=sys.stderr)

@@ -81,6 +81,10 @@ class GatewayConfig:
     keep_alive_timeout_s: float = 5.0
     graceful_timeout_s: float = 5.0
     backlog: int = 2048
+    # Gateway processes sharing the port (each its own socket, SO_REUSEPORT: the kernel
+    # spreads connections). Each runs the whole gateway; metrics are summed across them.
+    processes: int = 1
+    reuse_port: bool = False  # bind with SO_REUSEPORT (set for each of `processes`)
     log_level: str = "info"
     log_format: str = "text"  # or "json": one object per line
     log_prompts: bool = False  # put prompt and completion text in the end-of-request line
@@ -97,6 +101,7 @@ class GatewayConfig:
             "backlog",
             "credit_window",
             "breaker_threshold",
+            "processes",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -141,6 +146,8 @@ class GatewayConfig:
                 f"routing_policy: unknown {self.routing_policy!r}; "
                 f"choose one of {', '.join(POLICY_NAMES)}"
             )
+        if self.processes > 1 and self.port == 0:
+            raise ConfigError("processes: several processes need a fixed port, not port 0")
         for url in self.workers:
             if not url.startswith(("ws://", "http://", "https://")):
                 raise ConfigError(

@@ -14,7 +14,7 @@ from trio_gateway.engines.protocol import Engine
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown, Phase
 from trio_gateway.loop_health import count_tasks, sample_event_loop_lag
-from trio_gateway.metrics import GatewayMetrics
+from trio_gateway.metrics import GatewayMetrics, multiprocess_dir
 from trio_gateway.openai.errors import model_not_found, unavailable
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.policies import make_policy
@@ -22,6 +22,9 @@ from trio_gateway.sessions.manager import SessionManager
 from trio_gateway.sessions.store import RedisSessionStore
 
 log = logging.getLogger("trio_gateway")
+
+# How stale the scrape-time gauges of the processes a scrape does not reach may be.
+GAUGE_REFRESH_S = 1.0
 
 
 def engines_from_config(config: GatewayConfig) -> list[Engine]:
@@ -103,7 +106,8 @@ class Gateway:
         )
 
     def refresh_gauges(self) -> None:
-        """State read at scrape time rather than kept up to date on every change."""
+        """State read at scrape time rather than kept up to date on every change (and every
+        second under multiprocess mode, where a scrape reaches one process of several)."""
         metrics = self.metrics
         for phase in Phase:
             metrics.shutdown_phase.labels(phase.value).set(phase is self.shutdown.phase)
@@ -131,6 +135,15 @@ class Gateway:
         await nursery.start(self.shutdown.run)
         await nursery.start(sample_event_loop_lag, self.metrics)
         self._nursery = nursery
+        if multiprocess_dir() is not None:
+            nursery.start_soon(self._refresh_gauges_every, GAUGE_REFRESH_S)
+
+    async def _refresh_gauges_every(self, interval: float) -> None:
+        """Keeps this process's share of the summed scrape-time gauges current; ends when the
+        gateway's nursery is cancelled."""
+        while True:
+            self.refresh_gauges()
+            await trio.sleep(interval)
 
     def stop(self) -> None:
         self._nursery = None

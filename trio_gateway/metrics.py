@@ -1,6 +1,15 @@
-"""Prometheus metrics, on a registry per gateway so tests and embedded gateways don't collide."""
+"""Prometheus metrics, on a registry per gateway so tests and embedded gateways don't collide.
+
+Under `serve --processes N` a scrape reaches any one of N gateway processes, so each answers
+for all of them: prometheus_client's multiprocess mode, on when `PROMETHEUS_MULTIPROC_DIR`
+is set (by the supervisor, before the children start). Every process writes its values to
+files there; counters and histograms add up, and each gauge says how it combines
+(`multiprocess_mode`, ignored in a single process).
+"""
 
 from __future__ import annotations
+
+import os
 
 from prometheus_client import (
     CollectorRegistry,
@@ -9,7 +18,9 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
     generate_latest,
+    values,
 )
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from trio_gateway.openai.errors import APIError
 
@@ -37,9 +48,31 @@ ITL_BUCKETS = (
 )
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """Where the gateway processes of one `serve --processes N` share their metrics."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def forget_process(pid: int) -> None:
+    """Stop counting an exited process in the `live*` gauges (its counters stay: a counter
+    summed across processes must not go backwards). The supervisor calls it as a child exits."""
+    path = multiprocess_dir()
+    if path is not None:
+        mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
 
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        if multiprocess_dir() is not None and values.ValueClass is values.MutexValue:
+            # prometheus_client picks where values live once, at its import: these would
+            # stay in this process and the summed exposition would not show them.
+            raise RuntimeError(
+                f"{MULTIPROC_ENV} was set after prometheus_client was imported; "
+                "set it in the environment of a fresh interpreter"
+            )
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -48,17 +81,21 @@ class GatewayMetrics:
             ["model", "endpoint", "request_type", "status", "error_type"],
             registry=r,
         )
+        # Requests, queues and sessions belong to one process each: the scrape shows their
+        # total over the live processes (`livesum`); a forgotten process's ones are gone.
         self.inflight = Gauge(
             PREFIX + "inflight_requests",
             "Requests admitted and not yet ended.",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.queued = Gauge(
             PREFIX + "queued_requests",
             "Admitted requests still waiting for their first chunk.",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.duration = Histogram(
             PREFIX + "request_duration_seconds",
@@ -104,6 +141,7 @@ class GatewayMetrics:
             PREFIX + "sessions_active",
             "Sessions open (with an affinity to a worker).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.sessions_opened = Counter(
             PREFIX + "sessions_opened_total", "Sessions opened on a worker.", registry=r
@@ -127,20 +165,29 @@ class GatewayMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        # The scrape-time gauges below are also refreshed every second under multiprocess
+        # mode (`Gateway.refresh_gauges`), as only the scraped process refreshes them here.
         self.live_tasks = Gauge(
-            PREFIX + "live_tasks", "Trio tasks alive in the gateway process.", registry=r
+            PREFIX + "live_tasks",
+            "Trio tasks alive in the gateway process.",
+            registry=r,
+            multiprocess_mode="livesum",  # the processes' total: what the host runs
         )
         self.shutdown_phase = Gauge(
             PREFIX + "shutdown_phase",
             "1 for the shutdown phase the gateway is in (running, draining, stopping, stopped).",
             ["phase"],
             registry=r,
+            # 1 for every phase some live process is in: "draining" shows as soon as one is.
+            multiprocess_mode="livemax",
         )
         self.backend_up = Gauge(
             PREFIX + "backend_up",
             "1 when a backend (worker, upstream, the in-process mock) can take requests.",
             ["backend"],
             registry=r,
+            # 0 when any live process cannot reach the backend: its share of requests fails.
+            multiprocess_mode="livemin",
         )
 
     def request_ended(
@@ -159,4 +206,11 @@ class GatewayMetrics:
         ).inc()
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        """What `/metrics` answers: this gateway's registry, or under multiprocess mode every
+        process's values summed (read from the shared directory at each scrape)."""
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry)
+        summed = CollectorRegistry()
+        MultiProcessCollector(summed, path)  # type: ignore[no-untyped-call]
+        return generate_latest(summed)

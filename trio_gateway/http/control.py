@@ -156,8 +156,26 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
     async def list_workers() -> Response:
         return _json({"workers": [_describe_backend(b) for b in gateway.router.backends]})
 
+    def shared_port_refusal() -> Response | None:
+        """One of several processes on one port: a change would reach that one only."""
+        if not gateway.config.reuse_port:
+            return None
+        return _api_error(
+            APIError(
+                409,
+                "This gateway is one of several processes sharing its port (--processes, "
+                "--reuse-port): a change here would reach one of them only. Give the workers "
+                "with --worker and restart.",
+                "invalid_request_error",
+                None,
+                "shared_port",
+            )
+        )
+
     @app.post("/admin/workers")
     async def add_worker() -> Response:
+        if (refusal := shared_port_refusal()) is not None:
+            return refusal
         body = await request.get_json(force=True, silent=True)
         url = body.get("url") if isinstance(body, dict) else None
         if not isinstance(url, str) or not url.startswith(("ws://", "http://", "https://")):
@@ -185,6 +203,8 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
 
     @app.delete("/admin/workers/<path:worker_id>")
     async def remove_worker(worker_id: str) -> Response:
+        if (refusal := shared_port_refusal()) is not None:
+            return refusal
         if not gateway.remove_engine(worker_id):
             return _api_error(
                 APIError(

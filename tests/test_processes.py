@@ -1,0 +1,182 @@
+"""`trio-gateway serve --processes 2` as real processes on a loopback port: both children
+serve, /metrics is summed whichever child answers, SIGTERM drains every child, a child that
+dies stops the set. Every wait is bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from functools import partial
+
+import trio
+
+from tests.test_shutdown_process import _drain_pipe, gateway_command, post, read_response
+from trio_gateway.processes import child_argv
+
+BODY = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Supervised:
+    def __init__(self, process: trio.Process, port: int, children: list[int]) -> None:
+        self.process = process
+        self.port = port
+        self.children = children
+
+
+@asynccontextmanager
+async def supervised(*flags: str) -> AsyncIterator[Supervised]:
+    port = free_port()
+    command = [*gateway_command(*flags), "--processes", "2"]
+    command[command.index("--port") + 1] = str(port)
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                command,
+                stderr=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                check=False,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
+        )
+        try:
+            children = await _wait_for_children(process, 2)
+            nursery.start_soon(_drain_pipe, process.stderr)
+            yield Supervised(process, port, children)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                for pid in children:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+
+
+async def _wait_for_children(process: trio.Process, count: int) -> list[int]:
+    """The children's pids, once each has said it is listening."""
+    assert process.stderr is not None
+    seen = b""
+    with trio.fail_after(30):
+        while seen.count(b"Running on http://") < count:
+            data = await process.stderr.receive_some()
+            assert data, f"the gateway exited early: {seen.decode(errors='replace')}"
+            seen += data
+    pids = [
+        int(line.split(b"(pid ")[1].split(b")")[0])
+        for line in seen.splitlines()
+        if b"gateway process" in line and b"started (pid" in line
+    ]
+    assert len(pids) == count, seen.decode(errors="replace")
+    return pids
+
+
+async def stream_once(port: int, tokens: int = 3) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(post(port, dict(BODY, mock={"tokens": tokens, "itl_ms": 10})))
+        return await read_response(stream)
+
+
+async def get(port: int, path: str, method: str = "GET") -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(
+            f"{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n"
+            "connection: close\r\n\r\n".encode()
+        )
+        received = b""
+        while data := await stream.receive_some():
+            received += data
+    return received
+
+
+def successes(exposition: bytes) -> float:
+    return sum(
+        float(line.rsplit(b" ", 1)[1])
+        for line in exposition.splitlines()
+        if line.startswith(b"trio_gateway_requests_total{") and b'status="success"' in line
+    )
+
+
+def test_children_run_the_same_settings_as_one_process_on_a_shared_port() -> None:
+    argv = child_argv(["serve", "--processes", "4", "--port", "9000"])
+    assert argv[-4:] == ["--processes", "1", "--reuse-port", "true"]
+    assert argv[argv.index("--port") : argv.index("--port") + 2] == ["--port", "9000"]
+
+
+async def test_two_children_serve_and_metrics_are_summed_whichever_answers() -> None:
+    async with supervised() as served:
+        with trio.fail_after(60):
+            responses = []
+            for _ in range(20):  # a connection each: the kernel spreads them by port
+                responses.append(await stream_once(served.port))
+            assert all(r.startswith(b"HTTP/1.1 200") for r in responses)
+            assert all(r.rstrip(b"\r\n0").endswith(b"data: [DONE]") for r in responses)
+            for _ in range(6):  # whichever child answers the scrape, it counts all 20
+                assert successes(await get(served.port, "/metrics")) == 20
+            refused = await get(served.port, "/admin/workers", "POST")
+            assert refused.startswith(b"HTTP/1.1 409"), refused
+            served.process.send_signal(signal.SIGTERM)
+            assert await served.process.wait() == 0
+        for pid in served.children:
+            assert not _alive(pid)
+
+
+async def test_sigterm_lets_streams_in_every_child_finish() -> None:
+    async with supervised("--drain-timeout-s", "10") as served:
+        with trio.fail_after(60):
+            results: list[bytes] = []
+            opened = trio.Semaphore(0)
+
+            async def one() -> None:
+                stream = await trio.open_tcp_stream("127.0.0.1", served.port)
+                async with stream:
+                    await stream.send_all(
+                        post(served.port, dict(BODY, mock={"tokens": 10, "itl_ms": 100}))
+                    )
+                    first = await stream.receive_some()
+                    opened.release()
+                    results.append(first + await read_response(stream))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(one)
+                for _ in range(8):
+                    await opened.acquire()
+                served.process.send_signal(signal.SIGTERM)
+            assert len(results) == 8
+            for response in results:
+                assert b'"finish_reason":"stop"' in response, response[-300:]
+                assert response.rstrip(b"\r\n0").endswith(b"data: [DONE]")
+            assert await served.process.wait() == 0
+
+
+async def test_a_child_that_dies_stops_the_others_and_the_supervisor_fails() -> None:
+    async with supervised() as served:
+        with trio.fail_after(60):
+            os.kill(served.children[0], signal.SIGKILL)
+            assert await served.process.wait() == 1
+        for pid in served.children:
+            assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone once its parent (the supervisor) reaped it.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,131 @@
+"""`trio-gateway serve --processes N`: N whole gateways on one port, and their supervisor.
+
+One gateway process is bound by one core: under load most of its CPU goes to writing small
+SSE events (hypercorn's h11 framing and the `send` calls), work that does not share across
+cores inside one Python process. Each child here is a complete gateway with its own
+listening socket bound with SO_REUSEPORT, so the kernel spreads connections across them
+and no byte passes through the supervisor. What that means, in the README: each child
+has its own engine connections, router view and admission queue (like N replicas behind
+one address); metrics are summed across children (prometheus multiprocess mode, the
+directory set up here); sessions need `--session-store` to follow a client from one
+child to another; `/admin/workers` changes are refused (they would reach one child).
+
+The supervisor starts the children, forwards SIGTERM and SIGINT to them (each drains as a
+single gateway does, and a second signal cuts them short), and exits when all have.
+A child that exits on its own is a fault: the others are drained and stopped, and the
+supervisor exits 1 so the process manager restarts the whole set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+
+import trio
+
+from trio_gateway.metrics import MULTIPROC_ENV, forget_process
+
+log = logging.getLogger("trio_gateway.processes")
+
+
+def child_argv(argv: Sequence[str]) -> list[str]:
+    """The command line of one child: the same settings, one process, its own socket.
+
+    Flags given last win, and flags win over the environment and the file, so a
+    `processes` setting from any source is overridden here.
+    """
+    return [
+        sys.executable,
+        "-m",
+        "trio_gateway.cli",
+        *argv,
+        "--processes",
+        "1",
+        "--reuse-port",
+        "true",
+    ]
+
+
+def reuse_port_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket that other processes can bind as well (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def supervise(argv: Sequence[str], processes: int) -> int:
+    """Run `processes` children until they have all exited; the exit status of the set."""
+    metrics_dir = tempfile.mkdtemp(prefix="trio-gateway-metrics-")
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir}
+    children: list[trio.Process] = []
+    stopping = False
+    failed = False
+
+    def stop_all(signum: int) -> None:
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signum)
+
+    async def run_child(index: int) -> None:
+        nonlocal stopping, failed
+        # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which
+        # passes it on once (a second one would cut the drain short).
+        child = await trio.lowlevel.open_process(child_argv(argv), env=env, start_new_session=True)
+        children.append(child)
+        log.info("gateway process %d started (pid %d)", index, child.pid)
+        code = await child.wait()
+        forget_process(child.pid)
+        if stopping:
+            log.info("gateway process %d (pid %d) exited with %d", index, child.pid, code)
+            failed = failed or code != 0
+            return
+        log.error(
+            "gateway process %d (pid %d) exited with %d on its own: stopping the others",
+            index,
+            child.pid,
+            code,
+        )
+        stopping = failed = True
+        stop_all(signal.SIGTERM)
+
+    async def forward_signals(signals: AsyncIterator[int]) -> None:
+        nonlocal stopping
+        async for signum in signals:
+            stopping = True
+            log.info("%s: passing it on to every gateway process", signal.Signals(signum).name)
+            stop_all(signum)
+
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward_signals, signals)
+                async with trio.open_nursery() as running:
+                    for index in range(processes):
+                        running.start_soon(run_child, index)
+                nursery.cancel_scope.cancel()
+    finally:
+        # Children still running here means the supervisor itself is being torn down.
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+def run(argv: Sequence[str], processes: int) -> int:
+    return trio.run(supervise, argv, processes)
