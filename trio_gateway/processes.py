@@ -83,9 +83,9 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
 
     async def run_child(index: int) -> None:
         nonlocal stopping, failed
-        # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which
-        # passes it on once (a second one would cut the drain short).
-        child = await trio.lowlevel.open_process(child_argv(argv), env=env, start_new_session=True)
+        # A process group of its own: a terminal's Ctrl-C reaches the supervisor only,
+        # which passes it on once (a second one would cut the drain short).
+        child = await trio.lowlevel.open_process(child_argv(argv), env=env, process_group=0)
         children.append(child)
         log.info("gateway process %d started (pid %d)", index, child.pid)
         code = await child.wait()
