@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.loadgen import (
     BODY,
     GatewayProcess,
+    MetricsReader,
     cpu_seconds,
     environment,
     http_request,
     median,
-    metric_total,
     ms,
     percentile,
     probe,
@@ -96,8 +96,8 @@ async def point(gateway: GatewayProcess, c: int, seconds: float) -> dict[str, An
         return {
             "t": time.perf_counter(),
             "cpu": cpu_seconds(gateway.pid),
-            "tokens": await metric_total(gateway.port, TOKENS_METRIC),
-            "requests": await metric_total(gateway.port, REQUESTS_METRIC),
+            "tokens": await metrics.total(TOKENS_METRIC),
+            "requests": await metrics.total(REQUESTS_METRIC),
         }
 
     async def measure() -> None:
@@ -113,6 +113,7 @@ async def point(gateway: GatewayProcess, c: int, seconds: float) -> dict[str, An
             peak_rss = max(peak_rss, rss_kib(gateway.pid))
             await trio.sleep(0.5)
 
+    metrics = await MetricsReader.connect(gateway.port)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_rss)
         async with trio.open_nursery() as load:
@@ -120,6 +121,7 @@ async def point(gateway: GatewayProcess, c: int, seconds: float) -> dict[str, An
             load.start_soon(measure)
             stats = await probe(gateway.port, probes, WARMUP_S + seconds, BODY)
         nursery.cancel_scope.cancel()
+    await metrics.aclose()
     return {
         "concurrency": c,
         "wrk_connections": wrk_connections,

@@ -113,22 +113,47 @@ async def probe(port: int, connections: int, seconds: float, body: dict[str, Any
     return stats
 
 
-async def metric_total(port: int, name: str) -> float:
-    """The sum of every sample of one metric on the gateway's /metrics (all label sets)."""
-    with trio.fail_after(10):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await stream.send_all(
-                b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+class MetricsReader:
+    """Reads the gateway's /metrics on one keep-alive connection, opened before the load:
+    a new connection under a burst of a thousand would wait its turn to be accepted."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    @classmethod
+    async def connect(cls, port: int) -> MetricsReader:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def total(self, name: str) -> float:
+        """The sum of every sample of one metric (all label sets)."""
+        with trio.fail_after(30):
+            await self._stream.send_all(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+            while b"\r\n\r\n" not in self._buffer:
+                self._buffer += await self._receive()
+            head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
             )
-            received = bytearray()
-            while data := await stream.receive_some(1 << 16):
-                received += data
-    total = 0.0
-    for line in received.decode().splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+            while len(self._buffer) < length:
+                self._buffer += await self._receive()
+            body, self._buffer = self._buffer[:length], self._buffer[length:]
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    async def _receive(self) -> bytes:
+        data = await self._stream.receive_some(1 << 16)
+        if not data:
+            raise RuntimeError("the gateway closed the metrics connection")
+        return data
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -1,8 +1,9 @@
-"""Every benchmark in one command, bounded (about 4 minutes on a 2-core box):
+"""Every benchmark in one command, bounded (about 6 minutes on a 2-core box):
 
     python benchmarks/run_all.py [--quick]
 
-Runs the mock engine alone (the ceiling: no HTTP), then gateway_throughput.py,
+Runs the mock engine alone (the ceiling: no HTTP), then http_floor.py (a bare app on the
+same hypercorn: the floor), gateway_throughput.py (one and two gateway processes),
 shutdown_drain.py and worker_path.py, one after the other (they share the two cores, so
 never together), shows each one's progress as it runs, prints their Markdown tables and
 writes benchmarks/results/*.json (then charts, when matplotlib is installed). `--quick`
@@ -91,7 +92,11 @@ def main() -> None:
         )
     save("engine_alone", {"environment": environment(), "points": ceiling})
 
-    run("gateway_throughput.py", "--seconds", seconds, "--concurrency", "1,32,256,1000")
+    run("http_floor.py", *(["--rounds", "2", "--idle-streams", "300"] if args.quick else []))
+    run(
+        "gateway_throughput.py",
+        *("--seconds", seconds, "--concurrency", "1,32,64,256,1000", "--processes", "1,2"),
+    )
     run("shutdown_drain.py", *(["--streams", "1,100"] if args.quick else []))
     run(
         "worker_path.py",
