@@ -103,7 +103,10 @@ async def point(gateway: GatewayProcess, c: int, seconds: float) -> dict[str, An
     async def measure() -> None:
         await trio.sleep(WARMUP_S)
         start = await sample()
-        await trio.sleep(seconds)
+        end_at = trio.current_time() + seconds
+        while trio.current_time() < end_at:  # a scrape every 2 s keeps the connection alive
+            await trio.sleep(min(2.0, end_at - trio.current_time()))
+            await metrics.total(TOKENS_METRIC)
         end = await sample()
         window.update({key: end[key] - start[key] for key in start})
 
