@@ -88,6 +88,8 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
         child = await trio.lowlevel.open_process(child_argv(argv), env=env, process_group=0)
         children.append(child)
         log.info("gateway process %d started (pid %d)", index, child.pid)
+        if stopping:  # a signal or a failure came while it was starting
+            child.send_signal(signal.SIGTERM)
         code = await child.wait()
         forget_process(child.pid)
         if stopping:
