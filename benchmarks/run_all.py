@@ -100,6 +100,8 @@ def main() -> None:
     run("shutdown_drain.py", *(["--streams", "1,100"] if args.quick else []))
     run(
         "worker_path.py",
+        "--concurrency",
+        "1,32,256,1000",
         "--seconds",
         "3" if args.quick else "8",
         "--disconnects",

@@ -92,11 +92,11 @@ async def main(seconds: float, concurrencies: list[int], count: int) -> None:
     print("OpenAI-compatible upstream: direct, then through the gateway", file=sys.stderr)
     upstream = GatewayProcess(*MOCK)
     try:
-        direct = [await point(upstream, c, seconds) for c in (1, 32)]
+        direct = [await point(upstream, c, seconds) for c in concurrencies]
         via = GatewayProcess("--worker", f"http://127.0.0.1:{upstream.port}/v1")
         try:
             await probe(via.port, 4, 1, BODY)
-            through = [await point(via, c, seconds) for c in (1, 32)]
+            through = [await point(via, c, seconds) for c in concurrencies]
         finally:
             via.stop()
     finally:
@@ -124,24 +124,30 @@ async def main(seconds: float, concurrencies: list[int], count: int) -> None:
 
     print(
         "\n| path | c | tok/s | ratio to in-process | TTFT p50 ms | TTFT p99 ms | ITL p50 ms "
-        "| gateway CPU % |"
+        "| ITL p99 ms | gateway CPU % | gateway RSS MiB |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for local_point, remote_point in zip(results["in_process"], results["worker"], strict=True):
         for name, p in (("in-process", local_point), ("worker", remote_point)):
             ratio = p["tokens_per_s"] / max(1, local_point["tokens_per_s"])
             print(
                 f"| {name} | {p['concurrency']} | {p['tokens_per_s']} | {ratio:.2f} "
                 f"| {ms(p['ttft_p50_s'])} | {ms(p['ttft_p99_s'])} | {ms(p['itl_p50_s'])} "
-                f"| {p['gateway_cpu_percent']} |"
+                f"| {ms(p['itl_p99_s'])} | {p['gateway_cpu_percent']} "
+                f"| {p['gateway_peak_rss_kib'] / 1024:.1f} |"
             )
-    print("\n| upstream | c | tok/s | TTFT p50 ms | TTFT p99 ms |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| upstream | c | tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
+        "| CPU % (that process) | errors |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, points in (("direct", direct), ("through the gateway", through)):
         for p in points:
             print(
                 f"| {name} | {p['concurrency']} | {p['tokens_per_s']} "
-                f"| {ms(p['ttft_p50_s'])} | {ms(p['ttft_p99_s'])} |"
+                f"| {ms(p['ttft_p50_s'])} | {ms(p['ttft_p99_s'])} | {ms(p['itl_p50_s'])} "
+                f"| {ms(p['itl_p99_s'])} | {p['gateway_cpu_percent']} "
+                f"| {p['errors'] + len(p['wrk_errors'])} |"
             )
     print("\n| disconnect → cancel | n | p50 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|")
