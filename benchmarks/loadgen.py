@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,15 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def ready(port: int) -> bool:
+    """`GET /ready` says 200: a backend (a worker, an upstream) is up, not just the port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused, 503 (HTTPError), timeout
+        return False
+
+
 def listening_sockets(port: int) -> int:
     """Sockets in LISTEN on `port` (one per gateway process; SO_REUSEPORT lets several)."""
     suffix = f":{port:04X}"
@@ -243,7 +253,9 @@ class GatewayProcess:
             listeners = int(flags[flags.index("--processes") + 1])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
-            if listening_sockets(self.port) >= listeners:
+            if listening_sockets(self.port) >= listeners and (
+                command != "serve" or ready(self.port)
+            ):
                 return
             time.sleep(0.05)
         self.stop()
