@@ -12,6 +12,7 @@ import math
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -583,3 +584,81 @@ def test_names() -> None:
     assert "sk-hidden" not in repr(engine)
     with pytest.raises(ValueError):
         OpenAIUpstream("ws://host/v1")
+
+
+# -- a kept-alive connection closed by the server as it is reused --------------------------
+
+
+class ClosingUpstream:
+    """A raw HTTP/1.1 upstream that closes every reused connection without answering, as a
+    server whose keep-alive timer fires just as the client sends on that connection."""
+
+    def __init__(self) -> None:
+        self.dropped = 0
+        self.answered = 0
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        buffer = b""
+        served = 0
+        async with stream:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = await stream.receive_some()
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                while len(buffer) < length:
+                    buffer += await stream.receive_some()
+                buffer = buffer[length:]
+                if served and head.startswith(b"POST"):
+                    self.dropped += 1
+                    return  # closed without a response
+                served += 1
+                if head.startswith(b"GET /v1/models"):
+                    body = b'{"object":"list","data":[{"id":"up-a","object":"model"}]}'
+                    kind = b"application/json"
+                else:
+                    self.answered += 1
+                    chunk = (
+                        b'{"id":"x","object":"chat.completion.chunk","created":0,"model":"up-a",'
+                        b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}'
+                    )
+                    body = b"data: " + chunk + b"\n\ndata: [DONE]\n\n"
+                    kind = b"text/event-stream"
+                await stream.send_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: "
+                    + kind
+                    + b"\r\ncontent-length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
+
+
+async def test_a_reused_connection_closed_without_an_answer_is_sent_again() -> None:
+    upstream = ClosingUpstream()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            [listener] = await nursery.start(
+                partial(trio.serve_tcp, upstream.serve, 0, host="127.0.0.1")
+            )
+            port = listener.socket.getsockname()[1]
+            async with running_engine(f"http://127.0.0.1:{port}/v1") as engine:
+                await until(engine, lambda: engine.available)
+                # The probe's connection is idle in the pool: the first request reuses it.
+                chunks = await generate(engine, make_request())
+                assert "".join(c.text for c in chunks) == "hi"
+                chunks = await generate(engine, make_request(request_id="req-2"))
+                assert "".join(c.text for c in chunks) == "hi"
+            nursery.cancel_scope.cancel()
+    assert upstream.dropped >= 1
+    assert upstream.answered == 2

@@ -38,6 +38,7 @@ async def supervised(*flags: str) -> AsyncIterator[Supervised]:
     port = free_port()
     command = [*gateway_command(*flags), "--processes", "2"]
     command[command.index("--port") + 1] = str(port)
+    children: list[int] = []
     async with trio.open_nursery() as nursery:
         process: trio.Process = await nursery.start(
             partial(
@@ -50,15 +51,15 @@ async def supervised(*flags: str) -> AsyncIterator[Supervised]:
             )
         )
         try:
-            children = await _wait_for_children(process, 2)
+            children += await _wait_for_children(process, 2)
             nursery.start_soon(_drain_pipe, process.stderr)
             yield Supervised(process, port, children)
         finally:
             if process.returncode is None:
                 process.kill()
-                for pid in children:
-                    with suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+            for pid in children:  # each leads its own process group
+                with suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
 
 
 async def _wait_for_children(process: trio.Process, count: int) -> list[int]:
@@ -121,10 +122,16 @@ async def test_two_children_serve_and_metrics_are_summed_whichever_answers() -> 
                 responses.append(await stream_once(served.port))
             assert all(r.startswith(b"HTTP/1.1 200") for r in responses)
             assert all(r.rstrip(b"\r\n0").endswith(b"data: [DONE]") for r in responses)
-            for _ in range(6):  # whichever child answers the scrape, it counts all 20
+            # A request is counted just after its last byte: wait for the 20th, then
+            # whichever child answers a scrape counts all 20.
+            while successes(await get(served.port, "/metrics")) < 20:  # noqa: ASYNC110
+                await trio.sleep(0.05)  # another process's state: nothing here to wait on
+            for _ in range(6):
                 assert successes(await get(served.port, "/metrics")) == 20
-            refused = await get(served.port, "/admin/workers", "POST")
-            assert refused.startswith(b"HTTP/1.1 409"), refused
+            for path in ("/admin/workers", "/admin/drain"):
+                refused = await get(served.port, path, "POST")
+                assert refused.startswith(b"HTTP/1.1 409"), refused
+                assert b"shared_port" in refused
             served.process.send_signal(signal.SIGTERM)
             assert await served.process.wait() == 0
         for pid in served.children:
@@ -167,6 +174,15 @@ async def test_a_child_that_dies_stops_the_others_and_the_supervisor_fails() -> 
             assert await served.process.wait() == 1
         for pid in served.children:
             assert not _alive(pid)
+
+
+async def test_children_stop_when_the_supervisor_is_killed() -> None:
+    async with supervised() as served:
+        with trio.fail_after(30):
+            served.process.kill()  # no signal to pass on: the children learn it from the kernel
+            await served.process.wait()
+            while any(_alive(pid) for pid in served.children):  # noqa: ASYNC110
+                await trio.sleep(0.05)  # grandchildren: no wait() for them here
 
 
 def _alive(pid: int) -> bool:

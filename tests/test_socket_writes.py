@@ -89,6 +89,26 @@ async def test_what_the_kernel_does_not_take_goes_through_hypercorn_in_order(
     assert received + rest.data == data
 
 
+async def test_the_rest_of_a_partial_write_follows_even_when_cancelled(
+    pair: tuple[trio.SocketStream, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reached: list[Event] = []
+
+    async def checkpointing(server: object, event: Event) -> None:
+        await trio.lowlevel.checkpoint()  # raises Cancelled unless shielded
+        reached.append(event)
+
+    monkeypatch.setattr(socket_writes, "_hypercorn_protocol_send", checkpointing)
+    stream, _ = pair
+    data = bytes(range(256)) * 16384
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await socket_writes.fast_protocol_send(FakeServer(stream), RawData(data))  # type: ignore[arg-type]
+    [rest] = reached
+    assert isinstance(rest, RawData) and 0 < len(rest.data) < len(data)
+    assert data.endswith(rest.data)
+
+
 async def test_a_write_in_progress_keeps_the_order(
     pair: tuple[trio.SocketStream, socket.socket], slow_path: list[Event]
 ) -> None:

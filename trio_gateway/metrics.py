@@ -56,10 +56,11 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
-def forget_process(pid: int) -> None:
+def forget_process(pid: int, path: str | None = None) -> None:
     """Stop counting an exited process in the `live*` gauges (its counters stay: a counter
-    summed across processes must not go backwards). The supervisor calls it as a child exits."""
-    path = multiprocess_dir()
+    summed across processes must not go backwards). The supervisor calls it as a child exits,
+    with the directory it gave the children (it does not set the variable for itself)."""
+    path = path if path is not None else multiprocess_dir()
     if path is not None:
         mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
@@ -120,7 +121,7 @@ class GatewayMetrics:
         )
         self.output_tokens = Counter(
             PREFIX + "output_tokens_total",
-            "Output tokens passed to clients, counted as each batch is written.",
+            "Output tokens passed to clients, counted as each batch goes to the response writer.",
             ["model"],
             registry=r,
         )

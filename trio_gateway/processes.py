@@ -18,6 +18,7 @@ supervisor exits 1 so the process manager restarts the whole set.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -32,6 +33,8 @@ import trio
 from trio_gateway.metrics import MULTIPROC_ENV, forget_process
 
 log = logging.getLogger("trio_gateway.processes")
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def child_argv(argv: Sequence[str]) -> list[str]:
@@ -85,16 +88,19 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
         nonlocal stopping, failed
         # A process group of its own: a terminal's Ctrl-C reaches the supervisor only,
         # which passes it on once (a second one would cut the drain short).
-        child = await trio.lowlevel.open_process(child_argv(argv), env=env, process_group=0)
+        child = await trio.lowlevel.open_process(
+            child_argv(argv), env=env, process_group=0, preexec_fn=_stop_with_the_supervisor
+        )
         children.append(child)
         log.info("gateway process %d started (pid %d)", index, child.pid)
         if stopping:  # a signal or a failure came while it was starting
             child.send_signal(signal.SIGTERM)
         code = await child.wait()
-        forget_process(child.pid)
+        forget_process(child.pid, metrics_dir)
         if stopping:
             log.info("gateway process %d (pid %d) exited with %d", index, child.pid, code)
-            failed = failed or code != 0
+            # Killed by the signal passed on before it could install its handlers: a stop.
+            failed = failed or code not in (0, -signal.SIGTERM, -signal.SIGINT)
             return
         log.error(
             "gateway process %d (pid %d) exited with %d on its own: stopping the others",
@@ -127,6 +133,13 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
                 child.kill()
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 1 if failed else 0
+
+
+def _stop_with_the_supervisor() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies (SIGKILL, OOM), so no
+    orphan keeps serving on the shared port; it drains as after any SIGTERM."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def run(argv: Sequence[str], processes: int) -> int:

@@ -53,6 +53,13 @@ KEEPALIVE_EXPIRY = 4.0
 # walk was 30 % of the gateway's CPU and the upstream path ran at a tenth of direct. Streams
 # spread over this many clients (pools), least loaded first, keep every walk short.
 POOL_SHARDS = 16
+# A kept-alive connection the server closes just as it is reused fails before any response
+# (the server never saw the request): sent again on another connection, this many times.
+STALE_CONNECTION_RETRIES = 2
+
+
+class _StaleConnection(Exception):
+    """The upstream closed a reused connection without answering."""
 
 
 def _redact(url: str) -> str:
@@ -253,30 +260,30 @@ class OpenAIUpstream:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the HTTP clients, and keep `available`/`models` current from `GET /models`."""
         tls = httpx.create_ssl_context(trust_env=False)  # the CA bundle, loaded once
-        async with contextlib.AsyncExitStack() as clients:
-            for _ in range(POOL_SHARDS):
-                client = httpx.AsyncClient(
-                    timeout=httpx.Timeout(
-                        connect=self.connect_timeout, read=None, write=30.0, pool=None
-                    ),
-                    limits=httpx.Limits(
-                        max_connections=None,
-                        max_keepalive_connections=64,
-                        keepalive_expiry=KEEPALIVE_EXPIRY,
-                    ),
-                    verify=tls,
-                    # Proxy variables meant for the outside world must not capture the hop
-                    # to a local inference server (and buffer its streams).
-                    trust_env=False,
-                )
-                self._clients.append(await clients.enter_async_context(client))
-                self._client_streams.append(0)
-            try:
+        try:
+            async with contextlib.AsyncExitStack() as clients:
+                for _ in range(POOL_SHARDS):
+                    client = httpx.AsyncClient(
+                        timeout=httpx.Timeout(
+                            connect=self.connect_timeout, read=None, write=30.0, pool=None
+                        ),
+                        limits=httpx.Limits(
+                            max_connections=None,
+                            max_keepalive_connections=64,
+                            keepalive_expiry=KEEPALIVE_EXPIRY,
+                        ),
+                        verify=tls,
+                        # Proxy variables meant for the outside world must not capture the
+                        # hop to a local inference server (and buffer its streams).
+                        trust_env=False,
+                    )
+                    self._clients.append(await clients.enter_async_context(client))
+                    self._client_streams.append(0)
                 task_status.started()
                 await self._probe_loop(self._clients[0])
-            finally:
-                self._clients, self._client_streams = [], []
-                self.available = False
+        finally:
+            self._clients, self._client_streams = [], []
+            self.available = False
 
     async def _probe_loop(self, client: httpx.AsyncClient) -> None:
         delay = self.retry_initial
@@ -384,7 +391,17 @@ class OpenAIUpstream:
         client = self._clients[shard]
         streams[shard] += 1
         try:
-            await self._generate_with(client, request, send)
+            for attempt in range(STALE_CONNECTION_RETRIES + 1):
+                try:
+                    await self._generate_with(client, request, send)
+                    return
+                except _StaleConnection as stale:
+                    if attempt == STALE_CONNECTION_RETRIES:
+                        raise unavailable(
+                            f"The connection to the upstream {self.name} failed ({stale}).",
+                            retryable=True,
+                        ) from None
+                    log.info("upstream %s closed a reused connection; sending again", self.name)
         finally:
             if streams is self._client_streams:  # not after `run` has ended
                 streams[shard] -= 1
@@ -406,10 +423,12 @@ class OpenAIUpstream:
         }
         relay = _Relay(self.name, request.endpoint == "chat", send)
         failure: APIError | None = None
+        answered = False
         try:
             async with client.stream(
                 "POST", self.base_url + path, content=self._payload(request), headers=headers
             ) as response:
+                answered = True
                 # The failure is raised once the upstream response is closed, outside
                 # httpx's context manager and the transport-error handling below.
                 try:
@@ -425,6 +444,14 @@ class OpenAIUpstream:
             self._connection_lost(f"{type(error).__name__}: {error}")
             raise unavailable(
                 f"Could not connect to the upstream {self.name}.", retryable=relay.sent == 0
+            ) from None
+        except httpx.RemoteProtocolError as error:
+            if not answered:  # closed without a response: it never handled this request
+                raise _StaleConnection(f"{type(error).__name__}: {error}") from None
+            raise unavailable(
+                f"The connection to the upstream {self.name} failed "
+                f"({type(error).__name__}: {error}).",
+                retryable=relay.sent == 0,
             ) from None
         except httpx.TransportError as error:
             raise unavailable(

@@ -107,10 +107,27 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
             return _json({"status": "ready"})
         return _json({"status": "not_ready", "phase": gateway.shutdown.phase.value}, 503)
 
+    def shared_port_refusal(instead: str) -> Response | None:
+        """One of several processes on one port: a change would reach that one only."""
+        if not gateway.config.reuse_port:
+            return None
+        return _api_error(
+            APIError(
+                409,
+                "This gateway is one of several processes sharing its port (--processes, "
+                f"--reuse-port): this would reach one of them only; {instead}.",
+                "invalid_request_error",
+                None,
+                "shared_port",
+            )
+        )
+
     @app.post("/admin/drain")
     async def drain() -> Response:
         """Start the graceful shutdown; `?wait=true` answers once nothing is in flight
         (a Kubernetes preStop hook that blocks until the pod is drained)."""
+        if (refusal := shared_port_refusal("send SIGTERM to the supervisor")) is not None:
+            return refusal
         gateway.shutdown.request_stop("POST /admin/drain")
         if request.args.get("wait", "").lower() in ("1", "true", "yes"):
             await gateway.shutdown.wait_stopped()
@@ -156,25 +173,9 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
     async def list_workers() -> Response:
         return _json({"workers": [_describe_backend(b) for b in gateway.router.backends]})
 
-    def shared_port_refusal() -> Response | None:
-        """One of several processes on one port: a change would reach that one only."""
-        if not gateway.config.reuse_port:
-            return None
-        return _api_error(
-            APIError(
-                409,
-                "This gateway is one of several processes sharing its port (--processes, "
-                "--reuse-port): a change here would reach one of them only. Give the workers "
-                "with --worker and restart.",
-                "invalid_request_error",
-                None,
-                "shared_port",
-            )
-        )
-
     @app.post("/admin/workers")
     async def add_worker() -> Response:
-        if (refusal := shared_port_refusal()) is not None:
+        if (refusal := shared_port_refusal("give the workers with --worker")) is not None:
             return refusal
         body = await request.get_json(force=True, silent=True)
         url = body.get("url") if isinstance(body, dict) else None
@@ -203,7 +204,7 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
 
     @app.delete("/admin/workers/<path:worker_id>")
     async def remove_worker(worker_id: str) -> Response:
-        if (refusal := shared_port_refusal()) is not None:
+        if (refusal := shared_port_refusal("give the workers with --worker")) is not None:
             return refusal
         if not gateway.remove_engine(worker_id):
             return _api_error(

@@ -21,6 +21,7 @@ import os
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 
+import trio
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio.tcp_server import TCPServer
 
@@ -45,7 +46,13 @@ async def fast_protocol_send(self: TCPServer, event: Event) -> None:
                 return
             if written == len(data):
                 return
-            event = RawData(data=data[written:])
+            if written:
+                # Part of the event is on the wire: the rest must follow even if this task
+                # is being cancelled (hypercorn's lock checks for cancellation before its
+                # own shield), or the peer would get a truncated frame.
+                with trio.CancelScope(shield=True):
+                    await _hypercorn_protocol_send(self, RawData(data=data[written:]))
+                return
     await _hypercorn_protocol_send(self, event)
 
 

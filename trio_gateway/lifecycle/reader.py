@@ -30,8 +30,8 @@ class ChunkReader:
         self._metrics = metrics
         self._ttft = metrics.ttft.labels(flight.model)
         self._itl = metrics.itl.labels(flight.model)
-        # Counted as written, not when the request ends: a rate over any window is then the
-        # rate clients received tokens at, even while every stream is still running.
+        # Counted as each batch goes to the response writer, not when the request ends: a
+        # rate over any window is then the rate of the streams, even while all still run.
         self._output_tokens = metrics.output_tokens.labels(flight.model)
         self.ended = False
         self.tokens = 0
