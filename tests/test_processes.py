@@ -4,10 +4,13 @@ dies stops the set. Every wait is bounded."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from functools import partial
@@ -183,6 +186,10 @@ async def test_children_stop_when_the_supervisor_is_killed() -> None:
             await served.process.wait()
             while any(_alive(pid) for pid in served.children):  # noqa: ASYNC110
                 await trio.sleep(0.05)  # grandchildren: no wait() for them here
+    # What a supervisor killed outright leaves behind, and can be told apart by its pid.
+    left = f"{tempfile.gettempdir()}/trio-gateway-metrics-{served.process.pid}-*"
+    [metrics_dir] = glob.glob(left)
+    shutil.rmtree(metrics_dir)
 
 
 def _alive(pid: int) -> bool:

@@ -73,7 +73,8 @@ def reuse_port_socket(host: str, port: int, backlog: int) -> socket.socket:
 
 async def supervise(argv: Sequence[str], processes: int) -> int:
     """Run `processes` children until they have all exited; the exit status of the set."""
-    metrics_dir = tempfile.mkdtemp(prefix="trio-gateway-metrics-")
+    # Named for its supervisor: one killed outright cannot remove it, an operator can.
+    metrics_dir = tempfile.mkdtemp(prefix=f"trio-gateway-metrics-{os.getpid()}-")
     env = {**os.environ, MULTIPROC_ENV: metrics_dir}
     children: list[trio.Process] = []
     stopping = False
