@@ -3,7 +3,7 @@
 For every write, hypercorn's `TCPServer.protocol_send` takes a `trio.Lock`, opens a shielded
 `CancelScope` and goes through `SocketStream.send_all` (a context manager, a conflict
 detector and a checkpoint). A token stream is nothing but small writes: profiled at c=64,
-that path was two thirds of the gateway's CPU and its Python part cost more than the
+that path was over half of the gateway's CPU and its Python part cost more than the
 `send` system call itself. When no write is in progress, the kernel's send buffer almost
 always has room for one SSE event, so `fast_protocol_send` writes it with one non-blocking
 `os.write` and returns. Only what the kernel does not take (a client reading slowly) goes
