@@ -261,6 +261,26 @@ async def test_a_gateway_vanishing_mid_stream_does_not_take_the_worker_down(
             nursery.cancel_scope.cancel()
 
 
+async def test_backend_up_keeps_one_series_per_worker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Labelled by URL, so a worker's hello (which renames it to its id) does not leave a
+    series behind at 0; a worker removed over the admin API takes its series with it."""
+    async with running_worker("w1") as server:
+        worker = InMemoryWorker("ws://w1", handler=server._handle)
+        async with running_gateway(engines=[worker]) as harness:
+            harness.gateway.refresh_gauges()  # before the hello
+            assert harness.metric("trio_gateway_backend_up", backend="ws://w1") == 0
+            await worker.wait_connected()
+            assert worker.name == "w1"
+            body = bytes((await harness.request("GET", "/metrics")).body).decode()
+            ups = [line for line in body.splitlines() if line.startswith("trio_gateway_backend_up")]
+            assert ups == ['trio_gateway_backend_up{backend="ws://w1"} 1.0']
+            assert (await harness.request("DELETE", "/admin/workers/w1")).status == 200
+            body = bytes((await harness.request("GET", "/metrics")).body).decode()
+            assert "trio_gateway_backend_up{" not in body
+
+
 async def test_worker_probes_on_the_metrics_port(autojump_clock: trio.testing.MockClock) -> None:
     async with running_worker("w1") as server:
 

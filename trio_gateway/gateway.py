@@ -27,6 +27,14 @@ log = logging.getLogger("trio_gateway")
 GAUGE_REFRESH_S = 1.0
 
 
+def backend_label(engine: Engine) -> str:
+    """A backend's `backend_up` label: a worker's URL, which its hello does not rename. A
+    renamed series would keep its last value (0) for ever, and under multiprocess mode no
+    series can be removed."""
+    url = getattr(engine, "url", None)
+    return url if isinstance(url, str) else engine.name
+
+
 def engines_from_config(config: GatewayConfig) -> list[Engine]:
     """`--worker` URLs as engines; with none, the in-process mock engine."""
     if not config.workers:
@@ -75,6 +83,7 @@ class Gateway:
         )
         self.shutdown.on_stopping.append(partial(self.sessions.close_all, "shutdown"))
         self._nursery: trio.Nursery | None = None
+        self._backend_labels: set[str] = set()  # `backend_up` series set by the last refresh
 
     @property
     def models(self) -> list[str]:
@@ -111,8 +120,14 @@ class Gateway:
         metrics = self.metrics
         for phase in Phase:
             metrics.shutdown_phase.labels(phase.value).set(phase is self.shutdown.phase)
+        labels = set()
         for backend in self.router.backends:
-            metrics.backend_up.labels(backend.name).set(backend.engine.available)
+            label = backend_label(backend.engine)
+            labels.add(label)
+            metrics.backend_up.labels(label).set(backend.engine.available)
+        for gone in self._backend_labels - labels:  # removed by /admin/workers
+            metrics.backend_up.remove(gone)
+        self._backend_labels = labels
         if self.running:
             metrics.live_tasks.set(count_tasks())
 
