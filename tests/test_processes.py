@@ -15,10 +15,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 
+import pytest
 import trio
+import trio.testing
 
 from tests.test_shutdown_process import _drain_pipe, gateway_command, post, read_response
-from trio_gateway.processes import child_argv
+from trio_gateway.processes import child_argv, stop_when_orphaned
 
 BODY = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "x"}]}
 
@@ -113,7 +115,10 @@ def successes(exposition: bytes) -> float:
 
 def test_children_run_the_same_settings_as_one_process_on_a_shared_port() -> None:
     argv = child_argv(["serve", "--processes", "4", "--port", "9000"])
-    assert argv[-4:] == ["--processes", "1", "--reuse-port", "true"]
+    assert argv[-6:] == [
+        *("--processes", "1", "--reuse-port", "true"),
+        *("--supervisor-pid", str(os.getpid())),
+    ]
     assert argv[argv.index("--port") : argv.index("--port") + 2] == ["--port", "9000"]
 
 
@@ -168,6 +173,28 @@ async def test_sigterm_lets_streams_in_every_child_finish() -> None:
                 assert b'"finish_reason":"stop"' in response, response[-300:]
                 assert response.rstrip(b"\r\n0").endswith(b"data: [DONE]")
             assert await served.process.wait() == 0
+
+
+async def test_a_child_told_to_stop_stops_the_set_cleanly() -> None:
+    """systemd and `docker stop` send SIGTERM to every process, not only the supervisor."""
+    async with supervised() as served:
+        with trio.fail_after(60):
+            os.kill(served.children[1], signal.SIGTERM)
+            assert await served.process.wait() == 0
+        for pid in served.children:
+            assert not _alive(pid)
+
+
+async def test_a_child_stops_once_its_supervisor_is_gone(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    parents = iter([4242] * 5 + [1])  # reparented to init after five checks
+    monkeypatch.setattr(os, "getppid", lambda: next(parents))
+    reasons: list[str] = []
+    started = trio.current_time()
+    await stop_when_orphaned(reasons.append, 4242, interval=1.0)
+    assert reasons == ["the supervisor is gone"]
+    assert trio.current_time() - started == 5.0
 
 
 async def test_a_child_that_dies_stops_the_others_and_the_supervisor_fails() -> None:

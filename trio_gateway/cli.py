@@ -29,7 +29,7 @@ from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.logs import configure_logging
-from trio_gateway.processes import reuse_port_socket
+from trio_gateway.processes import reuse_port_socket, stop_when_orphaned
 from trio_gateway.processes import run as run_processes
 from trio_gateway.worker.server import WorkerServer
 
@@ -72,6 +72,10 @@ async def serve(
         hc.bind = [f"fd://{sock.detach()}"]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward_signals, app.gateway.shutdown)
+        if config.supervisor_pid:
+            nursery.start_soon(
+                stop_when_orphaned, app.gateway.shutdown.request_stop, config.supervisor_pid
+            )
         await hypercorn_serve(
             app,  # type: ignore[arg-type]
             hc,

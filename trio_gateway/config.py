@@ -85,6 +85,8 @@ class GatewayConfig:
     # spreads connections). Each runs the whole gateway; metrics are summed across them.
     processes: int = 1
     reuse_port: bool = False  # bind with SO_REUSEPORT (set for each of `processes`)
+    # Set by `processes` for its children: drain and stop once that process is gone.
+    supervisor_pid: int = 0
     log_level: str = "info"
     log_format: str = "text"  # or "json": one object per line
     log_prompts: bool = False  # put prompt and completion text in the end-of-request line

@@ -11,14 +11,14 @@ directory set up here); sessions need `--session-store` to follow a client from 
 child to another; `/admin/workers` changes are refused (they would reach one child).
 
 The supervisor starts the children, forwards SIGTERM and SIGINT to them (each drains as a
-single gateway does, and a second signal cuts them short), and exits when all have.
-A child that exits on its own is a fault: the others are drained and stopped, and the
-supervisor exits 1 so the process manager restarts the whole set.
+single gateway does, and a second signal cuts them short), and exits when all have. A
+child that drains and exits 0 stops the set the same way (exit 0); one that fails stops it
+with exit 1, so the process manager restarts the whole set. A child whose supervisor is
+gone (SIGKILL, OOM) drains and exits: it checks its parent every `ORPHAN_CHECK_S`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
@@ -34,7 +34,7 @@ from trio_gateway.metrics import MULTIPROC_ENV, forget_process
 
 log = logging.getLogger("trio_gateway.processes")
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+ORPHAN_CHECK_S = 1.0
 
 
 def child_argv(argv: Sequence[str]) -> list[str]:
@@ -52,6 +52,8 @@ def child_argv(argv: Sequence[str]) -> list[str]:
         "1",
         "--reuse-port",
         "true",
+        "--supervisor-pid",
+        str(os.getpid()),
     ]
 
 
@@ -89,19 +91,22 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
         nonlocal stopping, failed
         # A process group of its own: a terminal's Ctrl-C reaches the supervisor only,
         # which passes it on once (a second one would cut the drain short).
-        child = await trio.lowlevel.open_process(
-            child_argv(argv), env=env, process_group=0, preexec_fn=_stop_with_the_supervisor
-        )
+        child = await trio.lowlevel.open_process(child_argv(argv), env=env, process_group=0)
         children.append(child)
         log.info("gateway process %d started (pid %d)", index, child.pid)
         if stopping:  # a signal or a failure came while it was starting
             child.send_signal(signal.SIGTERM)
         code = await child.wait()
         forget_process(child.pid, metrics_dir)
-        if stopping:
+        # 0: it drained (it was sent SIGTERM itself: systemd and `docker stop` signal every
+        # process); killed by the signal passed on before it had its handlers: also a stop.
+        clean = code in (0, -signal.SIGTERM, -signal.SIGINT)
+        if stopping or clean:
             log.info("gateway process %d (pid %d) exited with %d", index, child.pid, code)
-            # Killed by the signal passed on before it could install its handlers: a stop.
-            failed = failed or code not in (0, -signal.SIGTERM, -signal.SIGINT)
+            failed = failed or not clean
+            if not stopping:
+                stopping = True
+                stop_all(signal.SIGTERM)
             return
         log.error(
             "gateway process %d (pid %d) exited with %d on its own: stopping the others",
@@ -136,11 +141,14 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
     return 1 if failed else 0
 
 
-def _stop_with_the_supervisor() -> None:
-    """In the child, before exec: SIGTERM when the supervisor dies (SIGKILL, OOM), so no
-    orphan keeps serving on the shared port; it drains as after any SIGTERM."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+async def stop_when_orphaned(
+    stop: Callable[[str], None], supervisor_pid: int, interval: float = ORPHAN_CHECK_S
+) -> None:
+    """In a child: no orphan keeps serving on the shared port. (PR_SET_PDEATHSIG would fire
+    when the thread that forked it ends, and trio forks from a cached worker thread.)"""
+    while os.getppid() == supervisor_pid:  # noqa: ASYNC110 - another process: no event
+        await trio.sleep(interval)
+    stop("the supervisor is gone")
 
 
 def run(argv: Sequence[str], processes: int) -> int:
