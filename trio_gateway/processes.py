@@ -8,7 +8,8 @@ and no byte passes through the supervisor. What that means, in the README: each 
 has its own engine connections, router view and admission queue (like N replicas behind
 one address); metrics are summed across children (prometheus multiprocess mode, the
 directory set up here); sessions need `--session-store` to follow a client from one
-child to another; `/admin/workers` changes are refused (they would reach one child).
+child to another; `/admin/workers` and `/admin/drain` are refused (they would reach one
+child).
 
 The supervisor starts the children, forwards SIGTERM and SIGINT to them (each drains as a
 single gateway does, and a second signal cuts them short), and exits when all have. A
@@ -98,8 +99,8 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
             child.send_signal(signal.SIGTERM)
         code = await child.wait()
         forget_process(child.pid, metrics_dir)
-        # 0: it drained (it was sent SIGTERM itself: systemd and `docker stop` signal every
-        # process); killed by the signal passed on before it had its handlers: also a stop.
+        # 0: it drained (someone sent it SIGTERM itself, as systemd's default KillMode does
+        # to every process); killed by the signal passed on before it had its handlers: a stop.
         clean = code in (0, -signal.SIGTERM, -signal.SIGINT)
         if stopping or clean:
             log.info("gateway process %d (pid %d) exited with %d", index, child.pid, code)
