@@ -40,15 +40,12 @@ class Served:
 
 
 @asynccontextmanager
-async def served_gateway(**settings: Any) -> AsyncIterator[Served]:
-    config = GatewayConfig(port=1, **settings)
-    engine = RecordingEngine(
-        MockEngine(("mock",), ttft_ms=config.mock_ttft_ms, itl_ms=config.mock_itl_ms)
-    )
-    gateway = Gateway(config, [engine])
-    hc = hypercorn_config(config)
+async def serving(gateway: Gateway) -> AsyncIterator[str]:
+    """`gateway` on hypercorn as `trio-gateway serve` runs it, on an ephemeral loopback port;
+    yields its base URL and stops it on exit."""
+    hc = hypercorn_config(gateway.config)
     hc.bind = ["127.0.0.1:0"]
-    socket_writes.install()  # as `trio-gateway serve` does
+    socket_writes.install()
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(
@@ -57,9 +54,20 @@ async def served_gateway(**settings: Any) -> AsyncIterator[Served]:
             )
         )
         try:
-            yield Served(binds[0], gateway, engine)
+            yield binds[0]
         finally:
             stop.set()
+
+
+@asynccontextmanager
+async def served_gateway(**settings: Any) -> AsyncIterator[Served]:
+    config = GatewayConfig(port=1, **settings)
+    engine = RecordingEngine(
+        MockEngine(("mock",), ttft_ms=config.mock_ttft_ms, itl_ms=config.mock_itl_ms)
+    )
+    gateway = Gateway(config, [engine])
+    async with serving(gateway) as url:
+        yield Served(url, gateway, engine)
 
 
 async def in_thread(fn: Callable[[], T]) -> T:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import httpx
 import trio
-from hypercorn.trio import serve
 
+from tests.test_real_sockets import serving
 from tests.test_workers_process import worker_process
-from trio_gateway.cli import hypercorn_config
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.ws_client import RemoteWorker
 from trio_gateway.gateway import Gateway
-from trio_gateway.http.application import GatewayApp
 
 
 async def test_sticky_sessions_and_delete_across_worker_processes() -> None:
@@ -24,13 +20,7 @@ async def test_sticky_sessions_and_delete_across_worker_processes() -> None:
             worker_token="secret",
         )
         gateway = Gateway(config)
-        hc = hypercorn_config(config)
-        hc.bind = ["127.0.0.1:0"]
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                partial(serve, GatewayApp(gateway), hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-            )
+        async with serving(gateway) as url:
             with trio.fail_after(10):
                 for backend in gateway.router.backends:
                     assert isinstance(backend.engine, RemoteWorker)
@@ -40,7 +30,7 @@ async def test_sticky_sessions_and_delete_across_worker_processes() -> None:
                 "max_tokens": 2,
                 "messages": [{"role": "user", "content": "hi"}],
             }
-            async with httpx.AsyncClient(base_url=binds[0], timeout=10) as client:
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
                 with trio.fail_after(30):
                     homes = {
                         (
@@ -57,7 +47,6 @@ async def test_sticky_sessions_and_delete_across_worker_processes() -> None:
                     assert deleted.status_code == 200
                     missing = await client.delete("/v1/sessions/conv-1")
                     assert missing.status_code == 404
-            stop.set()
         assert (
             gateway.metrics.registry.get_sample_value(
                 "trio_gateway_sessions_closed_total", {"reason": "explicit"}

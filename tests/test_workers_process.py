@@ -14,13 +14,11 @@ from functools import partial
 from pathlib import Path
 
 import trio
-from hypercorn.trio import serve
 
-from trio_gateway.cli import hypercorn_config
+from tests.test_real_sockets import serving
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.ws_client import RemoteWorker
 from trio_gateway.gateway import Gateway
-from trio_gateway.http.application import GatewayApp
 
 
 @asynccontextmanager
@@ -86,14 +84,8 @@ async def test_a_worker_killed_mid_stream() -> None:
             routing_policy="round_robin",
         )
         gateway = Gateway(config)
-        hc = hypercorn_config(config)
-        hc.bind = ["127.0.0.1:0"]
-        stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                partial(serve, GatewayApp(gateway), hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-            )
-            port = int(binds[0].rsplit(":", 1)[1])
+        async with serving(gateway) as url:
+            port = int(url.rsplit(":", 1)[1])
             with trio.fail_after(10):
                 for backend in gateway.router.backends:
                     assert isinstance(backend.engine, RemoteWorker)
@@ -145,4 +137,3 @@ async def test_a_worker_killed_mid_stream() -> None:
                 "trio_gateway_inflight_requests", {"model": "mock"}
             )
             assert value == 0
-            stop.set()
