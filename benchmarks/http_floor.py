@@ -14,9 +14,7 @@ Prints a Markdown table and writes benchmarks/results/http_floor.json.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -29,10 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.gateway_throughput import rss_per_stream
 from benchmarks.loadgen import (
     GatewayProcess,
+    LoopbackProcess,
     environment,
-    free_port,
     http_request,
-    listening_sockets,
     median,
     ms,
     raise_fd_limit,
@@ -78,48 +75,19 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
-class BareHypercorn:
+class BareHypercorn(LoopbackProcess):
     """`hypercorn --worker-class trio benchmarks.http_floor:app` on a free loopback port."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
-            prefix="bare-hypercorn-", suffix=".log", delete=False
-        )
         exe = Path(sys.executable).parent / "hypercorn"
-        self.proc = subprocess.Popen(
-            [
-                str(exe),
-                "--worker-class",
-                "trio",
-                "-b",
-                f"127.0.0.1:{self.port}",
-                "--backlog",
-                "2048",
-                "benchmarks.http_floor:app",
+        super().__init__(
+            lambda port: [
+                *(str(exe), "--worker-class", "trio", "-b", f"127.0.0.1:{port}"),
+                *("--backlog", "2048", "benchmarks.http_floor:app"),
             ],
+            name="bare-hypercorn",
             cwd=Path(__file__).resolve().parent.parent,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
-        while listening_sockets(self.port) < 1:
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"hypercorn did not start; see {self.log.name}")
-            time.sleep(0.05)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def gateway_process() -> GatewayProcess:

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,34 +233,33 @@ def listening_sockets(port: int) -> int:
     return count
 
 
-class GatewayProcess:
-    """`trio-gateway serve` as a subprocess on a free loopback port."""
+class LoopbackProcess:
+    """A server as a subprocess on a free loopback port: started once it listens (and, with
+    `http_ready`, once `/ready` says 200), stopped with SIGTERM, then SIGKILL after 10 s."""
 
-    def __init__(self, *flags: str, command: str = "serve") -> None:
+    def __init__(
+        self,
+        argv: Callable[[int], list[str]],
+        *,
+        name: str,
+        listeners: int = 1,
+        http_ready: bool = False,
+        cwd: Path | None = None,
+    ) -> None:
         self.port = free_port()
-        exe = Path(sys.executable).parent / "trio-gateway"
-        if command == "worker":
-            flags = ("--metrics-port", "0", *flags)
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
-            prefix="gateway-", suffix=".log", delete=False
+            prefix=f"{name}-", suffix=".log", delete=False
         )
         self.proc = subprocess.Popen(
-            [str(exe), command, "--port", str(self.port), "--log-level", "warning", *flags],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            argv(self.port), cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT
         )
-        listeners = 1
-        if "--processes" in flags:
-            listeners = int(flags[flags.index("--processes") + 1])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
-            if listening_sockets(self.port) >= listeners and (
-                command != "serve" or ready(self.port)
-            ):
+            if listening_sockets(self.port) >= listeners and (not http_ready or ready(self.port)):
                 return
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"the gateway did not start; see {self.log.name}")
+        raise RuntimeError(f"{name} did not start; see {self.log.name}")
 
     @property
     def pid(self) -> int:
@@ -273,6 +273,27 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class GatewayProcess(LoopbackProcess):
+    """`trio-gateway serve` (or `worker`) on a free loopback port."""
+
+    def __init__(self, *flags: str, command: str = "serve") -> None:
+        exe = Path(sys.executable).parent / "trio-gateway"
+        if command == "worker":
+            flags = ("--metrics-port", "0", *flags)
+        listeners = 1
+        if "--processes" in flags:
+            listeners = int(flags[flags.index("--processes") + 1])
+        super().__init__(
+            lambda port: [
+                *(str(exe), command, "--port", str(port), "--log-level", "warning"),
+                *flags,
+            ],
+            name="gateway",
+            listeners=listeners,
+            http_ready=command == "serve",
+        )
 
 
 def wrk_available() -> bool:
