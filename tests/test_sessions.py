@@ -9,7 +9,7 @@ import trio.testing
 
 from tests.asgi_client import Harness, running_gateway
 from tests.conftest import chat
-from tests.worker_harness import InMemoryWorker, running_worker
+from tests.worker_harness import InMemoryWorker, gateway_on_worker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.sessions.table import SessionTable
@@ -224,24 +224,19 @@ async def test_the_worker_expires_its_copy_after_the_gateways_timeout_and_grace(
 ) -> None:
     from trio_gateway.sessions.manager import WORKER_GRACE_S
 
-    async with running_worker("w1") as server:
-        worker = InMemoryWorker("ws://w1", handler=server._handle)
-        async with running_gateway(engines=[worker]) as harness:
-            await worker.wait_connected()
-            await harness.request(
-                "POST", CHAT, chat(max_tokens=1, session_id="orphan", session_timeout=10)
-            )
-            used_at = trio.current_time()
-            engine = server.engine
-            assert isinstance(engine, MockEngine) and "orphan" in engine.sessions
-            # The gateway forgets the worker (as if the gateway died): nobody closes it.
-            harness.gateway.remove_engine("w1")
-            await trio.sleep_until(used_at + 10 + WORKER_GRACE_S - 0.01)
-            assert "orphan" in engine.sessions
-            await trio.sleep_until(used_at + 10 + WORKER_GRACE_S + 0.01)
-            assert "orphan" not in engine.sessions
-            assert len(server.sessions) == 0
-            gauge = server.metrics.registry.get_sample_value(
-                "trio_gateway_worker_sessions_active", {}
-            )
-            assert gauge == 0
+    async with gateway_on_worker() as (harness, server, _worker):
+        await harness.request(
+            "POST", CHAT, chat(max_tokens=1, session_id="orphan", session_timeout=10)
+        )
+        used_at = trio.current_time()
+        engine = server.engine
+        assert isinstance(engine, MockEngine) and "orphan" in engine.sessions
+        # The gateway forgets the worker (as if the gateway died): nobody closes it.
+        harness.gateway.remove_engine("w1")
+        await trio.sleep_until(used_at + 10 + WORKER_GRACE_S - 0.01)
+        assert "orphan" in engine.sessions
+        await trio.sleep_until(used_at + 10 + WORKER_GRACE_S + 0.01)
+        assert "orphan" not in engine.sessions
+        assert len(server.sessions) == 0
+        gauge = server.metrics.registry.get_sample_value("trio_gateway_worker_sessions_active", {})
+        assert gauge == 0

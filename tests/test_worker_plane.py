@@ -8,7 +8,7 @@ import trio.testing
 
 from tests.asgi_client import running_gateway
 from tests.conftest import chat
-from tests.worker_harness import InMemoryWorker, running_worker
+from tests.worker_harness import InMemoryWorker, gateway_on_worker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Chunk, GenerationRequest, MockOptions
@@ -24,19 +24,16 @@ def request(tokens: int = 50, rid: str = "r1", **mock: float) -> GenerationReque
 
 
 async def test_stream_through_a_worker(autojump_clock: trio.testing.MockClock) -> None:
-    async with running_worker("w1") as server:
-        worker = InMemoryWorker("ws://w1", handler=server._handle)
-        async with running_gateway(engines=[worker]) as harness:
-            await worker.wait_connected()
-            assert worker.name == "w1" and worker.models == ("mock",)
-            exchange = await harness.request("POST", CHAT, chat(stream=True, max_tokens=20))
-            assert exchange.headers[b"x-worker-id"] == b"w1"
-            assert len(exchange.tokens()) == 20
-            assert exchange.events()[-1] == "[DONE]"
-            unary = await harness.request("POST", CHAT, chat(max_tokens=5))
-            assert unary.json()["usage"]["completion_tokens"] == 5
-            assert unary.headers[b"x-worker-id"] == b"w1"
-            assert len(server.ledger) == 0
+    async with gateway_on_worker() as (harness, server, worker):
+        assert worker.name == "w1" and worker.models == ("mock",)
+        exchange = await harness.request("POST", CHAT, chat(stream=True, max_tokens=20))
+        assert exchange.headers[b"x-worker-id"] == b"w1"
+        assert len(exchange.tokens()) == 20
+        assert exchange.events()[-1] == "[DONE]"
+        unary = await harness.request("POST", CHAT, chat(max_tokens=5))
+        assert unary.json()["usage"]["completion_tokens"] == 5
+        assert unary.headers[b"x-worker-id"] == b"w1"
+        assert len(server.ledger) == 0
 
 
 async def test_a_reader_that_stops_stops_the_remote_engine_after_the_window(
@@ -69,57 +66,50 @@ async def test_a_reader_that_stops_stops_the_remote_engine_after_the_window(
 async def test_client_disconnect_cancels_on_the_worker(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with running_worker("w1") as server:
-        worker = InMemoryWorker("ws://w1", handler=server._handle)
-        async with running_gateway(engines=[worker]) as harness:
-            await worker.wait_connected()
-            exchange = harness.start("POST", CHAT, chat(stream=True, mock={"tokens": 1000}))
-            await exchange.wait_until(lambda e: len(e.tokens()) >= 3)
-            assert len(server.ledger) == 1
-            exchange.disconnect()
-            await exchange.finished.wait()
-            with trio.fail_after(1):
-                await server.ledger.wait_empty()
-            engine = server.engine
-            assert isinstance(engine, MockEngine) and engine.active == 0
-            value = server.metrics.registry.get_sample_value(
-                "trio_gateway_worker_cancellations_total", {"reason": "client_disconnected"}
-            )
-            assert value == 1
-            assert harness.metric("trio_gateway_inflight_requests", model="mock") == 0
+    async with gateway_on_worker() as (harness, server, _worker):
+        exchange = harness.start("POST", CHAT, chat(stream=True, mock={"tokens": 1000}))
+        await exchange.wait_until(lambda e: len(e.tokens()) >= 3)
+        assert len(server.ledger) == 1
+        exchange.disconnect()
+        await exchange.finished.wait()
+        with trio.fail_after(1):
+            await server.ledger.wait_empty()
+        engine = server.engine
+        assert isinstance(engine, MockEngine) and engine.active == 0
+        value = server.metrics.registry.get_sample_value(
+            "trio_gateway_worker_cancellations_total", {"reason": "client_disconnected"}
+        )
+        assert value == 1
+        assert harness.metric("trio_gateway_inflight_requests", model="mock") == 0
 
 
 async def test_worker_lost_mid_stream_ends_streams_with_a_frame_and_quarantines(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with running_worker("w1") as server:
-        worker = InMemoryWorker("ws://w1", handler=server._handle)
-        async with running_gateway(engines=[worker]) as harness:
-            await worker.wait_connected()
-            streams = [
-                harness.start("POST", CHAT, chat(stream=True, mock={"tokens": 1000}))
-                for _ in range(3)
-            ]
-            for exchange in streams:
-                await exchange.wait_until(lambda e: len(e.tokens()) >= 2)
-            worker.refuse = True
-            lost_at = trio.current_time()
-            worker.kill()
-            for exchange in streams:
-                await exchange.finished.wait()
-                events = exchange.events()
-                assert events[-1] == "[DONE]"
-                assert orjson.loads(events[-2])["error"]["type"] == "unavailable"
-            assert trio.current_time() - lost_at < 1
-            assert not worker.available
-            assert harness.metric("trio_gateway_inflight_requests", model="mock") == 0
-            refused = await harness.request("POST", CHAT, chat())
-            assert refused.status == 503
-            worker.refuse = False  # the worker is back: it says hello again
-            await worker.wait_connected()
-            assert worker.connections == 2
-            again = await harness.request("POST", CHAT, chat(max_tokens=3))
-            assert again.status == 200
+    async with gateway_on_worker() as (harness, _server, worker):
+        streams = [
+            harness.start("POST", CHAT, chat(stream=True, mock={"tokens": 1000})) for _ in range(3)
+        ]
+        for exchange in streams:
+            await exchange.wait_until(lambda e: len(e.tokens()) >= 2)
+        worker.refuse = True
+        lost_at = trio.current_time()
+        worker.kill()
+        for exchange in streams:
+            await exchange.finished.wait()
+            events = exchange.events()
+            assert events[-1] == "[DONE]"
+            assert orjson.loads(events[-2])["error"]["type"] == "unavailable"
+        assert trio.current_time() - lost_at < 1
+        assert not worker.available
+        assert harness.metric("trio_gateway_inflight_requests", model="mock") == 0
+        refused = await harness.request("POST", CHAT, chat())
+        assert refused.status == 503
+        worker.refuse = False  # the worker is back: it says hello again
+        await worker.wait_connected()
+        assert worker.connections == 2
+        again = await harness.request("POST", CHAT, chat(max_tokens=3))
+        assert again.status == 200
 
 
 async def test_a_request_refused_before_its_first_chunk_is_retried_elsewhere(
@@ -170,17 +160,12 @@ async def test_worker_errors_and_bad_frames_fail_only_their_request(
 async def test_engine_error_on_the_worker_is_an_error_frame(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with running_worker("w1") as server:
-        worker = InMemoryWorker("ws://w1", handler=server._handle)
-        async with running_gateway(engines=[worker]) as harness:
-            await worker.wait_connected()
-            exchange = await harness.request(
-                "POST", CHAT, chat(stream=True, mock={"error_after": 3})
-            )
-            assert len(exchange.tokens()) == 3
-            assert orjson.loads(exchange.events()[-2])["error"]["type"] == "internal_error", (
-                exchange.events()[-2]
-            )
+    async with gateway_on_worker() as (harness, _server, _worker):
+        exchange = await harness.request("POST", CHAT, chat(stream=True, mock={"error_after": 3}))
+        assert len(exchange.tokens()) == 3
+        assert orjson.loads(exchange.events()[-2])["error"]["type"] == "internal_error", (
+            exchange.events()[-2]
+        )
 
 
 async def test_wrong_token_is_refused(autojump_clock: trio.testing.MockClock) -> None:
@@ -199,17 +184,12 @@ async def test_wrong_token_is_refused(autojump_clock: trio.testing.MockClock) ->
 async def test_stalled_worker_hits_the_inactivity_timeout(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with running_worker("w1") as server:
-        worker = InMemoryWorker("ws://w1", handler=server._handle)
-        config = GatewayConfig(inactivity_timeout_s=5)
-        async with running_gateway(config, engines=[worker]) as harness:
-            await worker.wait_connected()
-            exchange = await harness.request(
-                "POST", CHAT, chat(stream=True, mock={"stall_after": 2})
-            )
-            assert orjson.loads(exchange.events()[-2])["error"]["type"] == "response_timeout"
-            with trio.fail_after(1):
-                await server.ledger.wait_empty()  # the cancel reached the worker
+    config = GatewayConfig(inactivity_timeout_s=5)
+    async with gateway_on_worker(config) as (harness, server, _worker):
+        exchange = await harness.request("POST", CHAT, chat(stream=True, mock={"stall_after": 2}))
+        assert orjson.loads(exchange.events()[-2])["error"]["type"] == "response_timeout"
+        with trio.fail_after(1):
+            await server.ledger.wait_empty()  # the cancel reached the worker
 
 
 async def test_worker_drain_finishes_its_streams_then_cuts_with_a_frame(

@@ -19,7 +19,8 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from trio_gateway.config import WorkerConfig
+from tests.asgi_client import Harness, running_gateway
+from trio_gateway.config import GatewayConfig, WorkerConfig
 from trio_gateway.engines.ws_client import RemoteWorker
 from trio_gateway.worker.server import WorkerServer
 
@@ -95,3 +96,15 @@ async def running_worker(worker_id: str, **settings: object) -> AsyncIterator[Wo
         nursery.start_soon(server.reap_sessions)
         yield server
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def gateway_on_worker(
+    config: GatewayConfig | None = None,
+) -> AsyncIterator[tuple[Harness, WorkerServer, InMemoryWorker]]:
+    """A gateway routed to one in-memory worker "w1", once the worker has said hello."""
+    async with running_worker("w1") as server:
+        worker = InMemoryWorker("ws://w1", handler=server._handle)
+        async with running_gateway(config, engines=[worker]) as harness:
+            await worker.wait_connected()
+            yield harness, server, worker
