@@ -1,0 +1,1 @@
+"""The OpenAI-compatible upstream engine: HTTP client, relay, error classification."""
