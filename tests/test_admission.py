@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import trio
@@ -22,6 +22,8 @@ class FakeEngine:
     models: tuple[str, ...] = ("m",)
     capacity: int | None = 1
     available: bool = True
+    streams_unary: bool = True
+    context_lengths: dict[str, int] = field(default_factory=dict)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -20,11 +20,12 @@ import trio
 import trio.testing
 
 from tests.upstream_server import expected_text, running_upstream
-from trio_gateway.engines.openai_upstream import OpenAIUpstream
+from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
 from trio_gateway.openai.errors import APIError
 from trio_gateway.openai.schemas import parse_generation_request
+from trio_gateway.openai.sse import completion_text
 
 PROMPT = "hello there world"  # 3 words: the mock upstream's prompt_tokens
 
@@ -33,11 +34,12 @@ def make_request(
     endpoint: Endpoint = "chat", request_id: str = "req-1", **body: Any
 ) -> GenerationRequest:
     body.setdefault("model", "up-a")
+    body.setdefault("stream", True)
     if endpoint == "chat":
         body.setdefault("messages", [{"role": "user", "content": PROMPT}])
     else:
         body.setdefault("prompt", PROMPT)
-    return parse_generation_request(body, endpoint, request_id, max_model_len=1 << 20)
+    return parse_generation_request(body, endpoint, request_id)
 
 
 @asynccontextmanager
@@ -84,6 +86,17 @@ def refused_port() -> Iterator[int]:
         sock.close()
 
 
+def text_of(chunks: list[Chunk]) -> str:
+    return "".join(completion_text(chunk.payload) for chunk in chunks)
+
+
+async def first_text(receive: trio.MemoryReceiveChannel[Chunk]) -> str:
+    """The text of the first chunk that has some (the role event comes before it)."""
+    while not (text := completion_text((await receive.receive()).payload)):
+        pass
+    return text
+
+
 def check_final(chunks: list[Chunk], finish_reason: str, prompt_tokens: int | None) -> None:
     assert chunks, "no chunks"
     assert [c.finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
@@ -104,9 +117,7 @@ async def test_chat_stream() -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             chunks = await generate(engine, make_request("chat"))
-    assert "".join(c.text for c in chunks) == expected_text(4)
-    assert [c.text for c in chunks[:-1]] == [f"t{i} " for i in range(4)]
-    assert all(c.tokens == 1 for c in chunks[:-1])
+    assert text_of(chunks) == expected_text(4)
     assert sum(c.tokens for c in chunks) == 4
     check_final(chunks, "stop", 3)
     assert upstream.generations[0].path == "/v1/chat/completions"
@@ -117,17 +128,19 @@ async def test_completion_stream() -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             chunks = await generate(engine, make_request("completion", max_tokens=3))
-    assert "".join(c.text for c in chunks) == expected_text(3)
+    assert text_of(chunks) == expected_text(3)
     assert sum(c.tokens for c in chunks) == 3
     check_final(chunks, "length", 3)
     assert upstream.generations[0].path == "/v1/completions"
 
 
-async def test_forwards_key_and_request_id_and_forces_the_stream() -> None:
+async def test_forwards_key_and_request_id_and_the_body_as_it_came() -> None:
     request = make_request(
         "chat",
         request_id="req-42",
         stream=False,
+        tools=[{"type": "function", "function": {"name": "f"}}],
+        n=2,
         temperature=0.5,
         max_tokens=2,
         mock={"tokens": 7},
@@ -147,11 +160,13 @@ async def test_forwards_key_and_request_id_and_forces_the_stream() -> None:
     assert sent.body == {
         "model": "up-a",
         "messages": [{"role": "user", "content": PROMPT}],
-        "stream": True,
-        "stream_options": {"include_usage": True},
+        "stream": False,  # a unary request is relayed unary: the upstream's answer, whole
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "n": 2,
         "temperature": 0.5,
         "max_tokens": 2,
     }
+    assert sent.headers["accept"] == "application/json"
     assert upstream.model_probes[0].headers["authorization"] == "Bearer sk-upstream"
     assert request.body["mock"] == {"tokens": 7}, "the client's body must not be mutated"
 
@@ -187,18 +202,16 @@ async def test_stream_shapes(model: str, tokens: int, endpoint: Endpoint) -> Non
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             chunks = await generate(engine, make_request(endpoint, model=model))
-    assert "".join(c.text for c in chunks) == expected_text(4, model)
+    assert text_of(chunks) == expected_text(4, model)
     assert sum(c.tokens for c in chunks) == tokens
     check_final(chunks, "stop", 3)
-    if model == "finish-with-text":
-        assert chunks[-1].text == "t3 "
 
 
 async def test_no_usage_from_the_upstream() -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             chunks = await generate(engine, make_request(model="no-usage"))
-    assert "".join(c.text for c in chunks) == expected_text(4)
+    assert text_of(chunks) == expected_text(4)
     check_final(chunks, "stop", None)
 
 
@@ -207,26 +220,39 @@ async def test_stream_without_finish_reason_is_internal() -> None:
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, chunks = await generate_error(engine, make_request(model="no-finish"))
     assert (error.status, error.error_type) == (500, "internal")
-    assert error.message == "upstream ended the stream without a finish_reason"
-    assert len(chunks) == 4
+    assert error.message == (
+        f"The upstream {engine.name} sent a stream that ended without a finish_reason."
+    )
+    assert text_of(chunks) == expected_text(4)
 
 
 @pytest.mark.parametrize("endpoint", ["chat", "completion"])
-async def test_upstream_answering_unary_json(endpoint: Endpoint) -> None:
+async def test_unary_request_gets_the_upstreams_answer_whole(endpoint: Endpoint) -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
-            chunks = await generate(engine, make_request(endpoint, model="unary"))
-    assert [(c.text, c.tokens) for c in chunks] == [(expected_text(4), 4)]
+            chunks = await generate(engine, make_request(endpoint, stream=False))
+    [chunk] = chunks
+    assert chunk.payload == upstream.generations[0].answer
+    assert (completion_text(chunk.payload), chunk.tokens) == (expected_text(4), 4)
     check_final(chunks, "stop", 3)
+
+
+async def test_a_unary_answer_to_a_stream_request_is_malformed() -> None:
+    with trio.fail_after(10):
+        async with running_upstream() as upstream, running_engine(upstream.url) as engine:
+            error, chunks = await generate_error(engine, make_request(model="unary"))
+    assert (error.error_type, chunks) == ("internal", [])
+    assert "a unary answer to a streaming request" in error.message
 
 
 async def test_finished_streams_leave_the_connection_reusable() -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             await engine.wait_probes(1)  # one connection at a time from here on
-            for model in ("up-a", "no-usage", "usage-with-finish", "fail-400", "unary", "up-a"):
+            for model in ("up-a", "no-usage", "usage-with-finish", "fail-400", "up-a"):
                 with contextlib.suppress(APIError):
                     await generate(engine, make_request(model=model))
+            await generate(engine, make_request(stream=False))
     ports = [r.client_port for r in upstream.requests]
     assert len(ports) == 7
     assert len(set(ports)) == 1, f"a request opened a connection of its own: {ports}"
@@ -238,7 +264,7 @@ async def test_concurrent_streams_share_the_client() -> None:
 
     async def one(engine: OpenAIUpstream, i: int) -> None:
         chunks = await generate(engine, make_request(request_id=f"r{i}", max_tokens=i + 1))
-        results[f"r{i}"] = "".join(c.text for c in chunks)
+        results[f"r{i}"] = text_of(chunks)
 
     with trio.fail_after(10):
         async with (
@@ -354,7 +380,7 @@ async def test_upstream_going_away_turns_the_engine_unavailable() -> None:
                 engine = OpenAIUpstream(upstream.url)  # probes every 30 s: requests tell
                 await nursery.start(engine.run)
                 await until(engine, lambda: engine.available)
-                assert len(await generate(engine, make_request())) == 5
+                assert text_of(await generate(engine, make_request())) == expected_text(4)
             # The upstream is gone; the engine runs on.
             probes = engine.probes
             error, _ = await generate_error(engine, make_request())
@@ -405,7 +431,7 @@ async def test_inband_error_frame(
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, chunks = await generate_error(engine, make_request(model=model))
-    assert [c.text for c in chunks] == [f"t{i} " for i in range(before)]
+    assert text_of(chunks) == expected_text(before)
     assert error == APIError(status, message, type_, param, code, error_type, retryable=False)
 
 
@@ -414,7 +440,7 @@ async def test_connection_lost_mid_stream() -> None:
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, chunks = await generate_error(engine, make_request(model="drop"))
             early, nothing = await generate_error(engine, make_request(model="drop-early"))
-    assert [c.text for c in chunks] == ["t0 ", "t1 "]
+    assert text_of(chunks) == "t0 t1 "
     assert (error.status, error.error_type, error.retryable) == (503, "unavailable", False)
     assert nothing == []
     assert (early.status, early.error_type, early.retryable) == (503, "unavailable", True)
@@ -429,7 +455,7 @@ async def test_generate_needs_run() -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(engine.run)
                 assert engine.running
-                assert len(await generate(engine, make_request())) == 5
+                assert text_of(await generate(engine, make_request())) == expected_text(4)
                 nursery.cancel_scope.cancel()
             assert not engine.running
             assert engine.available is False
@@ -456,7 +482,7 @@ async def test_stopping_the_engine_ends_its_streams_as_unavailable() -> None:
             async with trio.open_nursery() as engine_scope:
                 await engine_scope.start(engine.run)
                 outer.start_soon(one, engine, send)
-                assert (await receive.receive()).text == "t0 "
+                assert await first_text(receive) == "t0 "
                 engine_scope.cancel_scope.cancel()
             with trio.fail_after(0.5):
                 await upstream.wait_until(lambda: upstream.generations[0].disconnected)
@@ -490,8 +516,7 @@ async def test_cancelling_the_caller_closes_the_upstream_stream(parked_in: str) 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(caller, engine, send, scope)
                 if parked_in == "read":
-                    first = await receive.receive()
-                    assert first.text == "t0 "
+                    assert await first_text(receive) == "t0 "
                 else:
                     await upstream.wait_until(
                         lambda: (
@@ -533,7 +558,7 @@ async def test_a_slow_reader_holds_back_the_upstream() -> None:
                 texts, last = 0, None
                 while last is None or last.finish_reason is None:
                     last = await receive.receive()
-                    texts += len(last.text)
+                    texts += len(completion_text(last.payload))
             assert record.finished
             assert texts == tokens * 64 * 1024
             assert last.finish_reason == "length"
@@ -656,9 +681,9 @@ async def test_a_reused_connection_closed_without_an_answer_is_sent_again() -> N
                 await until(engine, lambda: engine.available)
                 # The probe's connection is idle in the pool: the first request reuses it.
                 chunks = await generate(engine, make_request())
-                assert "".join(c.text for c in chunks) == "hi"
+                assert text_of(chunks) == "hi"
                 chunks = await generate(engine, make_request(request_id="req-2"))
-                assert "".join(c.text for c in chunks) == "hi"
+                assert text_of(chunks) == "hi"
             nursery.cancel_scope.cancel()
     assert upstream.dropped >= 1
     assert upstream.answered == 2

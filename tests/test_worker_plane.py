@@ -11,16 +11,16 @@ from tests.conftest import chat
 from tests.worker_harness import InMemoryWorker, gateway_on_worker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
-from trio_gateway.generation import Chunk, GenerationRequest, MockOptions
+from trio_gateway.generation import Chunk, GenerationRequest
+from trio_gateway.openai.schemas import parse_generation_request
 from trio_gateway.worker.protocol import ChunkFrame, Hello, encode
 
 CHAT = "/v1/chat/completions"
 
 
 def request(tokens: int = 50, rid: str = "r1", **mock: float) -> GenerationRequest:
-    return GenerationRequest(
-        rid, "chat", "mock", "hi", True, mock=MockOptions(tokens=tokens, **mock)
-    )  # type: ignore[arg-type]
+    body = chat("hi", stream=True, mock={"tokens": tokens, **mock})
+    return parse_generation_request(body, "chat", rid)
 
 
 async def test_stream_through_a_worker(autojump_clock: trio.testing.MockClock) -> None:
@@ -141,10 +141,12 @@ async def test_worker_errors_and_bad_frames_fail_only_their_request(
             if frame["type"] != "generate":
                 continue
             rid = frame["id"]
-            if frame["request"]["prompt"].endswith("garbage"):
+            if frame["request"]["body"]["messages"][0]["content"] == "garbage":
                 await ws.send_message(orjson.dumps({"type": "chunk", "id": rid}).decode())
             else:
-                await ws.send_message(encode(ChunkFrame(rid, "ok", 1, "stop", 1)))
+                event = {"choices": [{"index": 0, "delta": {"content": "ok"}}]}
+                payload = "data: " + orjson.dumps(event).decode() + "\n\n"
+                await ws.send_message(encode(ChunkFrame(rid, payload, 1, "stop", 1)))
 
     worker = InMemoryWorker("ws://fake", handler=fake_worker)
     async with running_gateway(engines=[worker]) as harness:

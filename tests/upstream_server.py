@@ -65,6 +65,7 @@ class Recorded:
     events_sent: int = 0  # SSE events written (role chunk, tokens, finish, usage, [DONE])
     finished: bool = False  # the whole response was written
     disconnected: bool = False  # the client left before it was
+    answer: bytes = b""  # a unary answer's body, as sent
 
 
 @dataclass
@@ -152,7 +153,7 @@ class MockUpstream:
             await _fail(send, model)
             return
         if not body.get("stream"):
-            await _json(send, 200, _unary(body, chat))
+            record.answer = await _json(send, 200, _unary(body, chat))
             return
         if model == "unary":
             await _json(send, 200, _unary(body, chat))
@@ -199,7 +200,7 @@ class MockUpstream:
 _DROP = object()
 
 
-async def _json(send: Send, status: int, body: Any) -> None:
+async def _json(send: Send, status: int, body: Any) -> bytes:
     payload = orjson.dumps(body)
     await send(
         {
@@ -212,6 +213,7 @@ async def _json(send: Send, status: int, body: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": payload})
+    return payload
 
 
 async def _fail(send: Send, model: str) -> None:

@@ -43,9 +43,12 @@ class GatewayConfig:
     mock_itl_ms: float = 10.0
     mock_max_num_seqs: int = 256
     mock_tokens: int = 100
-    max_model_len: int = 32768
+    max_model_len: int = 32768  # the mock's context length (upstreams report their own)
     # Request lifecycle.
     inactivity_timeout_s: float = 60.0
+    # A unary request to an engine that answers it whole (an OpenAI upstream says nothing
+    # until it is done) is timed as a whole instead; 0 means never.
+    unary_timeout_s: float = 600.0
     stream_buffer: int = 64
     max_body_bytes: int = 4 * 1024 * 1024
     # Shutdown (DESIGN §5): in-flight requests get this long to finish after SIGTERM.
@@ -115,6 +118,7 @@ class GatewayConfig:
             "mock_itl_ms",
             "mock_tokens",
             "inactivity_timeout_s",
+            "unary_timeout_s",
             "max_body_bytes",
             "keep_alive_timeout_s",
             "graceful_timeout_s",
@@ -175,6 +179,11 @@ class GatewayConfig:
         """Seconds a request may go without a chunk; 0 in the setting means never."""
         return self.inactivity_timeout_s if self.inactivity_timeout_s > 0 else float("inf")
 
+    @property
+    def unary_timeout(self) -> float:
+        """Seconds a unary request answered whole may take; 0 in the setting means never."""
+        return self.unary_timeout_s if self.unary_timeout_s > 0 else float("inf")
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
@@ -185,11 +194,16 @@ class WorkerConfig:
     metrics_port: int = 9101
     worker_id: str = ""  # default: host:port
     token: str = field(default="", repr=False)
+    # An OpenAI-compatible engine on this node (vLLM, SGLang, llama.cpp: http://HOST:PORT/v1)
+    # to serve instead of the mock; its models are read from its /v1/models.
+    upstream: str = ""
+    upstream_api_key: str = field(default="", repr=False)
     model: str = "mock"
     mock_ttft_ms: float = 5.0
     mock_itl_ms: float = 10.0
     mock_max_num_seqs: int = 256
     mock_tokens: int = 100
+    max_model_len: int = 32768
     max_inflight: int = 1024
     load_interval_s: float = 1.0
     drain_timeout_s: float = 30.0
@@ -209,6 +223,10 @@ class WorkerConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name}: must not be negative, got {value}")
+        if self.max_model_len < 1:
+            raise ConfigError(f"max_model_len: must be at least 1, got {self.max_model_len}")
+        if self.upstream and not self.upstream.startswith(("http://", "https://")):
+            raise ConfigError(f"upstream: expected http(s)://HOST:PORT/v1, got {self.upstream!r}")
 
 
 def _convert(name: str, kind: type, raw: Any) -> Any:

@@ -11,11 +11,13 @@ import trio
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.protocol import Engine
+from trio_gateway.generation import GenerationRequest
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown, Phase
 from trio_gateway.loop_health import count_tasks, sample_event_loop_lag
 from trio_gateway.metrics import GatewayMetrics, multiprocess_dir
 from trio_gateway.openai.errors import model_not_found, unavailable
+from trio_gateway.openai.schemas import check_max_tokens
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.policies import make_policy
 from trio_gateway.sessions.manager import SessionManager
@@ -47,7 +49,7 @@ def engine_for_url(url: str, config: GatewayConfig) -> Engine:
         from trio_gateway.engines.ws_client import RemoteWorker
 
         return RemoteWorker(url, token=config.worker_token or None, window=config.credit_window)
-    from trio_gateway.engines.openai_upstream import OpenAIUpstream
+    from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
     return OpenAIUpstream(url, api_key=config.upstream_api_key or None)
 
@@ -139,6 +141,9 @@ class Gateway:
         if any(not backend.engine.models for backend in self.router.backends):
             raise unavailable("Backends are still starting; retry shortly.")
         raise model_not_found(model)
+
+    def check_context_length(self, request: GenerationRequest) -> None:
+        check_max_tokens(request, self.router.context_length(request.model))
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every engine's background work in `nursery`, which then hosts the flights."""

@@ -15,13 +15,16 @@ Endpoint = Literal["chat", "completion"]
 
 @dataclass(frozen=True, slots=True)
 class MockOptions:
-    """Per-request fault injection, honoured only by the mock engine (DESIGN §3)."""
+    """Per-request knobs honoured only by the mock engine: timing, faults, and the shape of
+    the answer (reasoning before the content, tool calls after it)."""
 
     tokens: int | None = None
     itl_ms: float | None = None
     ttft_ms: float | None = None
     error_after: int | None = None
     stall_after: int | None = None
+    reasoning_tokens: int | None = None
+    tool_calls: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,7 @@ class GenerationRequest:
     prompt: str
     stream: bool
     max_tokens: int | None = None
+    n: int = 1  # choices per request
     stop: tuple[str, ...] = ()
     include_usage: bool = False
     mock: MockOptions | None = None
@@ -46,13 +50,23 @@ class GenerationRequest:
 
 @dataclass(slots=True)
 class Chunk:
-    """One step of output. `tokens` counts the tokens in `text` (an engine may batch several).
+    """One step of output, already in the client's wire format.
 
-    The last chunk of a generation carries `finish_reason` and, when the engine knows it,
-    `prompt_tokens`.
+    Every engine speaks OpenAI (the mock encodes its own events, an upstream's are relayed
+    as they came), so the gateway never decodes and re-encodes tokens. `payload` is what the
+    client gets for this chunk: SSE events (`data: {...}` each, blank line after) for a
+    stream; for a unary request, the whole JSON answer on the last chunk and b"" before it.
+    The gateway adds only what frames the stream: `data: [DONE]` and an error event.
+
+    The other fields are what the gateway reads for itself: `tokens` (output tokens in this
+    chunk, reasoning and tool-call deltas included: they are activity and count for TTFT),
+    and on the last chunk `finish_reason` (the first choice's) and `prompt_tokens` when the
+    engine knows it. `text` is the content text when the engine has it at hand (the mock);
+    `--log-prompts` reads it, or decodes `payload` when it is empty.
     """
 
-    text: str
+    text: str = ""
     tokens: int = 1
     finish_reason: str | None = None
     prompt_tokens: int | None = None
+    payload: bytes = b""

@@ -18,6 +18,7 @@ from trio_gateway.engines.batch_scheduler import (
     Sequence,
     prompt_token_count,
 )
+from trio_gateway.engines.mock_answer import MockAnswer
 from trio_gateway.generation import Chunk, GenerationRequest
 
 
@@ -25,6 +26,7 @@ class MockEngine:
     name = "mock"
     capacity: int | None = None  # it queues past max_num_seqs itself
     available = True
+    streams_unary = True
 
     def __init__(
         self,
@@ -35,8 +37,10 @@ class MockEngine:
         max_num_seqs: int = 256,
         default_tokens: int = 100,
         session_capacity: int = 4096,
+        max_model_len: int = 32768,
     ) -> None:
         self.models = models
+        self.context_lengths = {model: max_model_len for model in models}
         self.ttft = ttft_ms / 1000
         self.default_tokens = default_tokens
         self.scheduler = BatchScheduler(itl_ms / 1000, max_num_seqs)
@@ -55,6 +59,7 @@ class MockEngine:
             itl_ms=config.mock_itl_ms,
             max_num_seqs=config.mock_max_num_seqs,
             default_tokens=config.mock_tokens,
+            max_model_len=config.max_model_len,
         )
 
     @property
@@ -122,11 +127,15 @@ class MockEngine:
         if itl is not None and abs(itl - self.scheduler.step_s) < 1e-9:
             itl = None  # the engine's own step: ride the batch rather than a clock of its own
 
+        answer = MockAnswer(request)
+
         def emit(chunk: Chunk) -> bool:
+            chunk.payload = answer.render(chunk)
             try:
                 send.send_nowait(chunk)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 return False
+            answer.commit(chunk)
             return True
 
         return Sequence(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 import trio
@@ -42,6 +43,20 @@ class Engine(Protocol):
     @property
     def available(self) -> bool:
         """Connected and willing: the router only picks available engines."""
+        ...
+
+    @property
+    def streams_unary(self) -> bool:
+        """Whether a unary request still yields chunks as the engine goes (the mock), so its
+        silence means a stall; False for one that relays a unary answer whole (an upstream
+        says nothing until it is done), which the gateway then times as a whole."""
+        ...
+
+    @property
+    def context_lengths(self) -> Mapping[str, int]:
+        """Each model's context length (vLLM's `max_model_len`) where the engine knows it:
+        `max_tokens` above it is refused before anything starts; a model not listed is left
+        to the engine to judge."""
         ...
 
     async def run(

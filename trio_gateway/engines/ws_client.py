@@ -99,6 +99,8 @@ class RemoteWorker:
     models: tuple[str, ...] = ()
     capacity: int | None = None
     available: bool = False
+    streams_unary: bool = True
+    context_lengths: dict[str, int] = field(default_factory=dict)
     load: WorkerLoad = field(default_factory=WorkerLoad)
     connections: int = 0  # how many times a hello was accepted
     # Called when the worker says hello: the router lets queued requests look again.
@@ -156,6 +158,7 @@ class RemoteWorker:
                 raise ProtocolError("protocol version mismatch")
             self.worker_id, self.models = hello.worker_id, hello.models
             self.capacity = hello.max_inflight
+            self.streams_unary, self.context_lengths = hello.streams_unary, hello.context_lengths
             self._ws = ws
             self.available = True
             self.connections += 1

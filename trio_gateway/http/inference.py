@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 import uuid
 
-import orjson
 import trio
 
 from trio_gateway.gateway import Gateway
@@ -23,16 +21,16 @@ from trio_gateway.http.auth import bearer_token, key_accepted
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Flight, run_flight
 from trio_gateway.lifecycle.reader import ChunkReader
 from trio_gateway.logs import request_id_var
-from trio_gateway.openai import responses
 from trio_gateway.openai.errors import (
     APIError,
     client_cancelled,
     draining,
+    internal_error,
     invalid_api_key,
     shutting_down,
 )
 from trio_gateway.openai.schemas import parse_generation_request, parse_json_body
-from trio_gateway.openai.sse import DONE, StreamEncoder, error_event
+from trio_gateway.openai.sse import DONE, error_event
 
 log = logging.getLogger("trio_gateway.inference")
 requests_log = logging.getLogger("trio_gateway.requests")
@@ -89,12 +87,12 @@ async def handle_inference(
                 body,
                 endpoint,
                 flight_id,
-                max_model_len=gateway.config.max_model_len,
                 session_header=session.decode("latin-1") if session else None,
             ),
             trace_id=trace_id,
         )
         gateway.check_model(request.model)
+        gateway.check_context_length(request)
         model_label = request.model
     except ClientGone:
         gateway.metrics.request_ended(model_label, endpoint, stream, client_cancelled())
@@ -121,13 +119,14 @@ async def handle_inference(
             chunks_in,
             receive,
             gateway.config.inactivity_timeout,
+            gateway.config.unary_timeout,
             gateway.sessions,
         )
         with chunks_out:
             if request.stream:
-                outcome = await _write_stream(send, request, flight, reader, id_header, gateway)
+                outcome = await _write_stream(send, request, flight, reader, id_header)
             else:
-                outcome = await _write_unary(send, request, flight, reader, id_header, gateway)
+                outcome = await _write_unary(send, request, flight, reader, id_header)
     finally:
         flight.cancel(HANDLER_EXIT)
         gateway.ledger.remove(flight)
@@ -191,48 +190,40 @@ async def _write_stream(
     flight: Flight,
     reader: ChunkReader,
     id_header: tuple[bytes, bytes],
-    gateway: Gateway,
 ) -> APIError | None:
-    """Headers go out with the first chunk, so a request that fails before producing
-    anything still gets a real HTTP status (and the SDK's matching exception)."""
-    encoder = StreamEncoder(
-        request.endpoint,
-        responses.response_id(request.endpoint, request.request_id),
-        request.model,
-        int(time.time()),
-    )
+    """The engine's events as they come, then `[DONE]` (after an error event if it failed).
+
+    Headers go out with the first chunk, so a request that fails before producing anything
+    still gets a real HTTP status (and the SDK's matching exception)."""
     started = False
 
-    async def start(payload: bytes) -> bytes:
+    async def start() -> None:
         nonlocal started
         started = True
         headers = [*SSE_HEADERS, *_headers(None, id_header, flight)]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        return encoder.role() + payload
 
     while True:
-        payload = encoder.chunks(await reader.batch())
+        batch = await reader.batch()
+        payload = batch[0].payload if len(batch) == 1 else b"".join(c.payload for c in batch)
         if reader.ended:
             break
+        if not payload:
+            continue
         if not started:
-            payload = await start(payload)
+            await start()
         await send({"type": "http.response.body", "body": payload, "more_body": True})
 
-    error = flight.outcome(reader.finish_reason, gateway.config.inactivity_timeout)
+    error = flight.outcome(reader.finish_reason)
     if error is not None and error.error_type == "cancelled":
         return error  # nobody is listening
     if not started:
         if error is not None:
             await send_error(send, error, _headers(error, id_header, flight))
             return error
-        payload = await start(payload)
-    if error is not None:
-        tail = error_event(error)
-    elif request.include_usage:
-        tail = encoder.usage(reader.prompt_tokens or 0, reader.tokens)
-    else:
-        tail = b""
-    await send({"type": "http.response.body", "body": payload + tail + DONE, "more_body": False})
+        await start()
+    tail = DONE if error is None else error_event(error) + DONE
+    await send({"type": "http.response.body", "body": payload + tail, "more_body": False})
     return error
 
 
@@ -242,27 +233,21 @@ async def _write_unary(
     flight: Flight,
     reader: ChunkReader,
     id_header: tuple[bytes, bytes],
-    gateway: Gateway,
 ) -> APIError | None:
-    texts: list[str] = []
+    """The engine's whole answer: the payload of its last chunk."""
+    body = b""
     while not reader.ended:
-        texts.extend(chunk.text for chunk in await reader.batch())
-    error = flight.outcome(reader.finish_reason, gateway.config.inactivity_timeout)
+        for chunk in await reader.batch():
+            if chunk.finish_reason is not None:
+                body = chunk.payload
+    error = flight.outcome(reader.finish_reason)
+    if error is None and not body:
+        error = internal_error("The engine finished without an answer.")
     if error is not None:
         if error.error_type != "cancelled":
             await send_error(send, error, _headers(error, id_header, flight))
         return error
-    body = responses.completion_body(
-        request.endpoint,
-        responses.response_id(request.endpoint, request.request_id),
-        request.model,
-        int(time.time()),
-        "".join(texts),
-        reader.finish_reason or "stop",
-        reader.prompt_tokens or 0,
-        reader.tokens,
-    )
     headers = [(b"content-type", b"application/json"), *_headers(None, id_header, flight)]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": orjson.dumps(body), "more_body": False})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
     return None

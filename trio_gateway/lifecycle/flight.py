@@ -53,6 +53,9 @@ class Flight:
     # Since when the response writer has been waiting on the engine; inf while it writes
     # (a slow client is backpressure, not engine silence).
     waiting_since: float = math.inf
+    # How long the engine may stay silent: the inactivity timeout, or for a unary request
+    # on an engine that answers it whole, the unary timeout (set once routed).
+    silence_limit: float = math.inf
 
     def cancel(self, reason: str) -> None:
         """Cancel the engine work; the first reason given is the one that counts."""
@@ -60,7 +63,7 @@ class Flight:
             self.cancel_reason = reason
             self.scope.cancel()
 
-    def outcome(self, finish_reason: str | None, inactivity_timeout: float) -> APIError | None:
+    def outcome(self, finish_reason: str | None) -> APIError | None:
         """How the request ended, as the one error the client and the metrics see (or None)."""
         if self.error is not None:
             return self.error
@@ -69,7 +72,7 @@ class Flight:
         if self.cancel_reason == CLIENT_DISCONNECTED:
             return client_cancelled()
         if self.cancel_reason == RESPONSE_TIMEOUT:
-            return response_timeout(inactivity_timeout)
+            return response_timeout(self.silence_limit)
         if self.cancel_reason == SHUTDOWN:
             return shutting_down()
         if self.cancel_reason == HANDLER_EXIT:
@@ -84,6 +87,7 @@ async def run_flight(
     chunks: trio.MemorySendChannel[Chunk],
     receive: Receive,
     inactivity_timeout: float,
+    unary_timeout: float,
     sessions: SessionManager | None = None,
 ) -> None:
     """The engine task: route, then generate into `chunks`, beside a watcher of the client.
@@ -92,19 +96,22 @@ async def run_flight(
     that leaves while queued leaves the queue at once. Closing `chunks` on the way out (any
     way out) is what tells the response writer the engine is done.
     """
+    flight.silence_limit = inactivity_timeout
+    # A unary request on an engine that answers it whole is timed as a whole (see below).
+    whole = None if request.stream else unary_timeout
     try:
         with chunks:
             try:
                 with flight.scope:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_watch, receive, flight, inactivity_timeout)
+                        nursery.start_soon(_watch, receive, flight)
                         try:
                             if request.session_id is not None and sessions is not None:
                                 await _generate_in_session(
-                                    flight, router, sessions, request, chunks
+                                    flight, router, sessions, request, chunks, whole
                                 )
                             else:
-                                await _route_and_generate(flight, router, request, chunks)
+                                await _route_and_generate(flight, router, request, chunks, whole)
                         except APIError as error:
                             flight.error = error
                         except Exception:
@@ -129,6 +136,7 @@ async def _route_and_generate(
     router: Router,
     request: GenerationRequest,
     chunks: trio.MemorySendChannel[Chunk],
+    whole: float | None,
 ) -> None:
     """Generate on a backend the router picks; a failure that produced nothing and says so
     (`retryable`) is tried again on another backend, each backend at most once."""
@@ -142,7 +150,7 @@ async def _route_and_generate(
                 raise last_failure from None  # the last backend's failure says more
             raise
         try:
-            await _generate_on(flight, router, backend, request, chunks)
+            await _generate_on(flight, router, backend, request, chunks, whole)
             return
         except APIError as error:
             if not error.retryable:
@@ -163,11 +171,12 @@ async def _generate_in_session(
     sessions: SessionManager,
     request: GenerationRequest,
     chunks: trio.MemorySendChannel[Chunk],
+    whole: float | None,
 ) -> None:
     """On the session's worker only: no retry elsewhere, the session's state lives there."""
     backend, session = await sessions.acquire(request)
     try:
-        await _generate_on(flight, router, backend, request, chunks)
+        await _generate_on(flight, router, backend, request, chunks, whole)
     finally:
         sessions.release(session)
 
@@ -178,10 +187,13 @@ async def _generate_on(
     backend: Backend,
     request: GenerationRequest,
     chunks: trio.MemorySendChannel[Chunk],
+    whole: float | None,
 ) -> None:
     """Generate on a backend whose slot is held, then give the slot back with a verdict
     for its breaker: backend faults count against it, the client's own errors do not."""
     flight.worker = backend.name
+    if whole is not None and not backend.engine.streams_unary:
+        flight.silence_limit = max(flight.silence_limit, whole)
     verdict: bool | None = None
     try:
         await backend.engine.generate(request, chunks)
@@ -193,7 +205,7 @@ async def _generate_on(
         router.release(backend, verdict)
 
 
-async def _watch(receive: Receive, flight: Flight, inactivity_timeout: float) -> None:
+async def _watch(receive: Receive, flight: Flight) -> None:
     """Watch the client's connection and the engine's silence, in one task per flight.
 
     hypercorn only reports a gone client to a task waiting on `receive()` (DESIGN §6). The
@@ -202,11 +214,12 @@ async def _watch(receive: Receive, flight: Flight, inactivity_timeout: float) ->
     """
     while True:
         now = trio.current_time()
-        silent_until = flight.waiting_since + inactivity_timeout
+        limit = flight.silence_limit
+        silent_until = flight.waiting_since + limit
         if silent_until <= now:
             flight.cancel(RESPONSE_TIMEOUT)
             return
-        with trio.move_on_at(min(silent_until, now + inactivity_timeout)):
+        with trio.move_on_at(min(silent_until, now + limit)):
             message = await receive()
             if message["type"] == "http.disconnect":
                 flight.cancel(CLIENT_DISCONNECTED)

@@ -14,6 +14,7 @@ import trio
 from trio_gateway.generation import Chunk
 from trio_gateway.lifecycle.flight import Flight
 from trio_gateway.metrics import GatewayMetrics
+from trio_gateway.openai.sse import completion_text
 
 
 class ChunkReader:
@@ -70,13 +71,17 @@ class ChunkReader:
 
     def _account(self, batch: list[Chunk]) -> None:
         tokens = 0
+        finished = False
         if self._keep_text:
-            self.texts.extend(chunk.text for chunk in batch)
+            self.texts.extend(chunk.text or completion_text(chunk.payload) for chunk in batch)
         for chunk in batch:
             tokens += chunk.tokens
             if chunk.finish_reason is not None:
+                finished = True
                 self.finish_reason = chunk.finish_reason
                 self.prompt_tokens = chunk.prompt_tokens
+        if not tokens and not finished:
+            return  # a role event or the like: not yet a token
         now = trio.current_time()
         if self.first_at is None:
             self.first_at = now

@@ -15,7 +15,10 @@ from trio_gateway.generation import Endpoint, GenerationRequest, MockOptions
 from trio_gateway.openai.errors import APIError, invalid_request
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-MAX_STOP_SEQUENCES = 4
+# The mock's own bounds: a test knob must not hold a slot for ever or build a huge answer.
+MOCK_MAX_TOKENS = 1_000_000
+MOCK_MAX_MS = 3_600_000
+MOCK_MAX_TOOL_CALLS = 16
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -68,15 +71,16 @@ def _optional_number(body: dict[str, Any], name: str, low: float, high: float) -
     if not _is_number(value):
         raise _type_error(name, "a number", value)
     if not low <= value <= high:
+        expected = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
         raise invalid_request(
-            f"Invalid '{name}': {value} is not between {low:g} and {high:g}.",
+            f"Invalid '{name}': {value} is not {expected}.",
             name,
             "invalid_value",
         )
     return float(value)
 
 
-def _max_tokens(body: dict[str, Any], max_model_len: int) -> int | None:
+def _max_tokens(body: dict[str, Any]) -> int | None:
     chosen: int | None = None
     for name in ("max_completion_tokens", "max_tokens"):
         value = body.get(name)
@@ -91,13 +95,6 @@ def _max_tokens(body: dict[str, Any], max_model_len: int) -> int | None:
                 name,
                 "integer_below_min_value",
             )
-        if value > max_model_len:
-            raise invalid_request(
-                f"Invalid '{name}': {value} exceeds the model's maximum context length of "
-                f"{max_model_len} tokens.",
-                name,
-                "integer_above_max_value",
-            )
         if chosen is None:
             chosen = value
     return chosen
@@ -111,13 +108,7 @@ def _stop(body: dict[str, Any]) -> tuple[str, ...]:
         return (value,) if value else ()
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
         raise _type_error("stop", "a string or an array of strings", value)
-    if len(value) > MAX_STOP_SEQUENCES:
-        raise invalid_request(
-            f"Invalid 'stop': at most {MAX_STOP_SEQUENCES} stop sequences are allowed.",
-            "stop",
-            "array_above_max_length",
-        )
-    return tuple(s for s in value if s)
+    return tuple(s for s in value if s)  # as many as the engine takes (vLLM: no limit)
 
 
 def _mock_options(body: dict[str, Any]) -> MockOptions | None:
@@ -126,27 +117,35 @@ def _mock_options(body: dict[str, Any]) -> MockOptions | None:
         return None
     if not isinstance(value, dict):
         raise _type_error("mock", "an object", value)
-    known = {"tokens", "itl_ms", "ttft_ms", "error_after", "stall_after"}
-    unknown = sorted(set(value) - known)
+    bounds = {
+        "tokens": MOCK_MAX_TOKENS,
+        "error_after": MOCK_MAX_TOKENS,
+        "stall_after": MOCK_MAX_TOKENS,
+        "reasoning_tokens": MOCK_MAX_TOKENS,
+        "tool_calls": MOCK_MAX_TOOL_CALLS,
+        "itl_ms": MOCK_MAX_MS,
+        "ttft_ms": MOCK_MAX_MS,
+    }
+    unknown = sorted(set(value) - set(bounds))
     if unknown:
         raise invalid_request(
             f"Unknown field(s) in 'mock': {', '.join(unknown)}.", "mock", "unknown_parameter"
         )
-    for name in ("tokens", "error_after", "stall_after"):
+    for name, bound in bounds.items():
         field_value = value.get(name)
-        if field_value is not None and (not _is_int(field_value) or field_value < 0):
-            raise _type_error(f"mock.{name}", "a non-negative integer", field_value)
-    for name in ("itl_ms", "ttft_ms"):
-        field_value = value.get(name)
-        if field_value is not None and (not _is_number(field_value) or field_value < 0):
-            raise _type_error(f"mock.{name}", "a non-negative number", field_value)
-    return MockOptions(
-        tokens=value.get("tokens"),
-        itl_ms=value.get("itl_ms"),
-        ttft_ms=value.get("ttft_ms"),
-        error_after=value.get("error_after"),
-        stall_after=value.get("stall_after"),
-    )
+        if field_value is None:
+            continue
+        integral = not name.endswith("_ms")
+        if not (_is_int(field_value) if integral else _is_number(field_value)):
+            kind = "an integer" if integral else "a number"
+            raise _type_error(f"mock.{name}", kind, field_value)
+        if not 0 <= field_value <= bound:
+            raise invalid_request(
+                f"Invalid 'mock.{name}': {field_value} is not between 0 and {bound}.",
+                f"mock.{name}",
+                "invalid_value",
+            )
+    return MockOptions(**{name: value.get(name) for name in bounds})
 
 
 def _message_text(content: Any, index: int) -> str:
@@ -224,12 +223,13 @@ def parse_generation_request(
     endpoint: Endpoint,
     request_id: str,
     *,
-    max_model_len: int,
     session_header: str | None = None,
 ) -> GenerationRequest:
     """Validate an OpenAI body. Raises `APIError` (400) on the first problem found.
 
-    The model's existence is the caller's question (404), as only it knows the registry.
+    Only what the gateway itself reads is checked; every other field passes through to the
+    engine as it is, for the engine to judge. The model's existence and its context length
+    are the caller's questions (404, `check_max_tokens`), as only it knows the backends.
     """
     model = body.get("model")
     if model is None:
@@ -262,14 +262,18 @@ def parse_generation_request(
         if not isinstance(include_usage, bool):
             raise _type_error("stream_options.include_usage", "a boolean", include_usage)
     n = body.get("n")
-    if n is not None:
-        if not _is_int(n):
-            raise _type_error("n", "an integer", n)
-        if n != 1:
-            raise invalid_request(
-                f"Invalid 'n': {n}. Only n=1 is supported.", "n", "unsupported_value"
-            )
-    _optional_number(body, "temperature", 0.0, 2.0)
+    if n is None:
+        n = 1
+    if not _is_int(n):
+        raise _type_error("n", "an integer", n)
+    if n < 1:
+        raise invalid_request(
+            f"Invalid 'n': integer below minimum value. Expected a value >= 1, but got {n}.",
+            "n",
+            "integer_below_min_value",
+        )
+    # Bounds an upstream enforces are its own (vLLM takes temperatures above OpenAI's 2).
+    _optional_number(body, "temperature", 0.0, math.inf)
     _optional_number(body, "top_p", 0.0, 1.0)
     _optional_number(body, "presence_penalty", -2.0, 2.0)
     _optional_number(body, "frequency_penalty", -2.0, 2.0)
@@ -288,7 +292,8 @@ def parse_generation_request(
         model=model,
         prompt=prompt,
         stream=stream,
-        max_tokens=_max_tokens(body, max_model_len),
+        max_tokens=_max_tokens(body),
+        n=n,
         stop=_stop(body),
         include_usage=include_usage,
         mock=_mock_options(body),
@@ -296,3 +301,17 @@ def parse_generation_request(
         session_timeout=session_timeout,
         body=body,
     )
+
+
+def check_max_tokens(request: GenerationRequest, context_length: int | None) -> None:
+    """400 for `max_tokens` above the model's context length, when the backends know it."""
+    if context_length is None or request.max_tokens is None:
+        return
+    if request.max_tokens > context_length:
+        name = "max_completion_tokens" if "max_completion_tokens" in request.body else "max_tokens"
+        raise invalid_request(
+            f"Invalid '{name}': {request.max_tokens} exceeds the model's maximum context "
+            f"length of {context_length} tokens.",
+            name,
+            "integer_above_max_value",
+        )

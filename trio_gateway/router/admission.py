@@ -105,6 +105,16 @@ class Router:
     def knows(self, model: str) -> bool:
         return any(backend.serves(model) for backend in self.backends)
 
+    def context_length(self, model: str) -> int | None:
+        """The largest context length a backend serving `model` reports (None: none says):
+        a request one of them can serve is not refused for another's smaller limit."""
+        lengths = [
+            length
+            for backend in self.backends
+            if (length := backend.engine.context_lengths.get(model)) is not None
+        ]
+        return max(lengths, default=None)
+
     def _candidates(
         self, model: str, exclude: Iterable[str], now: float, only: str | None = None
     ) -> tuple[list[Backend], bool]:

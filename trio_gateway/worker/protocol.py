@@ -4,18 +4,26 @@ One WebSocket per gateway-worker pair carries many requests; every per-request m
 an `id`. The `error` frame carries the error's OpenAI type as `error_type`, since `type`
 names the frame. A frame that is not a JSON object breaks the connection (framing is lost); a frame
 with an `id` that is otherwise bad fails only that request.
+
+A `generate` carries the client's validated body, which the worker parses as the gateway
+did, so whatever the client asked (tools, logprobs, n) reaches the worker's engine. A
+`chunk` carries the engine's wire bytes as they are (`payload`), so the plane is as
+lossless as the engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from trio_gateway.generation import Chunk, GenerationRequest, MockOptions
+from trio_gateway.generation import Chunk, GenerationRequest
+from trio_gateway.openai.errors import APIError
+from trio_gateway.openai.schemas import parse_generation_request
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: bodies and wire payloads instead of parsed fields and text
 TOKEN_HEADER = "authorization"
 
 
@@ -34,18 +42,24 @@ class Hello:
     models: tuple[str, ...]
     max_inflight: int
     protocol: int = PROTOCOL_VERSION
+    # What the worker's engine says of itself (see `Engine`): whether a unary request
+    # yields chunks as it goes, and each model's context length where known.
+    streams_unary: bool = True
+    context_lengths: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkFrame:
     id: str
-    text: str
+    payload: str
     tokens: int = 1
     finish_reason: str | None = None
     prompt_tokens: int | None = None
 
     def chunk(self) -> Chunk:
-        return Chunk(self.text, self.tokens, self.finish_reason, self.prompt_tokens)
+        return Chunk(
+            "", self.tokens, self.finish_reason, self.prompt_tokens, self.payload.encode()
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,28 +166,15 @@ def _request_fields(request: GenerationRequest) -> dict[str, Any]:
     out: dict[str, Any] = {
         "request_id": request.request_id,
         "endpoint": request.endpoint,
-        "model": request.model,
-        "prompt": request.prompt,
-        "stream": request.stream,
+        "body": request.body,
     }
     if request.trace_id:
         out["trace_id"] = request.trace_id
-    if request.max_tokens is not None:
-        out["max_tokens"] = request.max_tokens
-    if request.stop:
-        out["stop"] = list(request.stop)
-    if request.mock is not None:
-        mock = request.mock
-        out["mock"] = {
-            name: getattr(mock, name)
-            for name in ("tokens", "itl_ms", "ttft_ms", "error_after", "stall_after")
-            if getattr(mock, name) is not None
-        }
     return out
 
 
 def _chunk_fields(message: ChunkFrame) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "chunk", "id": message.id, "text": message.text}
+    frame: dict[str, Any] = {"type": "chunk", "id": message.id, "payload": message.payload}
     if message.tokens != 1:
         frame["tokens"] = message.tokens
     if message.finish_reason is not None:
@@ -242,46 +243,22 @@ def _optional(
 
 
 def _decode_request(raw: Any, rid: str) -> GenerationRequest:
-    """The request's own fields; its session travels as the frame's `session_id`."""
+    """The request as the gateway parsed it; its session travels as the frame's `session_id`."""
     if not isinstance(raw, dict):
         raise ProtocolError("'generate' frame: 'request' must be an object", rid)
     endpoint = raw.get("endpoint")
     if endpoint not in ("chat", "completion"):
         raise ProtocolError("'generate' frame: bad 'request.endpoint'", rid)
     where = "'generate' frame, 'request'"
-    mock_raw = raw.get("mock")
-    mock = None
-    if mock_raw is not None:
-        if not isinstance(mock_raw, dict):
-            raise ProtocolError("'generate' frame: 'request.mock' must be an object", rid)
-        unknown = set(mock_raw) - {"tokens", "itl_ms", "ttft_ms", "error_after", "stall_after"}
-        if unknown:
-            raise ProtocolError("'generate' frame: unknown field in 'request.mock'", rid)
-        mock_where = "'generate' frame, 'request.mock'"
-        mock = MockOptions(
-            tokens=_optional(mock_raw, "tokens", int, rid, mock_where),
-            itl_ms=_optional(mock_raw, "itl_ms", (int, float), rid, mock_where),
-            ttft_ms=_optional(mock_raw, "ttft_ms", (int, float), rid, mock_where),
-            error_after=_optional(mock_raw, "error_after", int, rid, mock_where),
-            stall_after=_optional(mock_raw, "stall_after", int, rid, mock_where),
-        )
-    stop = raw.get("stop", [])
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-        raise ProtocolError("'generate' frame: 'request.stop' must be strings", rid)
-    stream = raw.get("stream", False)
-    if not isinstance(stream, bool):
-        raise ProtocolError(f"{where}: bad 'stream'", rid)
-    return GenerationRequest(
-        request_id=_get(raw, "request_id", str, rid, where),
-        endpoint=endpoint,
-        model=_get(raw, "model", str, rid, where),
-        prompt=_get(raw, "prompt", str, rid, where),
-        stream=stream,
-        max_tokens=_optional(raw, "max_tokens", int, rid, where),
-        stop=tuple(stop),
-        mock=mock,
-        trace_id=_optional(raw, "trace_id", str, rid, where) or "",
-    )
+    body = _get(raw, "body", dict, rid, where)
+    try:
+        request = parse_generation_request(body, endpoint, _get(raw, "request_id", str, rid, where))
+    except APIError as error:
+        raise ProtocolError(
+            f"{where}: a body the gateway should have refused: {error.message}", rid
+        ) from None
+    trace_id = _optional(raw, "trace_id", str, rid, where) or ""
+    return dataclasses.replace(request, trace_id=trace_id, session_id=None)
 
 
 def _decode_chunk(frame: dict[str, Any]) -> ChunkFrame:
@@ -289,7 +266,7 @@ def _decode_chunk(frame: dict[str, Any]) -> ChunkFrame:
     where = "'chunk'"
     return ChunkFrame(
         _get(frame, "id", str, rid, where),
-        _get(frame, "text", str, rid, where),
+        _get(frame, "payload", str, rid, where),
         _get(frame, "tokens", int, rid, where) if "tokens" in frame else 1,
         _optional(frame, "finish_reason", str, rid, where),
         _optional(frame, "prompt_tokens", int, rid, where),
@@ -346,11 +323,21 @@ def decode(text: str | bytes) -> Message:
         models = _get(frame, "models", list, None)
         if not all(isinstance(m, str) for m in models):
             raise ProtocolError("'hello' frame: 'models' must be strings")
+        lengths = frame.get("context_lengths") or {}
+        if not isinstance(lengths, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in lengths.values()
+        ):
+            raise ProtocolError("'hello' frame: 'context_lengths' must map models to integers")
+        streams_unary = frame.get("streams_unary", True)
+        if not isinstance(streams_unary, bool):
+            raise ProtocolError("'hello' frame: bad 'streams_unary'")
         return Hello(
             _get(frame, "worker_id", str, None),
             tuple(models),
             _get(frame, "max_inflight", int, None),
             _get(frame, "protocol", int, None),
+            streams_unary,
+            lengths,
         )
     if kind == "load":
         return Load(_get(frame, "inflight", int, None), _get(frame, "queued", int, None))

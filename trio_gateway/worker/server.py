@@ -55,6 +55,15 @@ from trio_gateway.worker.protocol import (
 log = logging.getLogger("trio_gateway.worker")
 
 
+def engine_from_settings(config: WorkerConfig) -> Engine:
+    """The engine this worker hosts: the OpenAI-compatible server on its node, or the mock."""
+    if config.upstream:
+        from trio_gateway.engines.upstream.engine import OpenAIUpstream
+
+        return OpenAIUpstream(config.upstream, api_key=config.upstream_api_key or None)
+    return MockEngine.from_settings(config)
+
+
 @dataclass(eq=False)
 class CreditWindow:
     """How many more chunks of one request may go out before the gateway acknowledges."""
@@ -82,7 +91,7 @@ class _Generation:
 class WorkerServer:
     def __init__(self, config: WorkerConfig, engine: Engine | None = None) -> None:
         self.config = config
-        self.engine: Engine = engine or MockEngine.from_settings(config)
+        self.engine: Engine = engine or engine_from_settings(config)
         self.metrics = WorkerMetrics()
         self.ledger = InFlightLedger()
         self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s)
@@ -148,7 +157,7 @@ class WorkerServer:
         elif path == "/live":
             status, body = 200, b"ok\n"
         elif path == "/ready":
-            ready = self.shutdown.ready
+            ready = self.shutdown.ready and self.engine.available
             status, body = (200, b"ready\n") if ready else (503, b"draining\n")
         else:
             status, body = 404, b"not found\n"
@@ -182,6 +191,11 @@ class WorkerServer:
                 400, body=f"this worker speaks protocol {PROTOCOL_VERSION}".encode()
             )
             return
+        if not self.engine.available or not self.engine.models:
+            # An upstream engine not answering yet: the gateway redials with backoff, and
+            # its hello (models, context lengths) will be the engine's real ones.
+            await request.reject(503, body=b"the worker's engine is not ready")
+            return
         ws = await request.accept()
         self.metrics.connections.inc()
         try:
@@ -195,7 +209,15 @@ class WorkerServer:
         generations: dict[str, _Generation] = {}
         try:
             await ws.send_message(
-                protocol.encode(Hello(self.worker_id, self.engine.models, self.config.max_inflight))
+                protocol.encode(
+                    Hello(
+                        self.worker_id,
+                        self.engine.models,
+                        self.config.max_inflight,
+                        streams_unary=self.engine.streams_unary,
+                        context_lengths=dict(self.engine.context_lengths),
+                    )
+                )
             )
             outbox, outgoing = trio.open_memory_channel[Outbound](math.inf)
             async with trio.open_nursery() as nursery:
@@ -374,7 +396,7 @@ class WorkerServer:
                     outbox.send_nowait(
                         ChunkFrame(
                             frame.id,
-                            chunk.text,
+                            chunk.payload.decode(),
                             chunk.tokens,
                             chunk.finish_reason,
                             chunk.prompt_tokens,
