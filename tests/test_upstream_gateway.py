@@ -10,7 +10,7 @@ import trio
 
 from tests.asgi_client import Harness, running_gateway
 from tests.upstream_server import MockUpstream, running_upstream
-from trio_gateway.engines.openai_upstream import OpenAIUpstream
+from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
 CHAT = "/v1/chat/completions"
 MODELS = ["up-a", "fail-400", "fail-503", "inband-error", "slow"]
@@ -41,7 +41,9 @@ async def test_streams_and_unary_pass_through() -> None:
         assert stream.events()[-1] == "[DONE]"
         assert unary.json()["choices"][0]["message"]["content"] == "t0 t1 t2 "
         assert unary.json()["usage"]["completion_tokens"] == 3
-        assert all(r.body.get("stream") is True for r in upstream.generations)
+        stream_sent, unary_sent = upstream.generations
+        assert (stream_sent.body["stream"], unary_sent.body["stream"]) == (True, False)
+        assert unary.body == unary_sent.answer  # the upstream's answer, byte for byte
 
 
 async def test_upstream_4xx_stays_a_client_error_and_5xx_is_unavailable() -> None:

@@ -153,7 +153,7 @@ class MockUpstream:
             await _fail(send, model)
             return
         if not body.get("stream"):
-            record.answer = await _json(send, 200, _unary(body, chat))
+            await _json(send, 200, _unary(body, chat), record)
             return
         if model == "unary":
             await _json(send, 200, _unary(body, chat))
@@ -200,8 +200,10 @@ class MockUpstream:
 _DROP = object()
 
 
-async def _json(send: Send, status: int, body: Any) -> bytes:
+async def _json(send: Send, status: int, body: Any, record: Recorded | None = None) -> None:
     payload = orjson.dumps(body)
+    if record is not None:
+        record.answer = payload  # before it is sent: the client may look at once
     await send(
         {
             "type": "http.response.start",
@@ -213,7 +215,6 @@ async def _json(send: Send, status: int, body: Any) -> bytes:
         }
     )
     await send({"type": "http.response.body", "body": payload})
-    return payload
 
 
 async def _fail(send: Send, model: str) -> None:

@@ -323,7 +323,7 @@ def decode(text: str | bytes) -> Message:
         models = _get(frame, "models", list, None)
         if not all(isinstance(m, str) for m in models):
             raise ProtocolError("'hello' frame: 'models' must be strings")
-        lengths = frame.get("context_lengths") or {}
+        lengths = frame.get("context_lengths", {})
         if not isinstance(lengths, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) for v in lengths.values()
         ):
