@@ -10,6 +10,7 @@ from tests.asgi_client import Harness, running_gateway
 from tests.conftest import RecordingEngine, chat
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
+from trio_gateway.generation import Chunk, GenerationRequest
 
 CHAT = "/v1/chat/completions"
 
@@ -336,3 +337,46 @@ async def test_admin_workers_api(autojump_clock: trio.testing.MockClock) -> None
         assert [w["id"] for w in listed.json()["workers"]] == ["mock"]
         ok = await harness.request("POST", CHAT, chat(max_tokens=2))
         assert ok.status == 200
+
+
+class WholeAnswerEngine(RecordingEngine):
+    """An engine that, like an OpenAI upstream, answers a unary request whole, late."""
+
+    def __init__(self, answer_after: float) -> None:
+        super().__init__(MockEngine(("mock",)))
+        self.streams_unary = False
+        self.answer_after = answer_after
+
+    async def generate(
+        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
+    ) -> None:
+        if request.stream:
+            await super().generate(request, send)
+            return
+        await trio.sleep(self.answer_after)
+        await send.send(Chunk(tokens=3, finish_reason="stop", prompt_tokens=1, payload=b"{}"))
+
+
+@pytest.mark.parametrize(("answer_after", "status"), [(90, 200), (599, 200), (601, 504)])
+async def test_a_unary_answer_given_whole_is_timed_as_a_whole(
+    autojump_clock: trio.testing.MockClock, answer_after: float, status: int
+) -> None:
+    """A thinking model answering unary in 90 s is not a stalled engine (inactivity 60 s);
+    the unary timeout (600 s) bounds it instead."""
+    engine = WholeAnswerEngine(answer_after)
+    config = GatewayConfig(inactivity_timeout_s=60, unary_timeout_s=600)
+    async with running_gateway(config, engines=[engine]) as harness:
+        started = trio.current_time()
+        exchange = await harness.request("POST", CHAT, chat())
+        assert exchange.status == status
+        if status == 200:
+            assert exchange.body == b"{}"
+            assert trio.current_time() - started == pytest.approx(answer_after)
+        else:
+            assert exchange.json()["error"]["type"] == "response_timeout"
+            assert trio.current_time() - started == pytest.approx(600, abs=0.01)
+        # The same engine's streams are still held to the inactivity timeout.
+        stalled = await harness.request(
+            "POST", CHAT, chat(stream=True, mock={"stall_after": 1, "ttft_ms": 0})
+        )
+        assert "response_timeout" in stalled.events()[-2]
