@@ -1,13 +1,14 @@
-"""Every benchmark in one command, bounded (about 7 minutes on a 2-core box):
+"""Every benchmark in one command, bounded (about 9 minutes on a 2-core box):
 
     python benchmarks/run_all.py [--quick]
 
 Runs the mock engine alone (the ceiling: no HTTP), then http_floor.py (a bare app on the
 same hypercorn: the floor), gateway_throughput.py (one and two gateway processes),
-shutdown_drain.py and worker_path.py, one after the other (they share the two cores, so
-never together), shows each one's progress as it runs, prints their Markdown tables and
-writes benchmarks/results/*.json (then charts, when matplotlib is installed). `--quick`
-shortens every point for a smoke run.
+shutdown_drain.py, worker_path.py and proxy_path.py (direct, smg when installed, and the
+gateway in front of one upstream; about 2 minutes), one after the other (they share the two
+cores, so never together), shows each one's progress as it runs, prints their Markdown
+tables and writes benchmarks/results/*.json (then charts, when matplotlib is installed).
+`--quick` shortens every point for a smoke run.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def main() -> None:
         "3" if args.quick else "8",
         "--disconnects",
         "50" if args.quick else "200",
+    )
+    run(
+        "proxy_path.py",
+        *("--seconds", "2" if args.quick else "4", "--warmup", "1" if args.quick else "2"),
+        *("--latency-seconds", "1" if args.quick else "3", "--rounds", "2" if args.quick else "3"),
     )
     if importlib.util.find_spec("matplotlib") is not None:
         run("charts.py")
