@@ -7,6 +7,8 @@ import trio
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Chunk, GenerationRequest
 
+pytest_plugins = ["tests.llamacpp_server"]
+
 
 class RecordingEngine:
     """Wraps an engine and records how each `generate` ended: the lifecycle tests' witness."""
