@@ -1,4 +1,8 @@
-"""The continuous-batching scheduler as a pure state machine: explicit `now`, fake readers."""
+"""The continuous-batching scheduler as a pure state machine: explicit `now`, fake readers.
+
+What a step says is the answer's business (tests/test_mock_answer.py); here a `Script` of
+one-token steps stands in for it, so these tests are about time, limits and backpressure.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,48 @@ from typing import Any
 
 import pytest
 
-from trio_gateway.engines.batch_scheduler import (
-    NEVER,
-    WORDS,
-    BatchScheduler,
-    Sequence,
-    prompt_token_count,
-)
+from trio_gateway.engines.batch_scheduler import NEVER, BatchScheduler, Sequence
 from trio_gateway.generation import Chunk
 from trio_gateway.openai.errors import APIError
+
+
+def word(index: int) -> str:
+    return f"t{index} "
+
+
+def expected_text(count: int) -> str:
+    return "".join(word(i) for i in range(count))
+
+
+class Script:
+    """A fake answer: `target_tokens` one-token steps (one empty step when 0), the last with
+    `finish_reason` and `prompt_tokens`. It moves on only when committed, as `MockAnswer`."""
+
+    def __init__(self, target_tokens: int, finish_reason: str, prompt_tokens: int) -> None:
+        self.target_tokens = target_tokens
+        self.finish_reason = finish_reason
+        self.prompt_tokens = prompt_tokens
+        self.taken = 0
+        self.renders = 0
+        self.commits = 0
+        self._offered: Chunk | None = None
+
+    def render(self) -> Chunk:
+        self.renders += 1
+        if self.target_tokens == 0:
+            chunk = Chunk("", 0, self.finish_reason, self.prompt_tokens)
+        elif self.taken + 1 >= self.target_tokens:
+            chunk = Chunk(word(self.taken), 1, self.finish_reason, self.prompt_tokens)
+        else:
+            chunk = Chunk(word(self.taken), 1)
+        self._offered = chunk
+        return chunk
+
+    def commit(self, chunk: Chunk) -> None:
+        assert chunk is self._offered  # only what was offered last, and only once
+        self._offered = None
+        self.commits += 1
+        self.taken += 1
 
 
 class Reader:
@@ -82,21 +119,17 @@ def sequence(
 ) -> tuple[Sequence, Reader]:
     reader = Reader(clock)
     seq = Sequence(
+        answer=Script(target_tokens, finish_reason, prompt_tokens),
         emit=reader.emit,
         on_done=reader.on_done,
-        target_tokens=target_tokens,
-        finish_reason=finish_reason,
-        prompt_tokens=prompt_tokens,
         **kwargs,
     )
     return seq, reader
 
 
-def expected_text(seed: int, count: int) -> str:
-    return "".join(
-        (w if i == 0 else " " + w)
-        for i, w in ((i, WORDS[(seed + i * 7) % len(WORDS)]) for i in range(count))
-    )
+def script(seq: Sequence) -> Script:
+    assert isinstance(seq.answer, Script)
+    return seq.answer
 
 
 # --- basics ---------------------------------------------------------------------------------
@@ -116,13 +149,6 @@ def test_idle_scheduler_never_wakes() -> None:
     assert not scheduler.waiting
 
 
-@pytest.mark.parametrize(
-    ("prompt", "count"), [("", 1), ("a", 1), ("abcd", 1), ("abcde", 2), ("x" * 400, 100)]
-)
-def test_prompt_token_count(prompt: str, count: int) -> None:
-    assert prompt_token_count(prompt) == count
-
-
 def test_first_token_at_now_plus_ttft() -> None:
     scheduler, clock = make(step_s=1.0)
     seq, reader = sequence(clock, ttft=2.5)
@@ -132,9 +158,10 @@ def test_first_token_at_now_plus_ttft() -> None:
     assert scheduler.next_wakeup() == 12.5
     clock.step(12.4)
     assert reader.chunks == []
+    assert script(seq).renders == 0  # nothing is rendered before it is due
     clock.step(12.5)
     assert reader.times == [12.5]
-    assert reader.chunks == [Chunk(WORDS[0], 1, None, None)]
+    assert reader.chunks == [Chunk(word(0), 1, None, None)]
     assert seq.generated == 1
     assert seq.next_due == 13.5
 
@@ -183,125 +210,25 @@ def test_finished_sequence_is_removed_in_the_step_it_ends() -> None:
     seq, reader = sequence(clock, target_tokens=1)
     scheduler.submit(seq, 0.0)
     clock.step(0.0)
-    assert reader.chunks == [Chunk(WORDS[0], 1, "length", 7)]
+    assert reader.chunks == [Chunk(word(0), 1, "length", 7)]
     assert scheduler.running == []
     clock.step(50.0)
     assert len(reader.chunks) == 1
     assert reader.done_calls == 1
+    assert script(seq).renders == 1
 
 
-def test_target_zero_emits_one_empty_final_chunk() -> None:
+def test_an_empty_final_step_ends_the_sequence() -> None:
     scheduler, clock = make()
     seq, reader = sequence(clock, target_tokens=0, finish_reason="stop", prompt_tokens=3, ttft=1)
     scheduler.submit(seq, 0.0)
     clock.run_until(100.0)
     assert reader.chunks == [Chunk("", 0, "stop", 3)]
     assert reader.times == [1.0]
-    assert seq.generated == 0
+    assert seq.generated == 1  # steps, not tokens
     assert seq.finished is True
     assert reader.done_calls == 1
     assert scheduler.running == []
-
-
-def test_text_is_deterministic_for_a_seed() -> None:
-    texts = []
-    for _ in range(2):
-        scheduler, clock = make()
-        seq, reader = sequence(clock, target_tokens=12, seed=12345)
-        scheduler.submit(seq, 0.0)
-        clock.run_until(100.0)
-        texts.append(reader.text)
-    assert texts[0] == texts[1] == expected_text(12345, 12)
-    assert not texts[0].startswith(" ")
-    assert len(texts[0].split(" ")) == 12
-
-
-def test_different_seeds_give_different_text() -> None:
-    seq_a, _ = sequence(Clock(BatchScheduler(1, 1)), seed=0)
-    seq_b, _ = sequence(Clock(BatchScheduler(1, 1)), seed=1)
-    a = [seq_a.token_text(i) for i in range(5)]
-    b = [seq_b.token_text(i) for i in range(5)]
-    assert a != b
-    assert a[0] == "The"
-    assert a[1] == " " + WORDS[7]
-    assert b[0] == WORDS[1]
-
-
-# --- stop strings ---------------------------------------------------------------------------
-
-# With seed 0 the text is "The lazy tokens may scope cleanly ...".
-
-
-def test_stop_string_inside_a_token_cuts_the_text() -> None:
-    assert expected_text(0, 3) == "The lazy tokens"
-    scheduler, clock = make()
-    seq, reader = sequence(clock, target_tokens=10, stop=("tok",), prompt_tokens=4)
-    scheduler.submit(seq, 0.0)
-    clock.run_until(100.0)
-    assert [c.text for c in reader.chunks] == ["The", " lazy", " "]
-    assert reader.chunks[-1] == Chunk(" ", 1, "stop", 4)
-    assert reader.text == "The lazy "
-    assert seq.finished is True
-    assert reader.done_calls == 1
-
-
-def test_stop_string_on_a_token_boundary_gives_an_empty_last_chunk() -> None:
-    scheduler, clock = make()
-    seq, reader = sequence(clock, target_tokens=10, stop=(" tokens",))
-    scheduler.submit(seq, 0.0)
-    clock.run_until(100.0)
-    assert [c.text for c in reader.chunks] == ["The", " lazy", ""]
-    assert reader.chunks[-1].finish_reason == "stop"
-
-
-def test_earliest_stop_string_wins() -> None:
-    scheduler, clock = make()
-    seq, reader = sequence(clock, target_tokens=10, stop=("may", "lazy"))
-    scheduler.submit(seq, 0.0)
-    clock.run_until(100.0)
-    assert reader.text == "The "
-    assert reader.chunks[-1].finish_reason == "stop"
-
-
-def test_stop_string_spanning_tokens_stops_without_emitting_it() -> None:
-    scheduler, clock = make()
-    seq, reader = sequence(clock, target_tokens=10, stop=("The lazy",))
-    scheduler.submit(seq, 0.0)
-    clock.run_until(100.0)
-    assert len(reader.chunks) == 2
-    assert reader.chunks[-1] == Chunk("", 1, "stop", 7)
-    assert "The lazy" not in reader.text
-
-
-def test_stop_beats_length_on_the_last_token() -> None:
-    scheduler, clock = make()
-    seq, reader = sequence(clock, target_tokens=2, stop=("azy",))
-    scheduler.submit(seq, 0.0)
-    clock.run_until(100.0)
-    assert [(c.text, c.finish_reason) for c in reader.chunks] == [("The", None), (" l", "stop")]
-
-
-def test_stop_string_that_never_appears_finishes_by_length() -> None:
-    scheduler, clock = make()
-    seq, reader = sequence(clock, target_tokens=6, stop=("zebra",))
-    scheduler.submit(seq, 0.0)
-    clock.run_until(100.0)
-    assert reader.text == expected_text(0, 6)
-    assert reader.chunks[-1].finish_reason == "length"
-
-
-def test_stop_strings_see_only_emitted_text_after_backpressure() -> None:
-    scheduler, clock = make()
-    # "lazy lazy" never occurs in the output ("The lazy tokens may ..."), so it must not stop.
-    seq, reader = sequence(clock, target_tokens=4, stop=("lazy lazy",))
-    scheduler.submit(seq, 0.0)
-    clock.step(0.0)
-    reader.full = True
-    clock.step(1.0)  # " lazy" is refused
-    reader.full = False
-    clock.run_until(100.0)
-    assert reader.text == expected_text(0, 4)
-    assert reader.chunks[-1].finish_reason == "length"
 
 
 # --- batching on one grid -------------------------------------------------------------------
@@ -463,7 +390,7 @@ def test_late_step_emits_every_due_token_as_separate_chunks() -> None:
     clock.step(4.75)  # tokens were due at 0.5, 1.5, 2.5, 3.5, 4.5
     assert len(reader.chunks) == 5
     assert all(c.tokens == 1 for c in reader.chunks)
-    assert reader.text == expected_text(0, 5)
+    assert reader.text == expected_text(5)
     assert seq.generated == 5
     assert seq.next_due == 5.5  # the engine's clock, not the caller's
     clock.step(5.4)
@@ -609,11 +536,13 @@ def test_full_reader_pauses_its_sequence_without_banking_steps() -> None:
     reader.full = False
     clock.step(5.0)
     # One token, the one that was refused: no burst of the four missed steps.
-    assert [c.text for c in reader.chunks] == [WORDS[0], " " + WORDS[7]]
+    assert [c.text for c in reader.chunks] == [word(0), word(1)]
+    assert script(seq).renders == 6  # the refused step was offered five times ...
+    assert script(seq).commits == 2  # ... and committed once
     assert seq.generated == 2
     assert seq.next_due == 6.0
     clock.run_until(100.0)
-    assert reader.text == expected_text(0, 10)
+    assert reader.text == expected_text(10)
     assert reader.times == [0.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0]
 
 

@@ -1,18 +1,21 @@
-"""The mock engine under MockClock: timing, limits, cancellation, failures, backpressure."""
+"""The mock engine under MockClock: timing, limits, cancellation, failures, backpressure, and
+the answer's shapes as the engine delivers them (the shapes themselves: test_mock_answer.py)."""
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import orjson
 import pytest
 import trio
 import trio.testing
 
-from trio_gateway.engines.batch_scheduler import WORDS, prompt_token_count
 from trio_gateway.engines.mock import MockEngine
-from trio_gateway.generation import Chunk, GenerationRequest, MockOptions
+from trio_gateway.engines.mock_answer import WORDS, prompt_token_count
+from trio_gateway.generation import Chunk, Endpoint, GenerationRequest, MockOptions
 from trio_gateway.openai.errors import APIError
 
 PROMPT = "hello there"
@@ -24,17 +27,34 @@ def request(
     max_tokens: int | None = None,
     stop: tuple[str, ...] = (),
     mock: MockOptions | None = None,
+    n: int = 1,
+    stream: bool = True,
+    endpoint: Endpoint = "chat",
+    body: dict[str, Any] | None = None,
+    session_id: str | None = None,
 ) -> GenerationRequest:
     return GenerationRequest(
         request_id="req-1",
-        endpoint="chat",
+        endpoint=endpoint,
         model="mock",
         prompt=prompt,
-        stream=True,
+        stream=stream,
         max_tokens=max_tokens,
+        n=n,
         stop=stop,
         mock=mock,
+        session_id=session_id,
+        body=body or {},
     )
+
+
+def events(chunks: list[Chunk]) -> list[dict[str, Any]]:
+    """The SSE events of a stream's payloads, decoded."""
+    payload = b"".join(chunk.payload for chunk in chunks)
+    assert payload.endswith(b"\n\n")
+    blocks = payload[:-2].split(b"\n\n")
+    assert all(block.startswith(b"data: ") for block in blocks)
+    return [orjson.loads(block[6:]) for block in blocks]
 
 
 def words(prompt: str, count: int) -> str:
@@ -156,8 +176,14 @@ async def test_zero_tokens_is_one_empty_final_chunk(
     engine = MockEngine(ttft_ms=40)
     async with running(engine):
         collector = await generate(engine, request(mock=MockOptions(tokens=0)))
-    assert collector.chunks == [Chunk("", 0, "stop", prompt_token_count(PROMPT))]
+    [chunk] = collector.chunks
+    assert (chunk.text, chunk.tokens, chunk.finish_reason) == ("", 0, "stop")
+    assert chunk.prompt_tokens == prompt_token_count(PROMPT)
     assert collector.times == pytest.approx([0.040])
+    role, final = events(collector.chunks)
+    assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert final["choices"][0]["delta"] == {}
+    assert final["choices"][0]["finish_reason"] == "stop"
 
 
 async def test_mock_timing_overrides(autojump_clock: trio.testing.MockClock) -> None:
@@ -402,3 +428,194 @@ async def test_max_tokens_equal_to_the_answer_finishes_with_length(
         collector = await generate(engine, request(max_tokens=4, mock=MockOptions(tokens=4)))
     assert len(collector.chunks) == 4
     assert collector.chunks[-1].finish_reason == "length"
+
+
+# --- the answer's shapes, as the engine delivers them ---------------------------------------
+
+TOOLS = [{"type": "function", "function": {"name": "search", "parameters": {}}}]
+
+
+def choice_words(prompt: str, index: int, count: int) -> str:
+    return words_from(zlib.crc32(prompt.encode()) + index, count)
+
+
+def words_from(seed: int, count: int) -> str:
+    return "".join(
+        ("" if i == 0 else " ") + WORDS[(seed + i * 7) % len(WORDS)] for i in range(count)
+    )
+
+
+async def test_stream_payloads_carry_the_text(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine()
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=5))
+    decoded = events(collector.chunks)
+    assert decoded[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert len(decoded) == 1 + 5  # the role, then one event a token, the last one finishing
+    assert "".join(e["choices"][0]["delta"]["content"] for e in decoded[1:]) == collector.text
+    assert decoded[-1]["choices"][0]["finish_reason"] == "length"
+    assert [e["object"] for e in decoded] == ["chat.completion.chunk"] * 6
+
+
+async def test_n_choices_advance_in_lockstep(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine(ttft_ms=250, itl_ms=500)
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=4, n=3))
+    assert collector.times == pytest.approx([0.25, 0.75, 1.25, 1.75])  # one step, n tokens
+    assert [c.tokens for c in collector.chunks] == [3, 3, 3, 3]
+    assert collector.text == words(PROMPT, 4)  # `text` is the first choice's
+    decoded = events(collector.chunks)
+    assert [e["choices"][0]["index"] for e in decoded] == [0, 1, 2] * 5
+    for index in range(3):
+        deltas = [e["choices"][0]["delta"] for e in decoded if e["choices"][0]["index"] == index]
+        assert "".join(d["content"] for d in deltas) == choice_words(PROMPT, index, 4)
+    assert len({choice_words(PROMPT, index, 4) for index in range(3)}) == 3
+    assert [c.finish_reason for c in collector.chunks] == [None, None, None, "length"]
+
+
+async def test_a_choice_that_stops_early_stops_producing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A stop string in the second choice's third token that the first choice never says.
+    second = choice_words(PROMPT, 1, 3).split(" ")[2]
+    assert second not in words(PROMPT, 6)
+    engine = MockEngine()
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=6, n=2, stop=(second,)))
+    assert [c.tokens for c in collector.chunks] == [2, 2, 2, 1, 1, 1]
+    assert collector.chunks[-1].finish_reason == "length"  # the first choice's
+    finals = [e["choices"][0] for e in events(collector.chunks) if e["choices"][0]["finish_reason"]]
+    assert [(c["index"], c["finish_reason"], c["stop_reason"]) for c in finals] == [
+        (1, "stop", second),
+        (0, "length", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("req", "param"),
+    [
+        (request(n=129), "n"),
+        (request(mock=MockOptions(tool_calls=1)), "mock.tool_calls"),
+        (request(body={"top_logprobs": 2}), "top_logprobs"),
+    ],
+)
+async def test_an_answer_the_mock_cannot_give_is_a_400_before_anything_runs(
+    autojump_clock: trio.testing.MockClock, req: GenerationRequest, param: str
+) -> None:
+    engine = MockEngine()
+    collector = Collector()
+    async with running(engine):
+        with pytest.raises(APIError) as caught:
+            await engine.generate(req, collector.send)
+        assert engine.active == 0
+    assert (caught.value.status, caught.value.type, caught.value.param) == (
+        400,
+        "invalid_request_error",
+        param,
+    )
+    with pytest.raises(trio.WouldBlock):
+        collector.receive.receive_nowait()
+
+
+async def test_reasoning_content_and_tool_calls_take_one_step_a_token(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine(ttft_ms=0, itl_ms=100)
+    mock = MockOptions(tokens=2, reasoning_tokens=3, tool_calls=1)
+    async with running(engine):
+        collector = await generate(engine, request(mock=mock, body={"tools": TOOLS}))
+    steps = len(collector.chunks)
+    assert steps >= 3 + 2 + 1 + 3  # reasoning, content, the call's header, 3+ fragments
+    assert collector.times == pytest.approx([0.1 * i for i in range(steps)])
+    assert all(c.tokens == 1 for c in collector.chunks)
+    assert [bool(c.text) for c in collector.chunks[:6]] == [False] * 3 + [True] * 2 + [False]
+    assert collector.text == words(PROMPT, 2)
+    assert collector.chunks[-1].finish_reason == "tool_calls"
+    deltas = [e["choices"][0]["delta"] for e in events(collector.chunks)[1:]]
+    assert [next(iter(d)) for d in deltas] == (
+        ["reasoning_content"] * 3 + ["content"] * 2 + ["tool_calls"] * (steps - 5)
+    )
+    assert deltas[5]["tool_calls"][0]["function"]["name"] == "search"
+    arguments = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas[5:])
+    assert set(orjson.loads(arguments)) == {"query"}
+
+
+async def test_unary_answer_is_the_last_chunk_s_payload(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine()
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=3, n=2, stream=False))
+    assert [c.payload for c in collector.chunks[:-1]] == [b"", b""]
+    body = orjson.loads(collector.chunks[-1].payload)
+    assert body["object"] == "chat.completion"
+    assert [c["message"]["content"] for c in body["choices"]] == [
+        choice_words(PROMPT, 0, 3),
+        choice_words(PROMPT, 1, 3),
+    ]
+    assert body["usage"]["completion_tokens"] == sum(c.tokens for c in collector.chunks) == 6
+    assert body["usage"]["prompt_tokens"] == prompt_token_count(PROMPT)
+
+
+async def test_completions_stream_text_events(autojump_clock: trio.testing.MockClock) -> None:
+    engine = MockEngine()
+    async with running(engine):
+        collector = await generate(engine, request(max_tokens=3, endpoint="completion"))
+    decoded = events(collector.chunks)
+    assert len(decoded) == 3  # no role event
+    assert [e["object"] for e in decoded] == ["text_completion"] * 3
+    assert "".join(e["choices"][0]["text"] for e in decoded) == words(PROMPT, 3)
+
+
+async def test_a_session_continues_the_first_choice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine()
+    async with running(engine):
+        await engine.open_session("s1", 60)
+        collector = await generate(engine, request(max_tokens=3, n=2, session_id="s1"))
+    assert engine.sessions["s1"] == PROMPT + collector.text
+    assert collector.text == words(PROMPT, 3)
+
+
+async def test_a_full_channel_pauses_every_choice_and_loses_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine(ttft_ms=0, itl_ms=100)
+    send, receive = trio.open_memory_channel[Chunk](1)
+    chunks: list[Chunk] = []
+
+    async def slow_reader() -> None:
+        async for chunk in receive:
+            chunks.append(chunk)
+            if chunk.finish_reason is not None:
+                return
+            await trio.sleep(0.35)  # three steps refused, then one taken
+
+    async with running(engine), trio.open_nursery() as nursery:
+        nursery.start_soon(slow_reader)
+        await engine.generate(request(n=2, mock=MockOptions(tokens=6)), send)
+    assert [c.tokens for c in chunks] == [2] * 6
+    decoded = events(chunks)
+    assert sum(1 for e in decoded if "role" in e["choices"][0]["delta"]) == 2  # sent once
+    for index in range(2):
+        text = "".join(
+            e["choices"][0]["delta"]["content"]
+            for e in decoded[2:]
+            if e["choices"][0]["index"] == index
+        )
+        assert text == choice_words(PROMPT, index, 6)
+
+
+async def test_error_after_counts_steps_of_every_choice(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine()
+    collector = Collector()
+    async with running(engine):
+        with pytest.raises(APIError, match="after 2 tokens"):
+            await engine.generate(request(n=3, mock=MockOptions(error_after=2)), collector.send)
+    chunks = [collector.receive.receive_nowait() for _ in range(2)]
+    assert [c.tokens for c in chunks] == [3, 3]
+    with pytest.raises(trio.WouldBlock):
+        collector.receive.receive_nowait()

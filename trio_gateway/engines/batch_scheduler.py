@@ -1,16 +1,19 @@
 """A continuous-batching scheduler for the mock engine, as a pure state machine.
 
 Like vLLM's and Dynamo's mocker: at most `max_num_seqs` sequences run, the rest wait; every
-engine step (one `step_s`) each running sequence emits its next token. Sequences that use
-the engine's own step time sit on one grid, so one wake-up serves the whole batch. A
-sequence with its own `itl` (fault injection) keeps its own clock.
+engine step (one `step_s`) each running sequence emits its next step (one token of each of
+its choices). Sequences that use the engine's own step time sit on one grid, so one wake-up
+serves the whole batch. A sequence with its own `itl` (fault injection) keeps its own clock.
 
 The engine runs on its own clock: when the caller is late, `step` performs every step that
 was due (catch-up), as a GPU would have while the event loop was busy. That is what lets the
 gateway coalesce several tokens into one write under load (DESIGN §6).
 
+What a step says is the sequence's `answer`'s business (`MockAnswer`): the scheduler asks it
+to `render` the next step, offers that to `emit`, and `commit`s it only once taken.
 Backpressure: `emit` returns False when the reader's buffer is full; that sequence pauses
-until a later step, so a slow reader slows its own sequence and nothing else.
+until a later step, which offers the same step again, so a slow reader slows its own
+sequence and nothing else.
 """
 
 from __future__ import annotations
@@ -18,50 +21,42 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 from trio_gateway.generation import Chunk
 from trio_gateway.openai.errors import APIError, internal_error
 
-_VOCABULARY = (
-    "The quick brown fox jumps over the lazy dog while a patient engine streams tokens "
-    "through bounded channels to readers that may be slow or gone and every scope that "
-    "starts work also ends it cleanly so nothing is left running after its request"
-)
-WORDS = tuple(_VOCABULARY.split())
-
 NEVER = math.inf
 
 
-def prompt_token_count(prompt: str) -> int:
-    """OpenAI's rule of thumb (four characters a token): deterministic, tokenizer-free."""
-    return max(1, (len(prompt) + 3) // 4)
+class Answer(Protocol):
+    """A sequence's output, one step at a time (`MockAnswer`)."""
+
+    def render(self) -> Chunk:
+        """The next step; calling it again before `commit` gives the same step."""
+        ...
+
+    def commit(self, chunk: Chunk) -> None:
+        """The reader took the step `render` gave: move on."""
+        ...
 
 
 @dataclass(eq=False, slots=True)
 class Sequence:
-    """One generation inside the scheduler."""
+    """One generation inside the scheduler: its timing and faults; `answer` says the rest."""
 
-    emit: Callable[[Chunk], bool]
+    answer: Answer
+    emit: Callable[[Chunk], bool]  # False: the reader is full, offer the step again later
     on_done: Callable[[], None]
-    target_tokens: int
-    finish_reason: str
-    prompt_tokens: int
-    seed: int = 0
     ttft: float = 0.0
     itl: float | None = None  # None: the engine's step
-    stop: tuple[str, ...] = ()
-    error_after: int | None = None
-    stall_after: int | None = None
-    generated: int = 0
+    error_after: int | None = None  # steps
+    stall_after: int | None = None  # steps
+    generated: int = 0  # steps the reader took
     next_due: float = NEVER
     error: APIError | None = None
     finished: bool = False
-    _text: str = field(default="", repr=False)  # kept only when there are stop strings
-
-    def token_text(self, index: int) -> str:
-        word = WORDS[(self.seed + index * 7) % len(WORDS)]
-        return word if index == 0 else " " + word
 
 
 class BatchScheduler:
@@ -163,29 +158,12 @@ class BatchScheduler:
             seq.next_due += produced * period
 
     def _emit_next(self, seq: Sequence) -> bool:
-        if seq.target_tokens == 0:
-            return self._deliver(seq, Chunk("", 0, seq.finish_reason, seq.prompt_tokens))
-        text = seq.token_text(seq.generated)
-        finish: str | None = None
-        if seq.stop:
-            candidate = seq._text + text
-            cut = min((i for i in (candidate.find(s) for s in seq.stop) if i >= 0), default=-1)
-            if cut >= 0:
-                text = candidate[len(seq._text) : cut] if cut > len(seq._text) else ""
-                finish = "stop"
-        if finish is None and seq.generated + 1 >= seq.target_tokens:
-            finish = seq.finish_reason
-        chunk = Chunk(text, 1, finish, seq.prompt_tokens if finish else None)
-        if not self._deliver(seq, chunk):
-            return False
-        if seq.stop:
-            seq._text += text  # only what the reader took
-        return True
-
-    def _deliver(self, seq: Sequence, chunk: Chunk) -> bool:
+        answer = seq.answer
+        chunk = answer.render()
         if not seq.emit(chunk):
             return False
-        seq.generated += chunk.tokens
+        answer.commit(chunk)
+        seq.generated += 1
         if chunk.finish_reason is not None:
             seq.finished = True
             seq.on_done()

@@ -8,16 +8,11 @@ removes the sequence from the batch at once.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
 import trio
 
 from trio_gateway.config import GatewayConfig, WorkerConfig
-from trio_gateway.engines.batch_scheduler import (
-    BatchScheduler,
-    Sequence,
-    prompt_token_count,
-)
+from trio_gateway.engines.batch_scheduler import BatchScheduler, Sequence
 from trio_gateway.engines.mock_answer import MockAnswer
 from trio_gateway.generation import Chunk, GenerationRequest
 
@@ -116,45 +111,33 @@ class MockEngine:
         self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk], done: trio.Event
     ) -> Sequence:
         mock = request.mock
-        target = self.default_tokens
-        if mock is not None and mock.tokens is not None:
-            target = mock.tokens
-        finish_reason = "stop"
-        if request.max_tokens is not None and request.max_tokens <= target:
-            target, finish_reason = request.max_tokens, "length"
+        answer = MockAnswer(request, self.default_tokens)  # 400 here, before anything runs
         ttft = self.ttft if mock is None or mock.ttft_ms is None else mock.ttft_ms / 1000
         itl = None if mock is None or mock.itl_ms is None else mock.itl_ms / 1000
         if itl is not None and abs(itl - self.scheduler.step_s) < 1e-9:
             itl = None  # the engine's own step: ride the batch rather than a clock of its own
 
-        answer = MockAnswer(request)
-
         def emit(chunk: Chunk) -> bool:
-            chunk.payload = answer.render(chunk)
             try:
                 send.send_nowait(chunk)
             except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 return False
-            answer.commit(chunk)
             return True
 
         return Sequence(
+            answer=answer,
             emit=emit,
             on_done=done.set,
-            target_tokens=target,
-            finish_reason=finish_reason,
-            prompt_tokens=prompt_token_count(request.prompt),
-            seed=zlib.crc32(request.prompt.encode()),
             ttft=ttft,
             itl=itl,
-            stop=request.stop,
             error_after=None if mock is None else mock.error_after,
             stall_after=None if mock is None else mock.stall_after,
         )
 
 
 class _Tee:
-    """The one call the scheduler makes on a channel, recording the text that got through."""
+    """The one call the engine makes on a channel, recording the text that got through (the
+    first choice's content: what the session continues from)."""
 
     def __init__(self, send: trio.MemorySendChannel[Chunk], texts: list[str]) -> None:
         self._send = send

@@ -14,10 +14,16 @@ name, then argument fragments, one token each). `max_tokens` caps the whole (fin
 token deterministic log-probabilities. The unary body is what merging the stream's deltas
 gives, usage included.
 
+Shapes are vLLM's (`ChatCompletionStreamResponse` dumped with exclude_unset): each event has
+one choice with its `index`; a role event per choice opens a chat stream; the last token's
+event carries `finish_reason` and `stop_reason` (the stop string, or null); the usage event
+is `choices: []` with `usage` (`prompt_tokens_details.cached_tokens`, and
+`completion_tokens_details.reasoning_tokens` when reasoning was asked for).
+
 `render` is pure with respect to what was already sent, and `commit` records a step once
 the reader took it: a step the reader's full buffer refused is rendered again later.
-The plain path (one choice, content only, no logprobs, no stop strings) is one
-`orjson.dumps` of the token between two byte strings built once per request.
+The plain path (one choice, content only, no logprobs) is one `orjson.dumps` of the token
+between two byte strings built once per request.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import orjson
 
 from trio_gateway.generation import Chunk, GenerationRequest
 from trio_gateway.openai import responses
-from trio_gateway.openai.errors import APIError, invalid_request
+from trio_gateway.openai.errors import invalid_request
 
 _VOCABULARY = (
     "The quick brown fox jumps over the lazy dog while a patient engine streams tokens "
@@ -40,6 +46,7 @@ _VOCABULARY = (
     "starts work also ends it cleanly so nothing is left running after its request"
 )
 WORDS = tuple(_VOCABULARY.split())
+_WORD_COUNT = len(WORDS)
 _DISTINCT = tuple(dict.fromkeys(WORDS))  # the alternatives of top logprobs: no repeats
 
 MAX_N = 128
@@ -57,12 +64,12 @@ def prompt_token_count(prompt: str) -> int:
 
 def token_text(seed: int, index: int) -> str:
     """The content token `index` of the choice seeded `seed` (choice i: the prompt's seed + i)."""
-    word = WORDS[(seed + index * 7) % len(WORDS)]
+    word = WORDS[(seed + index * 7) % _WORD_COUNT]
     return word if index == 0 else " " + word
 
 
 def reasoning_text(seed: int, index: int) -> str:
-    word = WORDS[(seed + 3 + index * 5) % len(WORDS)]
+    word = WORDS[(seed + 3 + index * 5) % _WORD_COUNT]
     return word if index == 0 else " " + word
 
 
@@ -99,7 +106,7 @@ class _Choice:
     finished: bool = False
     final_reason: str | None = None
     stop_reason: str | None = None
-    text: str = ""  # the content so far, kept only when there are stop strings
+    tail: str = ""  # the content's last characters, as many as a stop string can reach back
     chars: int = 0  # the content's length so far (completions' text_offset)
     # What a unary body is merged from (kept only for unary requests).
     content: list[str] = field(default_factory=list)
@@ -124,8 +131,25 @@ class MockAnswer:
         self.chat = request.endpoint == "chat"
         self.stream = request.stream
         self.created = int(time.time()) if created is None else created
-        self.response_id = responses.response_id(request.endpoint, request.request_id)
+        # Like vLLM, the response id is the X-Request-Id when there is one: a relay that
+        # passes it on gets the same answer as a direct call.
+        self._id = request.trace_id or request.request_id
+        self.response_id = responses.response_id(request.endpoint, self._id)
         self.prompt_tokens = prompt_token_count(request.prompt)
+        if request.n > MAX_N:
+            raise invalid_request(
+                f"Invalid 'n': integer above maximum value. Expected a value <= {MAX_N}, "
+                f"but got {request.n} instead.",
+                "n",
+                "integer_above_max_value",
+            )
+        if request.n < 1:
+            raise invalid_request(
+                f"Invalid 'n': integer below minimum value. Expected a value >= 1, "
+                f"but got {request.n} instead.",
+                "n",
+                "integer_below_min_value",
+            )
         mock = request.mock
         self._top = _logprobs_option(request)
         self._reasoning = (mock.reasoning_tokens if mock else None) or 0
@@ -137,15 +161,10 @@ class MockAnswer:
                 "mock.reasoning_tokens",
                 "invalid_value",
             )
-        if request.n > MAX_N:
-            raise invalid_request(
-                f"Invalid 'n': integer above maximum value. Expected a value <= {MAX_N}, "
-                f"but got {request.n} instead.",
-                "n",
-                "integer_above_max_value",
-            )
         self._content = default_tokens if mock is None or mock.tokens is None else mock.tokens
         self._stop = request.stop
+        # A stop string that ends in a new token starts at most this far back in the text.
+        self._keep = max((len(stop) for stop in self._stop), default=1) - 1
         self._base = (
             b"data: "
             + orjson.dumps(
@@ -158,18 +177,14 @@ class MockAnswer:
             )[:-1]  # drop the closing brace: the choices follow
         )
         seed = zlib.crc32(request.prompt.encode())
-        self._choices = [
-            self._plan(index, seed + index, tools[:call_count] and _cycle(tools, call_count))
-            for index in range(request.n)
-        ]
+        calls = tuple(tools[number % len(tools)] for number in range(call_count)) if tools else ()
+        self._choices = [self._plan(index, seed + index, calls) for index in range(request.n)]
         self._first = self._choices[0]
         self._roles = b"".join(c.head + _ROLE for c in self._choices) if self.chat else b""
         head = self._first.head
         self._content_prefix = head + (b'"delta":{"content":' if self.chat else b'"text":')
         self._content_suffix = (b"}" if self.chat else b"") + b',"logprobs":null' + _OPEN
-        self._fast = (
-            request.n == 1 and not self._reasoning and not tools and self._top is None
-        ) and not self._stop
+        self._fast = request.n == 1 and not self._reasoning and not tools and self._top is None
         self._started = False
         self._completion_tokens = 0
         self._reasoning_done = 0
@@ -181,11 +196,14 @@ class MockAnswer:
         calls = []
         tool_plan: list[tuple[int, int]] = []
         for number, name in enumerate(tools):
-            call_id = "call_" + hashlib.blake2b(
-                f"{self.request.request_id}:{index}:{number}".encode(), digest_size=12
-            ).hexdigest()
+            call_id = (
+                "call_"
+                + hashlib.blake2b(
+                    f"{self._id}:{index}:{number}".encode(), digest_size=12
+                ).hexdigest()
+            )
             count = 3 + (seed + number) % 4  # 3 to 6 fragments
-            words = [WORDS[(seed + number * 11 + w * 3) % len(WORDS)] for w in range(count - 2)]
+            words = [WORDS[(seed + number * 11 + w * 3) % _WORD_COUNT] for w in range(count - 2)]
             fragments = ('{"query": "', words[0], *(" " + w for w in words[1:]), '"}')
             head = orjson.dumps(
                 {
@@ -219,14 +237,14 @@ class MockAnswer:
             text = token_text(c.seed, position)
             stop_reason = None
             if self._stop:
-                candidate = c.text + text
+                candidate = c.tail + text
                 cut = -1
                 for stop in self._stop:
                     found = candidate.find(stop)
                     if found >= 0 and (cut < 0 or found < cut):
                         cut, stop_reason = found, stop
                 if cut >= 0:
-                    text = candidate[len(c.text) : cut] if cut > len(c.text) else ""
+                    text = candidate[len(c.tail) : cut] if cut > len(c.tail) else ""
                     finish = "stop"
             if not text:
                 return _Piece(_EMPTY, "", 0, finish, stop_reason, None, 1)
@@ -275,9 +293,14 @@ class MockAnswer:
         step = c.taken
         if self._fast and step + 1 < c.steps:  # the plain path: one content token
             self._pending = None
-            text = WORDS[(c.seed + step * 7) % len(WORDS)]
+            text = WORDS[(c.seed + step * 7) % _WORD_COUNT]
             if step:
                 text = " " + text
+            if self._stop:
+                candidate = c.tail + text
+                for stop in self._stop:
+                    if stop in candidate:
+                        return self._render_step()  # this token ends the answer
             if not self.stream:
                 return Chunk(text, 1, None, None, b"")
             payload = self._content_prefix + orjson.dumps(text) + self._content_suffix
@@ -292,6 +315,8 @@ class MockAnswer:
         if pending is None:
             c = self._first
             c.taken += 1
+            if self._stop:
+                c.tail = self._tail(c.tail + chunk.text)
             if not self.stream:
                 c.content.append(chunk.text)
             return
@@ -394,7 +419,7 @@ class MockAnswer:
         keep = not self.stream
         if kind == _CONTENT:
             if self._stop:
-                c.text += piece.text
+                c.tail = self._tail(c.tail + piece.text)
             c.chars += len(piece.text)
             if keep:
                 c.content.append(piece.text)
@@ -408,6 +433,9 @@ class MockAnswer:
             c.arguments.append([])
         elif kind == _TOOL_ARGS:
             c.arguments[piece.call].append(piece.text)
+
+    def _tail(self, text: str) -> str:
+        return text[-self._keep :] if self._keep else ""
 
     def _usage(self, completion_tokens: int, reasoning_tokens: int) -> dict[str, Any]:
         usage: dict[str, Any] = responses.usage(self.prompt_tokens, completion_tokens)
@@ -483,10 +511,6 @@ def _merged_completion(entries: list[Any]) -> dict[str, Any]:
     }
 
 
-def _cycle(tools: tuple[str, ...], count: int) -> tuple[str, ...]:
-    return tuple(tools[number % len(tools)] for number in range(count))
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -544,7 +568,7 @@ def _tool_names(request: GenerationRequest, count: int) -> tuple[str, ...]:
             "mock.tool_calls",
             "invalid_value",
         )
-    names = []
+    names: list[str] = []
     if isinstance(tools, list):
         for tool in tools:
             function = tool.get("function") if isinstance(tool, dict) else None
@@ -561,6 +585,3 @@ def _tool_names(request: GenerationRequest, count: int) -> tuple[str, ...]:
             "invalid_value",
         )
     return tuple(names)
-
-
-__all__ = ["WORDS", "APIError", "MockAnswer", "prompt_token_count", "token_text"]
