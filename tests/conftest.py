@@ -19,6 +19,8 @@ class RecordingEngine:
         self.models = inner.models
         self.capacity = inner.capacity
         self.available = inner.available
+        self.streams_unary = inner.streams_unary
+        self.context_lengths = inner.context_lengths
         self.endings: list[str] = []
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -20,8 +20,8 @@ import trio
 import trio.testing
 
 from tests.upstream_server import expected_text, running_upstream
-from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.engines.protocol import Engine
+from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
 from trio_gateway.openai.errors import APIError
 from trio_gateway.openai.schemas import parse_generation_request
@@ -165,6 +165,7 @@ async def test_forwards_key_and_request_id_and_the_body_as_it_came() -> None:
         "n": 2,
         "temperature": 0.5,
         "max_tokens": 2,
+        "mock": {"tokens": 7},  # for a trio-gateway upstream; others ignore it
     }
     assert sent.headers["accept"] == "application/json"
     assert upstream.model_probes[0].headers["authorization"] == "Bearer sk-upstream"

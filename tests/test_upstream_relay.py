@@ -159,19 +159,22 @@ def test_a_choice_finishing_among_null_finishes_is_seen() -> None:
         b'error: {"code": 500, "message": "llama.cpp failed", "type": "server_error"}\n\n',
     ],
 )
-def test_inband_errors_raise(error_event: bytes) -> None:
+def test_inband_errors_fail_the_stream_after_what_came_before(error_event: bytes) -> None:
     relay = StreamRelay("up", forward_usage=False)
-    relay.feed(event(delta(content="x")))
+    before = event(delta(content="x"))
+    chunk = relay.feed(before + error_event + event(delta(content="after")))
+    assert chunk is not None and chunk.payload == before  # in the same read, still relayed
     with pytest.raises(APIError) as caught:
-        relay.feed(error_event)
+        relay.check()
     assert caught.value.message
+    assert relay.feed(event(delta(content="later"))) is None
 
 
 def test_a_4xx_inband_error_stays_the_clients() -> None:
     relay = StreamRelay("up", forward_usage=False)
-    with pytest.raises(APIError) as caught:
-        relay.feed(event({"error": {"message": "too long", "code": 400}}))
-    assert (caught.value.status, caught.value.error_type) == (400, "validation")
+    assert relay.feed(event({"error": {"message": "too long", "code": 400}})) is None
+    assert relay.failure is not None
+    assert (relay.failure.status, relay.failure.error_type) == (400, "validation")
 
 
 def test_a_token_that_spells_error_is_not_an_error() -> None:
@@ -191,8 +194,9 @@ def test_end_without_finish_is_malformed() -> None:
 
 def test_non_json_event_is_malformed() -> None:
     relay = StreamRelay("up", forward_usage=False)
+    relay.feed(b'data: {"role": nope\n\n')
     with pytest.raises(APIError) as caught:
-        relay.feed(b'data: {"role": nope\n\n')
+        relay.check()
     assert "not JSON" in caught.value.message
 
 
@@ -201,6 +205,13 @@ def test_nothing_after_done_counts() -> None:
     chunk = relay.feed(event(delta(finish="stop")) + DONE + event(delta(content="late")))
     assert chunk is not None and b"late" not in chunk.payload
     assert relay.feed(event(delta(content="later"))) is None
+
+
+def test_an_over_long_event_fails_the_stream() -> None:
+    relay = StreamRelay("up", forward_usage=False)
+    relay.feed(b"data: " + b"x" * (9 * 1024 * 1024))
+    with pytest.raises(APIError):
+        relay.check()
 
 
 def test_decoder_bounds_an_event() -> None:
@@ -220,7 +231,11 @@ def test_unary_answer_is_relayed_whole() -> None:
             "id": "chatcmpl-up",
             "object": "chat.completion",
             "choices": [
-                {"index": 0, "message": {"content": "a", "tool_calls": []}, "finish_reason": "stop"},
+                {
+                    "index": 0,
+                    "message": {"content": "a", "tool_calls": []},
+                    "finish_reason": "stop",
+                },
                 {"index": 1, "message": {"content": "b"}, "finish_reason": "length"},
             ],
             "usage": {"prompt_tokens": 3, "completion_tokens": 9, "total_tokens": 12},

@@ -110,8 +110,7 @@ async def test_a_client_that_leaves_closes_the_upstream_request() -> None:
             exchange.disconnect()
             await exchange.finished.wait()
             await upstream.wait_until(lambda: upstream.generations[-1].disconnected)
-            while len(server.ledger):
-                await trio.sleep(0.01)
+            await server.ledger.wait_empty()
     record = upstream.generations[-1]
     assert not record.finished
     assert record.events_sent < 20  # of 202

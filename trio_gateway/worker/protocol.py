@@ -57,9 +57,7 @@ class ChunkFrame:
     prompt_tokens: int | None = None
 
     def chunk(self) -> Chunk:
-        return Chunk(
-            "", self.tokens, self.finish_reason, self.prompt_tokens, self.payload.encode()
-        )
+        return Chunk("", self.tokens, self.finish_reason, self.prompt_tokens, self.payload.encode())
 
 
 @dataclass(frozen=True, slots=True)

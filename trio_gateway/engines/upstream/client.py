@@ -25,6 +25,7 @@ the generation when they see it.
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import ssl
@@ -220,13 +221,30 @@ class _ChunkedBody(_Body):
 
 
 class _Connection:
-    __slots__ = ("expires", "reused", "socket", "stream")
+    __slots__ = ("expires", "plain", "reused", "socket", "stream")
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
         self.stream = stream
         self.socket = socket
+        self.plain = not isinstance(stream, trio.SSLStream)
         self.expires = 0.0
         self.reused = False
+
+    async def receive_some(self) -> bytes:
+        """One read. On plain TCP it waits first, then reads: a stream's next event is
+        never there yet when the last one was just read, so trio's own try-then-wait
+        would make a failed `recv` per read (and its exception)."""
+        if not self.plain:
+            return bytes(await self.stream.receive_some(READ_SIZE))
+        fd = self.socket.fileno()
+        while True:
+            await trio.lowlevel.wait_readable(self.socket)
+            try:
+                return os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                raise trio.BrokenResourceError(str(error)) from error
 
     def close(self) -> None:
         """Close the socket now, no await: safe when cancelled, in `__aexit__`, anywhere.
@@ -309,10 +327,10 @@ class UpstreamResponse:
         body = self._body
         if self._buffered or self._leftover or body.done:
             return await self._receive_held()
-        stream = self._conn.stream
+        conn = self._conn
         while True:
             try:
-                received = await stream.receive_some(READ_SIZE)
+                received = await conn.receive_some()
             except (trio.BrokenResourceError, trio.ClosedResourceError) as error:
                 raise UpstreamDisconnected(
                     f"the connection to the upstream failed mid-body ({_reason(error)})"
@@ -320,8 +338,6 @@ class UpstreamResponse:
             if not received:
                 body.eof()
                 return b""
-            if isinstance(received, bytearray):  # trio's type allows it; the decoder slices bytes
-                received = bytes(received)
             data = body.feed(received)
             if data or body.done:
                 return data
@@ -455,6 +471,7 @@ class UpstreamPool:
         if url.scheme == "https":
             self._ssl = ssl_context if ssl_context is not None else ssl.create_default_context()
         self._idle: deque[_Connection] = deque()  # oldest left, most recently used right
+        self._busy: set[_Connection] = set()  # carrying a response
         self._closed = False
         self.connections_opened = 0
         self.stale_retries = 0  # requests sent again after a server closed a reused connection
@@ -473,10 +490,13 @@ class UpstreamPool:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the idle connections; those in use close when their response is left."""
+        """Close every connection, those in use too: a response being read fails at once
+        with `UpstreamDisconnected` (an engine that stops ends its streams)."""
         self._closed = True
         while self._idle:
             self._idle.pop().close()
+        while self._busy:
+            self._busy.pop().close()
         await trio.lowlevel.checkpoint()
 
     def stream(
@@ -531,7 +551,9 @@ class UpstreamPool:
             if conn is None:
                 conn = await self._connect()
             try:
-                return await self._exchange(conn, request, parser, head_only, keep_alive)
+                response = await self._exchange(conn, request, parser, head_only, keep_alive)
+                self._busy.add(conn)
+                return response
             except _Stale as stale:
                 conn.close()
                 if not conn.reused or attempt == STALE_RETRIES:
@@ -561,6 +583,7 @@ class UpstreamPool:
         return None
 
     def _release(self, conn: _Connection, reusable: bool) -> None:
+        self._busy.discard(conn)
         if not reusable or self._closed:
             conn.close()
             return

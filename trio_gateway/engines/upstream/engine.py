@@ -40,8 +40,11 @@ from trio_gateway.openai.errors import APIError, unavailable
 
 log = logging.getLogger("trio_gateway.upstream")
 
-# Request fields only the gateway understands; the upstream would reject or misread them.
-GATEWAY_ONLY_FIELDS = ("mock", "session_id", "session_timeout")
+# The gateway's own routing fields, consumed here. (`mock` goes on: a trio-gateway upstream
+# honours it, vLLM and llama.cpp ignore it.)
+GATEWAY_ONLY_FIELDS = ("session_id", "session_timeout")
+# Idle connections kept: one per stream in flight at the concurrency served.
+MAX_IDLE_CONNECTIONS = 1024
 # How much of an upstream error body is read and quoted, and of a unary answer at most.
 ERROR_BODY_LIMIT = 64 * 1024
 UNARY_BODY_LIMIT = 64 * 1024 * 1024
@@ -152,6 +155,7 @@ class OpenAIUpstream:
             self._origin,
             connect_timeout=self.connect_timeout,
             keepalive_expiry=KEEPALIVE_EXPIRY,
+            max_idle=MAX_IDLE_CONNECTIONS,
             ssl_context=context,
         )
         try:
@@ -327,6 +331,7 @@ class OpenAIUpstream:
             chunk = relay.feed(data)
             if chunk is not None:
                 await relayed.emit(chunk)
+            relay.check()
             if relay.done:
                 # Read the body to its end so the connection can be reused; the outcome is
                 # settled, nothing found there changes it.

@@ -20,6 +20,7 @@ import orjson
 
 from trio_gateway.engines.upstream.errors import inband_error, malformed
 from trio_gateway.generation import Chunk
+from trio_gateway.openai.errors import APIError
 from trio_gateway.openai.sse import SSEDecodeError, SSEDecoder
 
 DONE_VALUE = b"[DONE]"
@@ -54,32 +55,47 @@ class StreamRelay:
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
         self.tokens = 0  # counted so far, in the chunks handed out
+        # The stream's failure (an in-band error, a broken event), raised by `check` once
+        # the events before it in the same read were handed on: the client gets those.
+        self.failure: APIError | None = None
         self._decoder = SSEDecoder()
 
+    def check(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
     def feed(self, data: bytes) -> Chunk | None:
-        """The client's bytes and the facts in one read; None when it holds no event."""
-        if self.done:
+        """The client's bytes and the facts in one read; None when it holds no event.
+
+        After a failure (see `check`) or `[DONE]`, nothing more is read.
+        """
+        if self.done or self.failure is not None:
             return None
         try:
             events = self._decoder.feed(data)
         except SSEDecodeError as error:
-            raise malformed(self.name, str(error)) from None
+            self.failure = malformed(self.name, str(error))
+            return None
         if not events:
             return None
         kept: list[bytes] = []
         tokens = 0
         for event in events:
             value = event.value
-            if event.field == b"error":  # llama.cpp's `error: {...}`
-                raise inband_error(self._loads(value))
-            if value == DONE_VALUE:
-                self.done = True
+            try:
+                if event.field == b"error":  # llama.cpp's `error: {...}`
+                    raise inband_error(self._loads(value))
+                if value == DONE_VALUE:
+                    self.done = True
+                    break
+                if not _needs_parse(value):
+                    tokens += 1
+                    kept.append(event.raw)
+                    continue
+                counted, keep = self._read_event(self._loads(value))
+            except APIError as error:
+                self.failure = error
                 break
-            if not _needs_parse(value):
-                tokens += 1
-                kept.append(event.raw)
-                continue
-            counted, keep = self._read_event(self._loads(value))
             tokens += counted
             if keep:
                 kept.append(event.raw)
