@@ -17,9 +17,11 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.trio import serve
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
 from trio_gateway.http import socket_writes
+from trio_gateway.http.socket_writes import WRITTEN_FOR
 
 
 @dataclass
@@ -153,17 +155,99 @@ async def test_other_events_and_tls_streams_take_hypercorns_path(slow_path: list
     assert slow_path == [RawData(b"x"), Closed()]
 
 
+def pinned(hypercorn: str, h11: str) -> Any:
+    return lambda name: {"hypercorn": hypercorn, "h11": h11}[name]
+
+
 def test_install_is_idempotent_and_only_for_the_hypercorn_it_was_written_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(TCPServer, "protocol_send", socket_writes._hypercorn_protocol_send)
-    monkeypatch.setattr(socket_writes, "version", lambda name: "0.99.0")
-    assert socket_writes.install() is False
-    assert TCPServer.protocol_send is socket_writes._hypercorn_protocol_send
-    monkeypatch.setattr(socket_writes, "version", lambda name: socket_writes.WRITTEN_FOR)
+    monkeypatch.setattr(H11Protocol, "stream_send", socket_writes._hypercorn_stream_send)
+    for other in (pinned("0.99.0", socket_writes.H11_WRITTEN_FOR), pinned(WRITTEN_FOR, "0.17.0")):
+        monkeypatch.setattr(socket_writes, "version", other)
+        assert socket_writes.install() is False
+        assert TCPServer.protocol_send is socket_writes._hypercorn_protocol_send
+        assert H11Protocol.stream_send is socket_writes._hypercorn_stream_send
+    monkeypatch.setattr(
+        socket_writes, "version", pinned(WRITTEN_FOR, socket_writes.H11_WRITTEN_FOR)
+    )
     assert socket_writes.install() is True
     assert socket_writes.install() is True
     assert TCPServer.protocol_send is socket_writes.fast_protocol_send
+    assert H11Protocol.stream_send is socket_writes.fast_stream_send
+
+
+async def raw_response(app: Any) -> bytes:
+    """Every byte hypercorn writes for one request to `app`, on a real loopback socket."""
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    stop = trio.Event()
+    received = bytearray()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                lambda task_status: serve(
+                    app, config, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            port = int(binds[0].rsplit(":", 1)[1])
+            async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+                await client.send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                while data := await client.receive_some(1 << 16):
+                    received += data
+            stop.set()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    # The date header changes by the second; nothing else may differ.
+    kept = [line for line in head.split(b"\r\n") if not line.startswith(b"date:")]
+    return b"\r\n".join(kept) + b"\r\n\r\n" + body
+
+
+def body_app(bodies: list[bytes], headers: list[tuple[bytes, bytes]]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for body in bodies:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[(b"content-type", b"text/event-stream")], [(b"content-length", b"23")]],
+    ids=["chunked", "content-length"],
+)
+async def test_framing_ourselves_writes_what_h11_writes(
+    monkeypatch: pytest.MonkeyPatch, headers: list[tuple[bytes, bytes]]
+) -> None:
+    bodies = [b"data: a\n\n", b"", b"data: \xe2\x9c\x93\n\n", b"x" * 4]  # 23 bytes
+    monkeypatch.setattr(TCPServer, "protocol_send", socket_writes._hypercorn_protocol_send)
+    monkeypatch.setattr(H11Protocol, "stream_send", socket_writes._hypercorn_stream_send)
+    by_h11 = await raw_response(body_app(bodies, headers))
+    assert socket_writes.install()
+    to_h11: list[object] = []
+    original = socket_writes._hypercorn_stream_send
+
+    async def counting(protocol: H11Protocol, event: Any) -> None:
+        to_h11.append(type(event).__name__)
+        await original(protocol, event)
+
+    monkeypatch.setattr(socket_writes, "_hypercorn_stream_send", counting)
+    framed_here = await raw_response(body_app(bodies, headers))
+    assert framed_here == by_h11
+    chunked = headers[0][0] == b"content-type"
+    assert by_h11.endswith(b"0\r\n\r\n") == chunked
+    # Framed here: no body chunk went to h11 (only the head, the end, the close).
+    assert to_h11.count("Body") == (0 if chunked else 3)
 
 
 async def test_a_client_that_stops_reading_gets_every_byte_in_order(

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from trio_gateway.engines.upstream.relay import StreamRelay, unary_chunk
+from trio_gateway.engines.upstream.relay import StreamRelay, plain_deltas, unary_chunk
 from trio_gateway.openai.errors import APIError
 from trio_gateway.openai.sse import SSEDecodeError, SSEDecoder, completion_text
 
@@ -252,3 +252,37 @@ def test_unary_error_body_raises() -> None:
     with pytest.raises(APIError) as caught:
         unary_chunk("up", orjson.dumps({"error": {"message": "nope", "code": 400}}))
     assert (caught.value.message, caught.value.status) == ("nope", 400)
+
+
+def test_plain_reads_are_counted_whole() -> None:
+    three = event(delta(content="a")) + event(delta(content="b")) + event(delta(content="c"))
+    assert plain_deltas(three) == 3
+    tricky = event(delta(content="data: {x}\n\n[DONE]: ping"))  # all escaped inside JSON
+    assert plain_deltas(tricky) == 1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        event(delta(content="a")) + b"data: [DONE]\n\n",
+        event(delta(content="a")) + b": ping\n\n",
+        event(delta(content="a"))[:-1],  # an event cut short
+        event(delta(role="assistant", content="")),
+        event(delta(finish="stop")),
+        event(USAGE),
+        event({"error": {"message": "x"}}),
+        b"event: message\n" + event(delta(content="a")),
+        event(delta(content="a"), b"\r\n"),
+        b"",
+    ],
+)
+def test_reads_with_anything_else_take_the_event_path(data: bytes) -> None:
+    assert plain_deltas(data) == 0
+
+
+def test_the_fast_path_and_the_event_path_agree() -> None:
+    plain = [event(delta(content=f"t{i}")) for i in range(5)]
+    reads = [RICH[0], *plain, b"".join(plain), *RICH[1:]]
+    out, tokens, relay = relay_all(reads)
+    assert out == b"".join(reads[:-2])
+    assert relay.tokens == tokens == 10 + 5  # the plain ones, then RICH's own five

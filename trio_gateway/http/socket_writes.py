@@ -10,8 +10,14 @@ always has room for one SSE event, so `fast_protocol_send` writes it with one no
 through hypercorn's own path, which waits for the socket under its lock and shield; a
 write in progress keeps the lock, so the order of bytes never changes.
 
-This replaces one method of a pinned hypercorn, and only of the version it was written
-against (`install` checks): anything else keeps hypercorn's own method.
+Before that, each body write goes through h11's `Connection.send`, whose state machine and
+writer are a few microseconds per event for what is, in the middle of a chunked body, only
+`size CRLF data CRLF`: `fast_stream_send` frames such a chunk itself (what h11's chunked
+writer writes, byte for byte) and leaves every other event, and every other framing, to
+hypercorn and h11.
+
+This replaces two methods of a pinned hypercorn, and only of the versions of hypercorn and
+h11 it was written against (`install` checks): anything else keeps hypercorn's own methods.
 """
 
 from __future__ import annotations
@@ -21,15 +27,39 @@ import os
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 
+import h11
 import trio
+from h11._writers import ChunkedWriter
 from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol.events import Body
+from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 
 log = logging.getLogger("trio_gateway.http")
 
-WRITTEN_FOR = "0.18.0"  # the hypercorn whose TCPServer internals this relies on
+WRITTEN_FOR = "0.18.0"  # the hypercorn whose TCPServer and H11Protocol internals this uses
+H11_WRITTEN_FOR = "0.16.0"  # the h11 whose Connection internals (`_writer`) it reads
 
 _hypercorn_protocol_send: Callable[[TCPServer, Event], Awaitable[None]] = TCPServer.protocol_send
+_hypercorn_stream_send: Callable[[H11Protocol, StreamEvent], Awaitable[None]] = (
+    H11Protocol.stream_send
+)
+
+
+async def fast_stream_send(self: H11Protocol, event: StreamEvent) -> None:
+    connection = self.connection
+    if (
+        type(event) is Body
+        and type(connection) is h11.Connection  # not a WebSocket's pass-through
+        and type(connection._writer) is ChunkedWriter
+        and connection.our_state is h11.SEND_BODY
+    ):
+        data = event.data
+        if data:  # h11 writes nothing for an empty chunk (it would end the body)
+            await self.send(RawData(data=b"%x\r\n%b\r\n" % (len(data), data)))
+        return
+    await _hypercorn_stream_send(self, event)
 
 
 async def fast_protocol_send(self: TCPServer, event: Event) -> None:
@@ -61,13 +91,16 @@ def install() -> bool:
     installed hypercorn is not the version it was written for."""
     if TCPServer.protocol_send is fast_protocol_send:
         return True
-    installed = version("hypercorn")
-    if installed != WRITTEN_FOR:
+    installed = (version("hypercorn"), version("h11"))
+    if installed != (WRITTEN_FOR, H11_WRITTEN_FOR):
         log.warning(
-            "hypercorn %s is not %s: keeping its own write path (slower per token)",
-            installed,
+            "hypercorn %s with h11 %s is not %s with %s: keeping its own write path "
+            "(slower per token)",
+            *installed,
             WRITTEN_FOR,
+            H11_WRITTEN_FOR,
         )
         return False
     TCPServer.protocol_send = fast_protocol_send  # type: ignore[method-assign]
+    H11Protocol.stream_send = fast_stream_send  # type: ignore[method-assign]
     return True

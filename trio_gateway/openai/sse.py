@@ -117,6 +117,11 @@ class SSEDecoder:
         self._line_end: bytes | None = None
         self._event_end = b"\n\n"
 
+    @property
+    def idle(self) -> bool:
+        """Between events, with \n line ends: the next bytes start an event of their own."""
+        return not self._buffer and self._line_end == b"\n"
+
     def feed(self, data: bytes) -> list[SSEEvent]:
         buffer = self._buffer + data if self._buffer else data
         if self._line_end is None:
