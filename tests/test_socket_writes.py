@@ -16,8 +16,8 @@ import pytest
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
-from hypercorn.trio import serve
 from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
 from trio_gateway.http import socket_writes
