@@ -380,3 +380,28 @@ async def test_a_unary_answer_given_whole_is_timed_as_a_whole(
             "POST", CHAT, chat(stream=True, mock={"stall_after": 1, "ttft_ms": 0})
         )
         assert "response_timeout" in stalled.events()[-2]
+
+
+async def test_reasoning_is_activity_for_the_inactivity_timeout_and_ttft(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A thinking model silent in `content` for 90 s is not a stalled engine (timeout 7 s)."""
+    engine = recording_engine(ttft_ms=5, itl_ms=10)
+    config = GatewayConfig(inactivity_timeout_s=7)
+    async with running_gateway(config, engines=[engine]) as harness:
+        mock = {"reasoning_tokens": 90, "tokens": 2, "itl_ms": 1000, "ttft_ms": 0}
+        started = trio.current_time()
+        exchange = await harness.request("POST", CHAT, chat(stream=True, mock=mock))
+        assert trio.current_time() - started == pytest.approx(91, abs=1.1)
+        events = [orjson.loads(e) for e in exchange.events()[:-1]]
+        assert exchange.events()[-1] == "[DONE]"
+        assert not any("error" in e for e in events)
+        reasoning = [
+            e for e in events if e["choices"] and "reasoning_content" in e["choices"][0]["delta"]
+        ]
+        assert len(reasoning) == 90
+        ttft = harness.gateway.metrics.registry.get_sample_value(
+            "trio_gateway_time_to_first_token_seconds_sum", {"model": "mock"}
+        )
+        assert ttft is not None and ttft < 1.5  # the first reasoning token, not the content
+        assert count(harness, "none") == 1

@@ -78,3 +78,22 @@ async def test_client_disconnect_closes_the_upstream_stream() -> None:
             await upstream.wait_until(lambda: upstream.generations[-1].disconnected)
         assert not upstream.generations[-1].finished
         assert harness.metric("trio_gateway_inflight_requests", model="slow") == 0
+
+
+async def test_max_tokens_is_checked_against_each_models_own_context_length() -> None:
+    lengths = {"up-a": 2048}  # vLLM lists max_model_len per model; up-b says nothing
+    async with running_upstream(models=["up-a", "up-b"], context_lengths=lengths) as upstream:
+        engine = OpenAIUpstream(upstream.url)
+        async with running_gateway(engines=[engine]) as harness:
+            with trio.fail_after(10):
+                await engine.wait_probes(1)
+                assert engine.context_lengths == {"up-a": 2048}
+                over = await harness.request("POST", CHAT, ask("up-a", max_tokens=2049))
+                at = await harness.request("POST", CHAT, ask("up-a", max_tokens=2048))
+                unknown = await harness.request("POST", CHAT, ask("up-b", max_tokens=10**6))
+    assert over.status == 400
+    assert over.json()["error"]["code"] == "integer_above_max_value"
+    assert "2048" in over.json()["error"]["message"]
+    assert at.status == 200  # the upstream's own limit, not the gateway's --max-model-len
+    assert unknown.status == 200  # no length known: the upstream judges
+    assert len(upstream.generations) == 2  # the refused one never left the gateway

@@ -71,6 +71,7 @@ class Recorded:
 @dataclass
 class MockUpstream:
     models: list[str] = field(default_factory=lambda: ["up-a", "up-b"])
+    context_lengths: dict[str, int] = field(default_factory=dict)  # vLLM's max_model_len
     api_key: str | None = None
     models_status: int = 200  # what GET /v1/models answers
     url: str = ""
@@ -136,6 +137,9 @@ class MockUpstream:
                 await _json(send, self.models_status, {"error": {"message": "not ready"}})
                 return
             data = [{"id": m, "object": "model", "owned_by": "mock"} for m in self.models]
+            for model in data:
+                if model["id"] in self.context_lengths:
+                    model["max_model_len"] = self.context_lengths[model["id"]]
             await _json(send, 200, {"object": "list", "data": data})
             return
         if scope["method"] == "POST" and scope["path"] in (
