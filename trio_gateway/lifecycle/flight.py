@@ -97,8 +97,8 @@ async def run_flight(
     way out) is what tells the response writer the engine is done.
     """
     flight.silence_limit = inactivity_timeout
-    # A unary request on an engine that answers it whole is timed as a whole (see below).
-    whole = None if request.stream else unary_timeout
+    # A unary request on an engine that answers it whole is timed as a whole (`_generate_on`).
+    whole_answer_timeout = None if request.stream else unary_timeout
     try:
         with chunks:
             try:
@@ -108,10 +108,12 @@ async def run_flight(
                         try:
                             if request.session_id is not None and sessions is not None:
                                 await _generate_in_session(
-                                    flight, router, sessions, request, chunks, whole
+                                    flight, router, sessions, request, chunks, whole_answer_timeout
                                 )
                             else:
-                                await _route_and_generate(flight, router, request, chunks, whole)
+                                await _route_and_generate(
+                                    flight, router, request, chunks, whole_answer_timeout
+                                )
                         except APIError as error:
                             flight.error = error
                         except Exception:
@@ -136,7 +138,7 @@ async def _route_and_generate(
     router: Router,
     request: GenerationRequest,
     chunks: trio.MemorySendChannel[Chunk],
-    whole: float | None,
+    whole_answer_timeout: float | None,
 ) -> None:
     """Generate on a backend the router picks; a failure that produced nothing and says so
     (`retryable`) is tried again on another backend, each backend at most once."""
@@ -150,7 +152,7 @@ async def _route_and_generate(
                 raise last_failure from None  # the last backend's failure says more
             raise
         try:
-            await _generate_on(flight, router, backend, request, chunks, whole)
+            await _generate_on(flight, router, backend, request, chunks, whole_answer_timeout)
             return
         except APIError as error:
             if not error.retryable:
@@ -171,12 +173,12 @@ async def _generate_in_session(
     sessions: SessionManager,
     request: GenerationRequest,
     chunks: trio.MemorySendChannel[Chunk],
-    whole: float | None,
+    whole_answer_timeout: float | None,
 ) -> None:
     """On the session's worker only: no retry elsewhere, the session's state lives there."""
     backend, session = await sessions.acquire(request)
     try:
-        await _generate_on(flight, router, backend, request, chunks, whole)
+        await _generate_on(flight, router, backend, request, chunks, whole_answer_timeout)
     finally:
         sessions.release(session)
 
@@ -187,13 +189,13 @@ async def _generate_on(
     backend: Backend,
     request: GenerationRequest,
     chunks: trio.MemorySendChannel[Chunk],
-    whole: float | None,
+    whole_answer_timeout: float | None,
 ) -> None:
     """Generate on a backend whose slot is held, then give the slot back with a verdict
     for its breaker: backend faults count against it, the client's own errors do not."""
     flight.worker = backend.name
-    if whole is not None and not backend.engine.streams_unary:
-        flight.silence_limit = max(flight.silence_limit, whole)
+    if whole_answer_timeout is not None and not backend.engine.streams_unary:
+        flight.silence_limit = max(flight.silence_limit, whole_answer_timeout)
     verdict: bool | None = None
     try:
         await backend.engine.generate(request, chunks)
