@@ -10,12 +10,17 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
+from http import HTTPStatus
+from importlib.metadata import version
 
+import h11
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.utils import LifespanFailureError
 
 from trio_gateway import __version__
 from trio_gateway.config import (
@@ -29,7 +34,13 @@ from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.logs import configure_logging
-from trio_gateway.processes import reuse_port_socket, stop_when_orphaned
+from trio_gateway.openai.errors import APIError
+from trio_gateway.processes import (
+    StartupError,
+    check_can_listen,
+    listening_socket,
+    stop_when_orphaned,
+)
 from trio_gateway.processes import run as run_processes
 from trio_gateway.worker.server import WorkerServer
 
@@ -51,6 +62,51 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     return hc
 
 
+# h11 refuses these before the ASGI app sees the request; hypercorn answers them itself.
+PROTOCOL_ERRORS = {
+    400: ("The request is not valid HTTP/1.1.", "malformed_request"),
+    431: ("The request line or headers are too large.", "headers_too_large"),
+    501: (
+        "Unsupported Transfer-Encoding: send the body with Content-Length or with "
+        "Transfer-Encoding: chunked alone.",
+        "unsupported_transfer_encoding",
+    ),
+}
+ERROR_BODIES_WRITTEN_FOR = "0.18.0"  # the hypercorn whose H11Protocol this relies on
+
+
+async def _send_error_body(self: H11Protocol, status_code: int) -> None:
+    """hypercorn's `H11Protocol._send_error_response` with an OpenAI-shaped body instead of
+    an empty one; like hypercorn's, it closes the connection after."""
+    message, code = PROTOCOL_ERRORS.get(status_code, (HTTPStatus(status_code).phrase, None))
+    body = APIError(status_code, message, "invalid_request_error", None, code).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+        *self.config.response_headers("h11"),
+    ]
+    await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+    await self._send_h11_event(h11.Data(data=body))
+    await self._send_h11_event(h11.EndOfMessage())
+
+
+def install_error_bodies() -> bool:
+    """Put `_send_error_body` in place (idempotent); False, and hypercorn's empty answers,
+    on another hypercorn than the one it was written for."""
+    if H11Protocol._send_error_response is _send_error_body:
+        return True
+    if version("hypercorn") != ERROR_BODIES_WRITTEN_FOR:
+        log.warning(
+            "hypercorn %s is not %s: malformed requests get its empty answers",
+            version("hypercorn"),
+            ERROR_BODIES_WRITTEN_FOR,
+        )
+        return False
+    H11Protocol._send_error_response = _send_error_body  # type: ignore[method-assign]
+    return True
+
+
 async def forward_signals(shutdown: GracefulShutdown) -> None:
     """SIGTERM or SIGINT starts the drain; a second one cuts it short (DESIGN §5)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -66,10 +122,19 @@ async def serve(
 ) -> None:
     """hypercorn stops accepting only once the gateway's own drain has finished."""
     socket_writes.install()
+    install_error_bodies()
     hc = hypercorn_config(config)
-    if config.reuse_port:  # one of `--processes`: hypercorn listens on a socket we bound
-        sock = reuse_port_socket(config.host, config.port, config.backlog)
-        hc.bind = [f"fd://{sock.detach()}"]
+    # hypercorn listens on a socket bound here (shared with the other `--processes` under
+    # `reuse_port`): a failure to bind is one line naming the flag, before any engine starts.
+    sock = listening_socket(config.host, config.port, config.backlog, reuse_port=config.reuse_port)
+    hc.bind = [f"fd://{sock.detach()}"]
+    log.info(
+        "serving %s (mock engine: ttft %g ms, step %g ms, %d seqs)",
+        ", ".join(config.workers) or config.model,
+        config.mock_ttft_ms,
+        config.mock_itl_ms,
+        config.mock_max_num_seqs,
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward_signals, app.gateway.shutdown)
         if config.supervisor_pid:
@@ -86,12 +151,57 @@ async def serve(
     log.info("stopped")
 
 
-async def run_worker(server: WorkerServer) -> None:
+async def run_worker(
+    server: WorkerServer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward_signals, server.shutdown)
-        await server.serve()
+        await server.serve(task_status=task_status)
         nursery.cancel_scope.cancel()
     log.info("worker stopped")
+
+
+async def run_until_stopped(run: Callable[..., Awaitable[object]]) -> None:
+    """`run(task_status=...)` to its end; a failure before it has started is `StartupError`
+    (one line), one after it is left as it is (a crash, with its traceback)."""
+    started = False
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run)
+            started = True
+    except Exception as error:
+        # hypercorn reports started before a failed ASGI lifespan startup surfaces.
+        if started and not any(_is_lifespan_startup(leaf) for leaf in _leaves(error)):
+            raise
+        log.debug("start-up failed", exc_info=error)
+        raise StartupError(startup_failure(error)) from None
+
+
+def startup_failure(error: BaseException) -> str:
+    """One line for what stopped a start-up: our own message when one is in `error`; empty
+    when it has been logged already."""
+    leaves = list(_leaves(error))
+    for leaf in leaves:
+        if isinstance(leaf, StartupError | ConfigError):
+            return str(leaf)
+    if any(_is_lifespan_startup(leaf) for leaf in leaves):
+        return ""  # the gateway's startup has logged why, in one line
+    leaf = leaves[0] if leaves else error
+    return f"cannot start: {str(leaf).splitlines()[0] if str(leaf) else type(leaf).__name__}"
+
+
+def _is_lifespan_startup(error: BaseException) -> bool:
+    return isinstance(error, LifespanFailureError) and str(error).startswith(
+        "Lifespan failure in startup."
+    )
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,26 +246,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             worker_config = config_from_args(args, kind=WorkerConfig)
             configure_logging(worker_config.log_level, worker_config.log_format)
             server = WorkerServer(worker_config)
+            # Its listeners are bound inside trio-websocket and hypercorn: check first, so
+            # that a port in use is said plainly, with the flag that sets it.
+            check_can_listen(worker_config.host, worker_config.port, "--port")
+            check_can_listen(worker_config.host, worker_config.metrics_port, "--metrics-port")
+            trio.run(run_until_stopped, partial(run_worker, server))
         else:
             config = config_from_args(args)
             configure_logging(config.log_level, config.log_format)
             if config.processes > 1:
+                # Said once here rather than by every child.
+                check_can_listen(config.host, config.port, "--port", reuse_port=True)
                 return run_processes(sys.argv[1:] if argv is None else argv, config.processes)
             app = create_app(config)
+            trio.run(run_until_stopped, partial(serve, app, config))
     except ConfigError as error:
         print(f"trio-gateway: {error}", file=sys.stderr)
         return 2
-    if args.command == "worker":
-        trio.run(run_worker, server)
-    else:
-        log.info(
-            "serving %s (mock engine: ttft %g ms, step %g ms, %d seqs)",
-            ", ".join(config.workers) or config.model,
-            config.mock_ttft_ms,
-            config.mock_itl_ms,
-            config.mock_max_num_seqs,
-        )
-        trio.run(partial(serve, app, config))
+    except StartupError as error:
+        if str(error):
+            print(f"trio-gateway: {error}", file=sys.stderr)
+        return 1
     exit_without_teardown(0)
     return 0
 
@@ -168,7 +279,12 @@ def check_config(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"trio-gateway: {error}", file=sys.stderr)
         return 2
-    print(effective_settings(config))
+    try:
+        print(effective_settings(config), flush=True)
+    except BrokenPipeError:
+        # `check-config | head -1`: the reader has what it wanted. Nothing more goes to the
+        # closed pipe (at exit either, where it would be a traceback).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

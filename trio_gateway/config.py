@@ -15,6 +15,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from trio_gateway.backend_urls import (
+    UPSTREAM_SCHEMES,
+    BadURL,
+    check_backend_url,
+    check_session_store_url,
+)
 from trio_gateway.router.policies import POLICY_NAMES
 
 ENV_PREFIX = "TRIO_GATEWAY_"
@@ -141,10 +147,11 @@ class GatewayConfig:
             raise ConfigError(
                 f"session_affinity: expected hard or soft, got {self.session_affinity!r}"
             )
-        if self.session_store and not self.session_store.startswith("redis://"):
-            raise ConfigError(
-                f"session_store: expected redis://HOST:PORT/DB, got {self.session_store!r}"
-            )
+        if self.session_store:
+            try:
+                check_session_store_url(self.session_store)
+            except BadURL as error:
+                raise ConfigError(f"session_store: {error}") from None
         if self.session_timeout_s <= 0:
             raise ConfigError(f"session_timeout_s: must be above 0, got {self.session_timeout_s}")
         if self.routing_policy not in POLICY_NAMES:
@@ -155,10 +162,10 @@ class GatewayConfig:
         if self.processes > 1 and self.port == 0:
             raise ConfigError("processes: several processes need a fixed port, not port 0")
         for url in self.workers:
-            if not url.startswith(("ws://", "http://", "https://")):
-                raise ConfigError(
-                    f"workers: {url!r} is neither ws://HOST:PORT nor http://HOST:PORT/v1"
-                )
+            try:
+                check_backend_url(url)
+            except BadURL as error:
+                raise ConfigError(f"workers: {error}") from None
 
     def accepted_api_keys(self) -> frozenset[str]:
         """`api_keys` and the lines of `api_keys_file`; empty means no key is required."""
@@ -225,8 +232,11 @@ class WorkerConfig:
                 raise ConfigError(f"{name}: must not be negative, got {value}")
         if self.max_model_len < 1:
             raise ConfigError(f"max_model_len: must be at least 1, got {self.max_model_len}")
-        if self.upstream and not self.upstream.startswith(("http://", "https://")):
-            raise ConfigError(f"upstream: expected http(s)://HOST:PORT/v1, got {self.upstream!r}")
+        if self.upstream:
+            try:
+                check_backend_url(self.upstream, UPSTREAM_SCHEMES)
+            except BadURL as error:
+                raise ConfigError(f"upstream: {error}") from None
 
 
 def _convert(name: str, kind: type, raw: Any) -> Any:

@@ -20,6 +20,7 @@ gone (SIGKILL, OOM) drains and exits: it checks its parent every `ORPHAN_CHECK_S
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -58,20 +59,66 @@ def child_argv(argv: Sequence[str]) -> list[str]:
     ]
 
 
-def reuse_port_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A listening socket that other processes can bind as well (SO_REUSEPORT)."""
+class StartupError(Exception):
+    """A gateway or worker that cannot start; the message is one line, fit to print as is."""
+
+
+def listening_socket(
+    host: str,
+    port: int,
+    backlog: int,
+    *,
+    reuse_port: bool = False,
+    port_flag: str = "--port",
+    listen: bool = True,
+) -> socket.socket:
+    """A listening TCP socket on `host`:`port` (only bound, without `listen`); with
+    `reuse_port`, one that other processes can bind as well (SO_REUSEPORT). `StartupError`
+    names the address and the flag to change."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock: socket.socket | None = None
     try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host.strip("[]"), port))
-        sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
+        if listen:
+            sock.listen(backlog)
+    except OSError as error:
+        if sock is not None:
+            sock.close()
+        raise StartupError(cannot_listen(host, port, error, port_flag)) from None
     return sock
+
+
+def check_can_listen(host: str, port: int, port_flag: str, *, reuse_port: bool = False) -> None:
+    """`StartupError` now if `host`:`port` cannot be bound, for sockets bound later by code
+    that would say it less plainly. Bound, not listening: no connection lands on it."""
+    listening_socket(
+        host, port, 0, reuse_port=reuse_port, port_flag=port_flag, listen=False
+    ).close()
+
+
+def cannot_listen(host: str, port: int, error: OSError, port_flag: str) -> str:
+    bare = host.strip("[]")
+    address = f"[{bare}]:{port}" if ":" in bare else f"{bare}:{port}"
+    if isinstance(error, socket.gaierror):
+        return f"cannot listen on {address}: unknown host ({error.strerror}); change --host"
+    reasons = {
+        errno.EADDRINUSE: "the address is already in use (another process listens there); "
+        f"choose another port with {port_flag}, or another --host",
+        errno.EADDRNOTAVAIL: "no interface of this machine has that address; change --host "
+        "(0.0.0.0 listens on every interface)",
+        errno.EACCES: "permission denied (ports below 1024 need privileges); choose another "
+        f"port with {port_flag}",
+        errno.EAFNOSUPPORT: "this machine has no IPv6; change --host",
+    }
+    reason = reasons.get(
+        error.errno or 0, f"{error.strerror or error}; check --host and {port_flag}"
+    )
+    return f"cannot listen on {address}: {reason}"
 
 
 async def supervise(argv: Sequence[str], processes: int) -> int:

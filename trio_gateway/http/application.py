@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from logging import DEBUG
 
 import trio
 from quart_trio import QuartTrio
 
 from trio_gateway.config import GatewayConfig, load_config
 from trio_gateway.gateway import Gateway
-from trio_gateway.http.asgi import Message, Receive, Scope, Send
+from trio_gateway.http.asgi import ClientGone, Message, Receive, Scope, Send, read_body, send_json
 from trio_gateway.http.control import create_control_app
 from trio_gateway.http.inference import INFERENCE_ROUTES, handle_inference
+from trio_gateway.openai.errors import APIError, invalid_request
 
 log = logging.getLogger("trio_gateway")
 
@@ -24,6 +26,9 @@ class GatewayApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
+            if _framed_twice(scope):
+                await _refuse_framing(receive, send, self.gateway.config.max_body_bytes)
+                return
             endpoint = INFERENCE_ROUTES.get(scope["path"])
             if endpoint is not None and scope["method"] == "POST":
                 await handle_inference(self.gateway, endpoint, scope, receive, send)
@@ -44,8 +49,15 @@ class GatewayApp:
                 self.control.nursery = nursery
                 await self.control.startup()
             except Exception as error:
-                log.exception("startup failed")
-                await send({"type": "lifespan.startup.failed", "message": str(error)})
+                # One line (the CLI adds nothing to it); the traceback at debug level.
+                log.error(
+                    "startup failed: %s",
+                    str(error) or repr(error),
+                    exc_info=log.isEnabledFor(DEBUG),
+                )
+                await send(
+                    {"type": "lifespan.startup.failed", "message": str(error) or repr(error)}
+                )
                 nursery.cancel_scope.cancel()
                 return
             await send({"type": "lifespan.startup.complete"})
@@ -58,6 +70,43 @@ class GatewayApp:
             await self.control.shutdown()
             nursery.cancel_scope.cancel()
         await send({"type": "lifespan.shutdown.complete"})
+
+
+CONFLICTING_FRAMING = invalid_request(
+    "A request must not have both Content-Length and Transfer-Encoding (RFC 9112 section "
+    "6.1); send one of them.",
+    None,
+    "conflicting_framing",
+).encode()
+
+
+def _framed_twice(scope: Scope) -> bool:
+    """Both `Content-Length` and `Transfer-Encoding`: h11 reads the body as chunked and would
+    keep the connection, so whatever follows the chunks (a smuggled request) would be
+    served. RFC 9112 §6.1: the server must close the connection after such a request; the
+    `connection: close` of the answer makes h11 and hypercorn close it."""
+    length = encoding = False
+    for name, _ in scope["headers"]:
+        name = name.lower()  # lower already, unless hypercorn passes raw headers
+        if name == b"content-length":
+            length = True
+        elif name == b"transfer-encoding":
+            encoding = True
+    return length and encoding
+
+
+async def _refuse_framing(receive: Receive, send: Send, limit: int) -> None:
+    """400, and the connection closed after it. The body is read first (up to `limit`):
+    closing on unread bytes would reset the connection, and the client could lose the
+    answer."""
+    try:
+        await read_body(receive, limit)
+    except ClientGone:
+        return
+    except APIError:  # past the limit: answer now, unread bytes or not
+        pass
+    headers = ((b"content-length", b"%d" % len(CONFLICTING_FRAMING)), (b"connection", b"close"))
+    await send_json(send, 400, CONFLICTING_FRAMING, headers)
 
 
 def _keep_alive_safe(receive: Receive, send: Send) -> tuple[Receive, Send]:

@@ -15,6 +15,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from trio_gateway.backend_urls import BadURL, check_backend_url
 from trio_gateway.gateway import Gateway, engine_for_url
 from trio_gateway.http.auth import bearer_token, is_loopback, key_accepted
 from trio_gateway.openai.errors import (
@@ -179,13 +180,18 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
             return refusal
         body = await request.get_json(force=True, silent=True)
         url = body.get("url") if isinstance(body, dict) else None
-        if not isinstance(url, str) or not url.startswith(("ws://", "http://", "https://")):
+        if not isinstance(url, str):
             return _api_error(
                 invalid_request(
                     'Send {"url": "ws://HOST:PORT"} or an OpenAI-compatible "http://HOST:PORT/v1".',
                     "url",
+                    "invalid_url",
                 )
             )
+        try:
+            check_backend_url(url)
+        except BadURL as error:
+            return _api_error(invalid_request(f"url: {error}", "url", "invalid_url"))
         if gateway.router.find(url) is not None:
             return _api_error(
                 APIError(
