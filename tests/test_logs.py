@@ -79,15 +79,17 @@ async def test_one_end_line_per_request_without_text(
         await harness.request("POST", CHAT, chat("secret prompt", stream=True, max_tokens=3))
         await harness.request("POST", CHAT, {"model": "nope"})  # refused before any flight
     ends = [r for r in caplog.records if r.name == "trio_gateway.requests"]
-    assert len(ends) == 1
-    end = ends[0]
+    assert len(ends) == 2
+    end, refused = ends
     assert (end.model, end.endpoint, end.worker, end.status, end.error_type) == (  # type: ignore[attr-defined]
         "mock",
         "chat",
         "mock",
-        "success",
+        200,
         "none",
     )
+    refused_as = (refused.model, refused.status, refused.error_type)  # type: ignore[attr-defined]
+    assert refused_as == ("unknown", 400, "validation")  # no messages; "nope" is not served
     assert end.completion_tokens == 3  # type: ignore[attr-defined]
     assert end.ttft_s > 0 and end.duration_s >= end.ttft_s  # type: ignore[attr-defined]
     assert not hasattr(end, "prompt") and not hasattr(end, "completion")

@@ -30,6 +30,7 @@ from trio_gateway.config import (
     add_config_flags,
     config_from_args,
 )
+from trio_gateway.gateway import describe_backends
 from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
@@ -128,13 +129,7 @@ async def serve(
     # `reuse_port`): a failure to bind is one line naming the flag, before any engine starts.
     sock = listening_socket(config.host, config.port, config.backlog, reuse_port=config.reuse_port)
     hc.bind = [f"fd://{sock.detach()}"]
-    log.info(
-        "serving %s (mock engine: ttft %g ms, step %g ms, %d seqs)",
-        ", ".join(config.workers) or config.model,
-        config.mock_ttft_ms,
-        config.mock_itl_ms,
-        config.mock_max_num_seqs,
-    )
+    log.info("serving %s", describe_backends(config))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward_signals, app.gateway.shutdown)
         if config.supervisor_pid:

@@ -10,6 +10,7 @@ import trio
 
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
+from trio_gateway.engines.mock_answer import prompt_token_count
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.generation import GenerationRequest
 from trio_gateway.lifecycle.ledger import InFlightLedger
@@ -17,7 +18,7 @@ from trio_gateway.lifecycle.shutdown import GracefulShutdown, Phase
 from trio_gateway.loop_health import count_tasks, sample_event_loop_lag
 from trio_gateway.metrics import GatewayMetrics, multiprocess_dir
 from trio_gateway.openai.errors import model_not_found, unavailable
-from trio_gateway.openai.schemas import check_max_tokens
+from trio_gateway.openai.schemas import check_max_tokens, check_prompt_length
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.policies import make_policy
 from trio_gateway.sessions.manager import SessionManager
@@ -37,11 +38,44 @@ def backend_label(engine: Engine) -> str:
     return url if isinstance(url, str) else engine.name
 
 
+def counts_prompts_as_the_mock(engine: Engine) -> bool:
+    """Whether the gateway's own prompt count (`prompt_token_count`: four characters a
+    token) is `engine`'s: only then may the gateway refuse a prompt as too long for it.
+
+    The gateway has no tokenizer, and a real engine's count can be anything (an upstream's
+    tokenizer, its chat template): refusing on a guess would turn away requests the engine
+    takes. The mock's count is the gateway's by construction, as they share the function: the
+    in-process `MockEngine`, and a worker hosting the mock. A worker says what it hosts only
+    through its hello's `streams_unary`, True for the mock and False for `worker --upstream`
+    (which relays a unary answer whole); that is the one difference the protocol carries
+    today, so it decides here. An engine kind that streamed unary requests with a tokenizer
+    of its own would need the hello to say whose count it is, not this.
+    """
+    if isinstance(engine, MockEngine):
+        return True
+    from trio_gateway.engines.ws_client import RemoteWorker  # not imported without workers
+
+    return isinstance(engine, RemoteWorker) and engine.streams_unary
+
+
 def engines_from_config(config: GatewayConfig) -> list[Engine]:
     """`--worker` URLs as engines; with none, the in-process mock engine."""
     if not config.workers:
         return [MockEngine.from_settings(config)]
     return [engine_for_url(url, config) for url in config.workers]
+
+
+def describe_backends(config: GatewayConfig) -> str:
+    """What `engines_from_config` serves, for the start-up line: the mock and its settings,
+    or each remote engine's kind and URL (validated: no password in it)."""
+    if not config.workers:
+        return (
+            f"{config.model} (mock engine: ttft {config.mock_ttft_ms:g} ms, step "
+            f"{config.mock_itl_ms:g} ms, {config.mock_max_num_seqs} seqs)"
+        )
+    return ", ".join(
+        f"{'worker' if url.startswith('ws://') else 'upstream'} {url}" for url in config.workers
+    )
 
 
 def engine_for_url(url: str, config: GatewayConfig) -> Engine:
@@ -143,7 +177,23 @@ class Gateway:
         raise model_not_found(model)
 
     def check_context_length(self, request: GenerationRequest) -> None:
-        check_max_tokens(request, self.router.context_length(request.model))
+        """400 before anything starts when `max_tokens`, or the prompt plus `max_tokens`, is
+        over the model's context length. The prompt is judged only when every backend that
+        may take the request counts it as the gateway does (`counts_prompts_as_the_mock`)
+        and says its length: any other one (an upstream) refuses for itself, its 400
+        relayed. Of several lengths the largest counts, as for `max_tokens`."""
+        model = request.model
+        check_max_tokens(request, self.router.context_length(model))
+        lengths = []
+        for backend in self.router.backends:
+            if not backend.serves(model):
+                continue
+            length = backend.engine.context_lengths.get(model)
+            if length is None or not counts_prompts_as_the_mock(backend.engine):
+                return
+            lengths.append(length)
+        if lengths:
+            check_prompt_length(request, max(lengths), prompt_token_count(request.prompt))
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Start every engine's background work in `nursery`, which then hosts the flights."""

@@ -76,10 +76,40 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class NotWrittenYet(logging.Filter):
+    """Passes a record no handler below the root has written already.
+
+    Under a bare `hypercorn`, hypercorn gives `hypercorn.error` a stderr handler of its own
+    (`--error-logfile`) and lets it propagate: the root's handler would print each of its
+    lines a second time. Under `serve` it has none (`hypercorn_config`), so ours writes them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None and logger.parent is not None:  # up to the root, excluded
+            if logger.handlers:
+                return False
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return True
+
+
 def configure_logging(level: str, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(NotWrittenYet())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def configure_logging_once(level: str, log_format: str = "text") -> bool:
+    """`configure_logging`, unless this process has configured logging already (the root
+    logger has a handler: a test runner, a program embedding the app, `logging.basicConfig`);
+    True when it did."""
+    if logging.getLogger().handlers:
+        return False
+    configure_logging(level, log_format)
+    return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from typing import Any
 
 import trio
 
@@ -69,6 +70,7 @@ async def handle_inference(
     id_header = (b"x-request-id", trace_id.encode("latin-1"))
     model_label = "unknown"
     stream = False
+    body: dict[str, Any] | None = None  # once parsed: the model a refusal is counted under
     try:
         if gateway.api_keys and not key_accepted(
             bearer_token(header(scope, b"authorization")), gateway.api_keys
@@ -99,7 +101,9 @@ async def handle_inference(
         return
     except APIError as error:
         await send_error(send, error, _headers(error, id_header, None))
-        gateway.metrics.request_ended(model_label, endpoint, stream, error)
+        label = _model_label(gateway, body)
+        gateway.metrics.request_ended(label, endpoint, stream, error)
+        _log_refused(label, endpoint, error, started_at)
         return
 
     flight = Flight(flight_id, request.model, endpoint, started_at)
@@ -110,6 +114,7 @@ async def handle_inference(
     metrics.queued.labels(request.model).inc()
     gateway.ledger.add(flight)
     outcome: APIError | None = client_cancelled()
+    status: int | None = None  # the status the client got, once a response started
     try:
         gateway.nursery.start_soon(
             run_flight,
@@ -124,9 +129,9 @@ async def handle_inference(
         )
         with chunks_out:
             if request.stream:
-                outcome = await _write_stream(send, request, flight, reader, id_header)
+                outcome, status = await _write_stream(send, request, flight, reader, id_header)
             else:
-                outcome = await _write_unary(send, request, flight, reader, id_header)
+                outcome, status = await _write_unary(send, request, flight, reader, id_header)
     finally:
         flight.cancel(HANDLER_EXIT)
         gateway.ledger.remove(flight)
@@ -141,7 +146,41 @@ async def handle_inference(
             metrics.disconnects.labels(request.model).inc()
         if outcome is not None and outcome.error_type in ("internal", "unavailable"):
             log.warning("ended with %s: %s", outcome.type, outcome.message)
-        _log_end(gateway, request, flight, reader, outcome, started_at)
+        _log_end(gateway, request, flight, reader, outcome, started_at, status)
+
+
+def _model_label(gateway: Gateway, body: dict[str, Any] | None) -> str:
+    """The `model` label and log field of a request refused before its flight: the body's
+    model when it parsed and a backend serves that model, else "unknown".
+
+    A name only a client chose is never a label value: every distinct value is a series per
+    metric kept for the life of the process (and a file per process under multiprocess
+    mode), so a client sending random names would grow /metrics without bound. The served
+    models are the operator's set. Logs use the same value, so no client-chosen text lands
+    in a text log line.
+    """
+    model = None if body is None else body.get("model")
+    if isinstance(model, str) and gateway.router.knows(model):
+        return model
+    return "unknown"
+
+
+def _log_refused(model: str, endpoint: Endpoint, error: APIError, started_at: float) -> None:
+    """The end line of a request answered before its flight started (a 4xx, a 503 draining)."""
+    if not requests_log.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, object] = {
+        "model": model,
+        "endpoint": endpoint,
+        "worker": None,
+        "status": error.status,
+        "error_type": error.error_type,
+        "ttft_s": None,
+        "duration_s": round(trio.current_time() - started_at, 6),
+        "prompt_tokens": None,
+        "completion_tokens": 0,
+    }
+    requests_log.info("request end", extra=fields)
 
 
 def _log_end(
@@ -151,15 +190,23 @@ def _log_end(
     reader: ChunkReader,
     outcome: APIError | None,
     started_at: float,
+    status: int | None,
 ) -> None:
-    """One line per request, with what an operator greps for; text only if asked."""
+    """One line per request, with what an operator greps for; text only if asked.
+
+    `status` is what the client got: 200 for a stream that failed after its headers went
+    out (its `error_type` says how it ended), the error's status when the error was the
+    answer, and with no response at all (the client left first) the outcome's, 499.
+    """
     if not requests_log.isEnabledFor(logging.INFO):
         return
+    if status is None:
+        status = 200 if outcome is None else outcome.status
     fields: dict[str, object] = {
         "model": request.model,
         "endpoint": request.endpoint,
         "worker": flight.worker,
-        "status": "success" if outcome is None else outcome.status,
+        "status": status,
         "error_type": "none" if outcome is None else outcome.error_type,
         "ttft_s": None if reader.first_at is None else round(reader.first_at - started_at, 6),
         "duration_s": round(trio.current_time() - started_at, 6),
@@ -190,8 +237,9 @@ async def _write_stream(
     flight: Flight,
     reader: ChunkReader,
     id_header: tuple[bytes, bytes],
-) -> APIError | None:
-    """The engine's events as they come, then `[DONE]` (after an error event if it failed).
+) -> tuple[APIError | None, int | None]:
+    """The engine's events as they come, then `[DONE]` (after an error event if it failed);
+    returns how it ended and the status the client got (None: no response).
 
     Headers go out with the first chunk, so a request that fails before producing anything
     still gets a real HTTP status (and the SDK's matching exception)."""
@@ -216,15 +264,15 @@ async def _write_stream(
 
     error = flight.outcome(reader.finish_reason)
     if error is not None and error.error_type == "cancelled":
-        return error  # nobody is listening
+        return error, 200 if started else None  # nobody is listening
     if not started:
         if error is not None:
             await send_error(send, error, _headers(error, id_header, flight))
-            return error
+            return error, error.status
         await start()
     tail = DONE if error is None else error_event(error) + DONE
     await send({"type": "http.response.body", "body": payload + tail, "more_body": False})
-    return error
+    return error, 200
 
 
 async def _write_unary(
@@ -233,8 +281,9 @@ async def _write_unary(
     flight: Flight,
     reader: ChunkReader,
     id_header: tuple[bytes, bytes],
-) -> APIError | None:
-    """The engine's whole answer: the payload of its last chunk."""
+) -> tuple[APIError | None, int | None]:
+    """The engine's whole answer: the payload of its last chunk; returns how it ended and
+    the status the client got (None: no response)."""
     body = b""
     while not reader.ended:
         for chunk in await reader.batch():
@@ -244,10 +293,11 @@ async def _write_unary(
     if error is None and not body:
         error = internal_error("The engine finished without an answer.")
     if error is not None:
-        if error.error_type != "cancelled":
-            await send_error(send, error, _headers(error, id_header, flight))
-        return error
+        if error.error_type == "cancelled":
+            return error, None
+        await send_error(send, error, _headers(error, id_header, flight))
+        return error, error.status
     headers = [(b"content-type", b"application/json"), *_headers(None, id_header, flight)]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
-    return None
+    return None, 200

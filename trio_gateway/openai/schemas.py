@@ -315,3 +315,35 @@ def check_max_tokens(request: GenerationRequest, context_length: int | None) -> 
             name,
             "integer_above_max_value",
         )
+
+
+def check_prompt_length(
+    request: GenerationRequest, context_length: int, prompt_tokens: int
+) -> None:
+    """400 for a prompt plus `max_tokens` over the context length, in vLLM's words.
+
+    `prompt_tokens` must be the engine's own count (the caller knows whose it is). As vLLM
+    does: without `max_tokens` the prompt must leave room for one token; with it, prompt and
+    completion together must fit. vLLM's message, word for word ("messages" becomes
+    "prompt" on /v1/completions); the rest is OpenAI's shape for this error, as every error
+    of the gateway's own is (`invalid_request_error`, the prompt's param, code
+    `context_length_exceeded`), where vLLM has `BadRequestError`, no param and 400 as code.
+    """
+    param = "messages" if request.endpoint == "chat" else "prompt"
+    head = f"This model's maximum context length is {context_length} tokens. However, you requested"
+    if request.max_tokens is None:
+        if prompt_tokens < context_length:
+            return
+        message = (
+            f"{head} {prompt_tokens} tokens in the {param}, "
+            f"Please reduce the length of the {param}."
+        )
+    else:
+        total = prompt_tokens + request.max_tokens
+        if total <= context_length:
+            return
+        message = (
+            f"{head} {total} tokens ({prompt_tokens} in the {param}, {request.max_tokens} in "
+            f"the completion). Please reduce the length of the {param} or completion."
+        )
+    raise invalid_request(message, param, "context_length_exceeded")
