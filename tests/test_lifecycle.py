@@ -11,6 +11,7 @@ from tests.conftest import RecordingEngine, chat
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Chunk, GenerationRequest
+from trio_gateway.openai.errors import internal_error
 
 CHAT = "/v1/chat/completions"
 
@@ -405,3 +406,26 @@ async def test_reasoning_is_activity_for_the_inactivity_timeout_and_ttft(
         )
         assert ttft is not None and ttft < 1.5  # the first reasoning token, not the content
         assert count(harness, "none") == 1
+
+
+class FailsAfterOneChunk(RecordingEngine):
+    """An engine whose failure arrives in the same batch as its first output."""
+
+    async def generate(
+        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
+    ) -> None:
+        send.send_nowait(Chunk(tokens=1, payload=b'data: {"choices":[]}\n\n'))
+        raise internal_error("broke right after its first token")
+
+
+async def test_output_in_the_same_batch_as_a_failure_still_reaches_the_client(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = FailsAfterOneChunk(MockEngine(("mock",)))
+    async with running_gateway(engines=[engine]) as harness:
+        exchange = await harness.request("POST", CHAT, chat(stream=True))
+    assert exchange.status == 200
+    events = exchange.events()
+    assert events[0] == '{"choices":[]}'
+    assert orjson.loads(events[1])["error"]["type"] == "internal_error"
+    assert events[-1] == "[DONE]"

@@ -266,10 +266,10 @@ async def _write_stream(
     if error is not None and error.error_type == "cancelled":
         return error, 200 if started else None  # nobody is listening
     if not started:
-        if error is not None:
+        if error is not None and not payload:  # nothing produced: a plain HTTP error
             await send_error(send, error, _headers(error, id_header, flight))
             return error, error.status
-        await start()
+        await start()  # what was produced goes out, then the error event
     tail = DONE if error is None else error_event(error) + DONE
     await send({"type": "http.response.body", "body": payload + tail, "more_body": False})
     return error, 200
