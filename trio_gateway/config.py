@@ -26,6 +26,8 @@ from trio_gateway.router.policies import POLICY_NAMES
 ENV_PREFIX = "TRIO_GATEWAY_"
 WORKER_ENV_PREFIX = "TRIO_GATEWAY_WORKER_"
 SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
+MIB = 1024 * 1024
+BODY_READ_S_PER_MIB = 2.0  # how `body_read_timeout_s` grows with a body's size
 
 
 class ConfigError(ValueError):
@@ -57,6 +59,12 @@ class GatewayConfig:
     unary_timeout_s: float = 600.0
     stream_buffer: int = 64
     max_body_bytes: int = 4 * 1024 * 1024
+    # A request body must arrive whole within max(body_read_timeout_s, 2 s per MiB of its
+    # Content-Length, or of max_body_bytes when it has none (chunked)): else 408 and the
+    # connection closed. 5 s and 2 s/MiB (an uplink of at least 0.5 MiB/s for big bodies)
+    # by default; 0 means never. A Content-Length over max_body_bytes is 413 before reading.
+    # Headers are hypercorn's: unfinished after keep_alive_timeout_s, the connection closes.
+    body_read_timeout_s: float = 5.0
     # Shutdown (DESIGN §5): in-flight requests get this long to finish after SIGTERM.
     drain_timeout_s: float = 30.0
     # After SIGTERM, keep taking new requests this long while /ready already says 503, so
@@ -126,6 +134,7 @@ class GatewayConfig:
             "inactivity_timeout_s",
             "unary_timeout_s",
             "max_body_bytes",
+            "body_read_timeout_s",
             "keep_alive_timeout_s",
             "graceful_timeout_s",
             "drain_timeout_s",
@@ -190,6 +199,14 @@ class GatewayConfig:
     def unary_timeout(self) -> float:
         """Seconds a unary request answered whole may take; 0 in the setting means never."""
         return self.unary_timeout_s if self.unary_timeout_s > 0 else float("inf")
+
+    def body_read_timeout(self, declared: int | None) -> float:
+        """Seconds to read a body of `declared` bytes (None: no Content-Length), see
+        `body_read_timeout_s`; never more than for `max_body_bytes`. inf when 0."""
+        if self.body_read_timeout_s <= 0:
+            return float("inf")
+        size = self.max_body_bytes if declared is None else min(declared, self.max_body_bytes)
+        return max(self.body_read_timeout_s, BODY_READ_S_PER_MIB * size / MIB)
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,13 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.reading = Gauge(
+            PREFIX + "reading_requests",
+            "Requests accepted and still receiving their body (not yet in inflight); each "
+            "ends within its body-read deadline (408).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.duration = Histogram(
             PREFIX + "request_duration_seconds",
             "Time from admission to the end of the response.",

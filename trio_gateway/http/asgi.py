@@ -27,6 +27,38 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def declared_length(scope: Scope) -> int | None:
+    """The request's `Content-Length`, None without one (h11 refuses a malformed one before
+    the app sees the request; anything else unreadable counts as none)."""
+    value = header(scope, b"content-length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+def body_too_large(limit: int) -> APIError:
+    return APIError(
+        413,
+        f"Request body too large: the limit is {limit} bytes.",
+        "invalid_request_error",
+        None,
+        "request_too_large",
+        "validation",
+    )
+
+
+def body_read_timed_out(seconds: float) -> APIError:
+    """408: the body did not arrive in time (the connection is closed after the answer)."""
+    return APIError(
+        408,
+        f"The request body did not arrive within {seconds:g} s.",
+        "invalid_request_error",
+        None,
+        "request_timeout",
+        "validation",
+    )
+
+
 async def read_body(receive: Receive, limit: int) -> bytes:
     """The whole request body; 413 past `limit` bytes."""
     parts: list[bytes] = []
@@ -38,14 +70,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         body = message.get("body", b"")
         size += len(body)
         if size > limit:
-            raise APIError(
-                413,
-                f"Request body too large: the limit is {limit} bytes.",
-                "invalid_request_error",
-                None,
-                "request_too_large",
-                "validation",
-            )
+            raise body_too_large(limit)
         parts.append(body)
         if not message.get("more_body", False):
             return b"".join(parts)

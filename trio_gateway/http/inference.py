@@ -17,9 +17,21 @@ import trio
 
 from trio_gateway.gateway import Gateway
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
-from trio_gateway.http.asgi import ClientGone, Receive, Scope, Send, header, read_body, send_error
+from trio_gateway.http.asgi import (
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    body_read_timed_out,
+    body_too_large,
+    declared_length,
+    header,
+    read_body,
+    send_error,
+)
 from trio_gateway.http.auth import bearer_token, key_accepted
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Flight, run_flight
+from trio_gateway.lifecycle.ledger import BodyRead
 from trio_gateway.lifecycle.reader import ChunkReader
 from trio_gateway.logs import request_id_var
 from trio_gateway.openai.errors import (
@@ -71,6 +83,7 @@ async def handle_inference(
     model_label = "unknown"
     stream = False
     body: dict[str, Any] | None = None  # once parsed: the model a refusal is counted under
+    reading: BodyRead | None = None  # its ledger entry from acceptance until its flight
     try:
         if gateway.api_keys and not key_accepted(
             bearer_token(header(scope, b"authorization")), gateway.api_keys
@@ -81,7 +94,17 @@ async def handle_inference(
         content_type = header(scope, b"content-type")
         if content_type is not None and not content_type.lower().startswith(b"application/json"):
             raise _unsupported_media_type(content_type)
-        body = parse_json_body(await read_body(receive, gateway.config.max_body_bytes))
+        declared = declared_length(scope)
+        if declared is not None and declared > gateway.config.max_body_bytes:
+            raise body_too_large(gateway.config.max_body_bytes)  # before reading a byte
+        # Accepted: the gateway owns the request from here, so a drain that begins while its
+        # body is still arriving waits for it (issue 16), up to the body-read deadline.
+        timeout = gateway.config.body_read_timeout(declared)
+        reading = gateway.ledger.start_reading(trio.current_time() + timeout)
+        raw = await _read_body(gateway, reading, receive, timeout)
+        if not gateway.accepting:  # the body completed once the drain refused new requests
+            raise draining() if gateway.running else shutting_down()
+        body = parse_json_body(raw)
         stream = body.get("stream") is True
         session = header(scope, b"x-session-id")
         request = dataclasses.replace(
@@ -100,11 +123,19 @@ async def handle_inference(
         gateway.metrics.request_ended(model_label, endpoint, stream, client_cancelled())
         return
     except APIError as error:
-        await send_error(send, error, _headers(error, id_header, None))
+        headers = _headers(error, id_header, None)
+        if error.status in (408, 413):  # the rest of the body stays unread: hypercorn closes
+            headers.append((b"connection", b"close"))
+        await send_error(send, error, headers)
         label = _model_label(gateway, body)
         gateway.metrics.request_ended(label, endpoint, stream, error)
         _log_refused(label, endpoint, error, started_at)
         return
+    finally:
+        if reading is not None:
+            # Owned until its answer went out above, or until its flight enters the ledger
+            # below: no checkpoint in between, so the drain never finds it in neither.
+            gateway.ledger.done_reading(reading)
 
     flight = Flight(flight_id, request.model, endpoint, started_at)
     chunks_in, chunks_out = trio.open_memory_channel[Chunk](gateway.config.stream_buffer)
@@ -147,6 +178,24 @@ async def handle_inference(
         if outcome is not None and outcome.error_type in ("internal", "unavailable"):
             log.warning("ended with %s: %s", outcome.type, outcome.message)
         _log_end(gateway, request, flight, reader, outcome, started_at, status)
+
+
+async def _read_body(
+    gateway: Gateway, reading: BodyRead, receive: Receive, allowed_s: float
+) -> bytes:
+    """The body, read under `reading`'s scope: 408 when its deadline passes first, 503
+    `shutdown` when the drain's deadline cuts it. Counted in the reading gauge meanwhile."""
+    metrics = gateway.metrics
+    metrics.reading.inc()
+    try:
+        with reading.scope:
+            return await read_body(receive, gateway.config.max_body_bytes)
+    finally:
+        metrics.reading.dec()
+    if reading.cancel_reason is not None:
+        metrics.cancellations.labels(reading.cancel_reason).inc()
+        raise shutting_down()
+    raise body_read_timed_out(allowed_s)
 
 
 def _model_label(gateway: Gateway, body: dict[str, Any] | None) -> str:

@@ -7,6 +7,11 @@ one task in the gateway's nursery that waits for a trigger (SIGTERM, SIGINT, `PO
 drain deadline passes, then cancels what is left with reason `shutdown`, so every open stream
 ends with an error frame and `[DONE]` rather than a bare close.
 
+The ledger holds every request the gateway owns, including those still reading their body
+when the trigger comes: the drain waits for them too (their body-read deadline bounds it),
+they are answered 503 `draining` if their body completes once new requests are refused, and
+the cut answers them 503 `shutdown`, so none is left to hypercorn's graceful timeout.
+
 The listener stays open while draining: a load balancer sees `/ready` turn 503 and new
 requests answered 503 with `Retry-After`, rather than refused connections, until the gateway
 has nothing left in flight; only then does the server stop accepting and exit.
@@ -111,9 +116,10 @@ class GracefulShutdown:
             return
         if phase is Phase.DRAINING:
             log.info(
-                "%s: draining %d in-flight request(s), deadline %g s",
+                "%s: draining %d in-flight request(s) (%d still reading their body), deadline %g s",
                 source,
-                len(self.ledger),
+                self.ledger.owned,
+                self.ledger.reading,
                 self.phases.drain_timeout,
             )
             self._triggered.set()
@@ -138,13 +144,13 @@ class GracefulShutdown:
         self._drain_scope = None
         self.phases.drain_over()
         # Phase 3: cut what is left; each request writes its own last frame.
-        if len(self.ledger):
+        if self.ledger.owned:
             self.cut = self.ledger.cancel_all(SHUTDOWN)
             log.warning("drain deadline: cutting %d request(s) with a shutdown frame", self.cut)
             with trio.move_on_after(CUT_GRACE_S):
                 await self.ledger.wait_empty()
-            if len(self.ledger):
-                log.error("%d request(s) did not end after being cut", len(self.ledger))
+            if self.ledger.owned:
+                log.error("%d request(s) did not end after being cut", self.ledger.owned)
         for cleanup in self.on_stopping:
             await cleanup()
         self.phases.stopped()
