@@ -287,16 +287,83 @@ async def test_unavailable_even_when_full_is_503_not_queued() -> None:
     assert info.value.status == 503
 
 
-async def test_breaker_open_is_503(autojump_clock: trio.testing.MockClock) -> None:
+async def test_the_only_backend_open_is_routed_to_anyway(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Panic routing: an open breaker does not refuse a model's last backends."""
     router = router_with(FakeEngine("a", capacity=None), breaker_threshold=1)
     backend = router.try_acquire("m")
     assert backend is not None
     router.release(backend, False)
     assert state_of(backend) is BreakerState.OPEN
+    assert not backend.breaker.allows(trio.current_time())
+    assert router.routable("m") and router.serves_any()
+    assert router.try_acquire("m") is backend
+    assert state_of(backend) is BreakerState.OPEN  # not a probe: the cooldown runs on
+    router.release(backend, True)
+    assert state_of(backend) is BreakerState.CLOSED
+
+
+async def test_panic_spreads_over_every_open_backend(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = router_with(
+        FakeEngine("a", capacity=None), FakeEngine("b", capacity=None), breaker_threshold=1
+    )
+    router.policy = RoundRobin()
+    for name in ("a", "b"):
+        backend = router.try_acquire("m", only=name)
+        assert backend is not None
+        router.release(backend, False)
+        assert state_of(backend) is BreakerState.OPEN
+    got = [router.try_acquire("m") for _ in range(4)]
+    assert [b.name for b in got if b is not None] == ["a", "b", "a", "b"]
+
+
+async def test_panic_waits_for_room_and_never_picks_a_disconnected_backend(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = router_with(FakeEngine("a", capacity=1), FakeEngine("b"), breaker_threshold=1)
+    a, b = router.find("a"), router.find("b")
+    assert a is not None and b is not None
+    for backend in (a, b):
+        backend.breaker.on_failure(trio.current_time())
+    b.engine.available = False  # type: ignore[misc]
+    assert router.try_acquire("m") is a
+    assert router.try_acquire("m") is None  # a is full: queue for it
+    a.engine.available = False  # type: ignore[misc]
+    assert not router.routable("m") and not router.serves_any()
     with pytest.raises(APIError) as info:
         router.try_acquire("m")
     assert info.value.status == 503
     assert info.value.error_type == "unavailable"
+
+
+async def test_a_healthy_backend_that_is_full_is_waited_for_rather_than_panic(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = router_with(FakeEngine("a", capacity=None), FakeEngine("b"), breaker_threshold=1)
+    a, b = router.find("a"), router.find("b")
+    assert a is not None and b is not None
+    a.breaker.on_failure(trio.current_time())
+    b.inflight = 1
+    assert router.try_acquire("m") is None
+    assert a.inflight == 0
+
+
+async def test_a_fresh_hello_makes_an_open_breaker_half_open(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    router = router_with(FakeEngine("a", capacity=None), FakeEngine("b"), breaker_threshold=1)
+    a, b = router.find("a"), router.find("b")
+    assert a is not None and b is not None
+    a.breaker.on_failure(trio.current_time())
+    assert router.try_acquire("m") is b
+    router.backend_reconnected(a)
+    assert state_of(a) is BreakerState.HALF_OPEN
+    assert router.try_acquire("m") is a  # the probe, long before the cooldown's end
+    router.backend_reconnected(b)  # closed: nothing changes
+    assert state_of(b) is BreakerState.CLOSED
 
 
 async def test_breaker_open_backend_is_skipped_for_a_healthy_one() -> None:
@@ -639,9 +706,7 @@ async def test_failures_open_the_breaker_after_threshold(
     router.release(backend, False)
     assert state_of(backend) is BreakerState.OPEN
     assert backend.breaker.open_until == failed_at + 10.0
-    with pytest.raises(APIError) as info:
-        router.try_acquire("m")
-    assert info.value.status == 503
+    assert not backend.breaker.allows(trio.current_time())
 
 
 async def test_success_verdict_resets_failures() -> None:
@@ -660,21 +725,27 @@ async def test_success_verdict_resets_failures() -> None:
 
 
 async def test_half_open_probe_success_closes(autojump_clock: trio.testing.MockClock) -> None:
-    router = router_with(FakeEngine("a", capacity=None), breaker_threshold=1, breaker_cooldown=5.0)
+    # "full" is healthy but has no room: requests wait for it rather than panic onto "a".
+    router = router_with(
+        FakeEngine("a", capacity=None),
+        FakeEngine("full", capacity=1),
+        breaker_threshold=1,
+        breaker_cooldown=5.0,
+    )
+    full = router.find("full")
+    assert full is not None
+    full.inflight = 1
     backend = router.try_acquire("m")
-    assert backend is not None
+    assert backend is not None and backend.name == "a"
     router.release(backend, False)
     assert state_of(backend) is BreakerState.OPEN
     await trio.sleep(4.9)
-    with pytest.raises(APIError):
-        router.try_acquire("m")
+    assert router.try_acquire("m") is None
     await trio.sleep(0.1)
     probe = router.try_acquire("m")
     assert probe is backend
     assert state_of(backend) is BreakerState.HALF_OPEN
-    with pytest.raises(APIError) as info:
-        router.try_acquire("m")  # one probe at a time
-    assert info.value.status == 503
+    assert router.try_acquire("m") is None  # one probe at a time
     router.release(probe, True)
     assert state_of(backend) is BreakerState.CLOSED
     assert router.try_acquire("m") is backend
@@ -698,8 +769,7 @@ async def test_half_open_probe_failure_reopens(autojump_clock: trio.testing.Mock
     router.release(probe, False)
     assert state_of(backend) is BreakerState.OPEN
     assert backend.breaker.open_until == failed_at + 5.0
-    with pytest.raises(APIError):
-        router.try_acquire("m")
+    assert not backend.breaker.allows(trio.current_time())
 
 
 async def test_abandoned_probe_lets_another_probe_go(

@@ -200,3 +200,27 @@ def test_zero_cooldown_allows_at_once() -> None:
     breaker.on_dispatch(50.0)
     assert state_of(breaker) is BreakerState.HALF_OPEN
     assert not breaker.allows(50.0)
+
+
+def test_reconnect_makes_open_half_open_at_once() -> None:
+    breaker = opened(cooldown=10.0, at=100.0)
+    breaker.on_reconnect()
+    assert state_of(breaker) is BreakerState.HALF_OPEN
+    assert breaker.allows(101.0)  # long before the cooldown's end
+    breaker.on_dispatch(101.0)
+    assert not breaker.allows(101.0)  # still one probe at a time
+    breaker.on_failure(102.0)
+    assert state_of(breaker) is BreakerState.OPEN
+    assert breaker.open_until == 112.0
+
+
+def test_reconnect_leaves_closed_and_a_running_probe_alone() -> None:
+    closed = CircuitBreaker(3, 10.0)
+    closed.on_failure(1.0)
+    closed.on_reconnect()
+    assert state_of(closed) is BreakerState.CLOSED
+    assert closed.failures == 1
+    probing = half_open(at=100.0)
+    probing.on_reconnect()
+    assert state_of(probing) is BreakerState.HALF_OPEN
+    assert not probing.allows(111.0)

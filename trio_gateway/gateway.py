@@ -143,12 +143,12 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        """Accepting, with at least one backend able to take a request."""
-        return (
-            self.running
-            and self.shutdown.ready
-            and any(b.engine.available for b in self.router.backends)
-        )
+        """Accepting, and a request for some model would be routed rather than refused.
+
+        The router answers (`Router.serves_any`), with the same choice a request gets: a
+        backend whose breaker is open still counts while panic routing would send requests
+        to it, and a connected backend that serves no model yet does not."""
+        return self.running and self.shutdown.ready and self.router.serves_any()
 
     def refresh_gauges(self) -> None:
         """State read at scrape time rather than kept up to date on every change (and every
@@ -240,7 +240,9 @@ class Gateway:
     async def _run_backend(
         self, backend: Backend, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        if hasattr(backend.engine, "on_available"):  # a worker coming back adds capacity
-            backend.engine.on_available = self.router.wake
+        if hasattr(backend.engine, "on_available"):
+            # A worker's fresh hello (an upstream answering again): capacity for the queue,
+            # and an open breaker goes half-open at once rather than after its cooldown.
+            backend.engine.on_available = partial(self.router.backend_reconnected, backend)
         with trio.CancelScope() as backend.scope:
             await backend.engine.run(task_status=task_status)

@@ -145,7 +145,10 @@ class BatchScheduler:
             if seq.error_after is not None and seq.generated >= seq.error_after:
                 self._fail(
                     seq,
-                    internal_error(f"mock engine: injected failure after {seq.generated} tokens"),
+                    internal_error(
+                        f"mock engine: injected failure after {seq.generated} tokens",
+                        backend_fault=False,  # the request asked for it: the engine is fine
+                    ),
                 )
                 return
             if not self._emit_next(seq):

@@ -35,9 +35,6 @@ RESPONSE_TIMEOUT = "response_timeout"
 SHUTDOWN = "shutdown"
 HANDLER_EXIT = "handler_exit"
 
-# Failures that count against a backend's circuit breaker (not the client's own errors).
-BACKEND_FAULTS = frozenset({"internal", "unavailable"})
-
 
 @dataclass(eq=False, slots=True)
 class Flight:
@@ -192,18 +189,38 @@ async def _generate_on(
     whole_answer_timeout: float | None,
 ) -> None:
     """Generate on a backend whose slot is held, then give the slot back with a verdict
-    for its breaker: backend faults count against it, the client's own errors do not."""
+    for its breaker: True on success, False on evidence that the backend is down, None
+    otherwise (neither counts nor resets).
+
+    Evidence is an error marked `backend_fault` where it was made (unreachable, lost,
+    a 5xx status; not a request's own in-band failure, see `APIError`), or a silence: the
+    inactivity (or whole-answer) timeout firing while this engine held the request. From
+    outside, that is what a hung engine looks like, its connection up and its
+    pings answered, and only the breaker notices it. The silence timer runs from the
+    request's start, queue included, so a timeout is held against the engine only when the
+    engine had the request for at least half the limit: more time spent waiting for a slot
+    than in the engine is the gateway's own overload, not a dead backend (and exactly the
+    whole limit would miss by the microseconds between the writer's wait and the dispatch).
+    The client's disconnect, shutdown and errors that are not faults give no verdict.
+    """
     flight.worker = backend.name
     if whole_answer_timeout is not None and not backend.engine.streams_unary:
         flight.silence_limit = max(flight.silence_limit, whole_answer_timeout)
+    dispatched_at = trio.current_time()
     verdict: bool | None = None
     try:
         await backend.engine.generate(request, chunks)
         verdict = True
     except APIError as error:
-        verdict = False if error.error_type in BACKEND_FAULTS else None
+        verdict = False if error.backend_fault else None
         raise
     finally:
+        if (
+            verdict is None
+            and flight.cancel_reason == RESPONSE_TIMEOUT
+            and trio.current_time() - dispatched_at >= flight.silence_limit / 2
+        ):
+            verdict = False
         router.release(backend, verdict)
 
 

@@ -27,6 +27,16 @@ class APIError(Exception):
     """An error the client sees as `{"error": {...}}` with an HTTP status.
 
     `error_type` is our metrics classification; `type` is what OpenAI clients read.
+
+    `backend_fault` says whether the failure is evidence that the backend itself is down or
+    broken, so that it counts against the backend's circuit breaker. It is set where the
+    error is made, by what the error says, not derived from its status: True for a backend
+    that cannot be reached or answers as broken (connection refused or lost, a worker lost,
+    an upstream's 5xx status, 401/403 on the gateway's own key, an answer that cannot be
+    read); False for a request's own failure, which says nothing about the next request (a
+    4xx or 429, an error reported in-band by an engine that is otherwise answering, such as
+    a content filter, a length limit or the mock's injected `error_after`). An engine that
+    stays silent is judged by the flight (`_generate_on`), not by an error.
     """
 
     status: int
@@ -38,6 +48,9 @@ class APIError(Exception):
     # True when the engine produced nothing before failing (a worker lost or refusing
     # before the first chunk): the request may be tried again on another engine.
     retryable: bool = False
+    # Counts against the backend's circuit breaker (see above); the constructors for the
+    # backend's own failures, `unavailable` and `internal_error`, default to True.
+    backend_fault: bool = False
 
     def body(self) -> dict[str, Any]:
         return {
@@ -121,8 +134,10 @@ def client_cancelled() -> APIError:
     return APIError(499, "The client disconnected.", "cancelled", None, "cancelled", "cancelled")
 
 
-def unavailable(message: str, *, retryable: bool = False) -> APIError:
-    return APIError(503, message, "unavailable", None, "unavailable", "unavailable", retryable)
+def unavailable(message: str, *, retryable: bool = False, backend_fault: bool = True) -> APIError:
+    return APIError(
+        503, message, "unavailable", None, "unavailable", "unavailable", retryable, backend_fault
+    )
 
 
 def session_lost(session_id: str, worker: str) -> APIError:
@@ -140,5 +155,7 @@ def overloaded(message: str) -> APIError:
     return APIError(429, message, "overload", None, "overload", "overload")
 
 
-def internal_error(message: str = "The engine failed.") -> APIError:
-    return APIError(500, message, "internal_error", None, "internal_error", "internal")
+def internal_error(message: str = "The engine failed.", *, backend_fault: bool = True) -> APIError:
+    return APIError(
+        500, message, "internal_error", None, "internal_error", "internal", False, backend_fault
+    )

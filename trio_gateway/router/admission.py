@@ -3,10 +3,23 @@
 The table of backends (their in-flight counts, capacities and breakers) and the choice are
 plain code; the only trio here is the wait of a queued request, which is an event per waiter
 and leaves the queue the moment its caller is cancelled (a client that went away).
+
+Panic routing. A breaker steers requests away from a backend while others are healthy; it
+does not refuse the last ones. When every connected backend that may take a request has
+its breaker refusing (open, or half-open with its probe out), the request is routed among
+them anyway, as Envoy does below its panic threshold, here at 0% healthy: refusing would
+turn a suspicion into a certain outage (one backend: every request 503 for the cooldown),
+while routing costs at worst the failures that were coming anyway, and the first success
+closes the breaker. Letting one probe through at once was the alternative; it still
+refuses everything else while the probe runs, and a probe that is a long stream keeps that
+going for minutes. A backend that is not connected (`engine.available` False) is never
+routed to, panic or not: a request on it fails at once. `/ready` asks the same question
+(`serves_any`), so it says 503 exactly when requests would be refused.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +30,8 @@ from trio_gateway.engines.protocol import Engine
 from trio_gateway.openai.errors import APIError, model_not_found, overloaded, unavailable
 from trio_gateway.router.breaker import BreakerState, CircuitBreaker
 from trio_gateway.router.policies import Policy
+
+log = logging.getLogger("trio_gateway.router")
 
 
 @dataclass(eq=False)
@@ -68,6 +83,7 @@ class Router:
         self._breaker_cooldown = breaker_cooldown
         self.backends: list[Backend] = []
         self._waiters: list[_Waiter] = []
+        self._panicking: set[str] = set()  # models routed in panic at their last request
 
     @property
     def queued(self) -> int:
@@ -117,22 +133,39 @@ class Router:
 
     def _candidates(
         self, model: str, exclude: Iterable[str], now: float, only: str | None = None
-    ) -> tuple[list[Backend], bool]:
-        """Backends that can take the request now, and whether any could later (when full)."""
+    ) -> tuple[list[Backend], bool, bool]:
+        """Backends that can take the request now, whether any could later (when full), and
+        whether these are the panic choice (every one's breaker refuses; module docstring)."""
         excluded = set(exclude)
-        ready, could_later = [], False
+        allowed: list[Backend] = []
+        refused: list[Backend] = []
         for backend in self.backends:
             if backend.name in excluded or not backend.serves(model):
                 continue
             if only is not None and backend.name != only:
                 continue
-            if not backend.engine.available or not backend.breaker.allows(now):
+            if not backend.engine.available:
                 continue
-            if backend.has_room():
-                ready.append(backend)
-            else:
-                could_later = True
-        return ready, could_later
+            (allowed if backend.breaker.allows(now) else refused).append(backend)
+        panic = not allowed
+        pool = refused if panic else allowed
+        ready = [backend for backend in pool if backend.has_room()]
+        return ready, len(ready) < len(pool), panic and bool(pool)
+
+    def routable(self, model: str) -> bool:
+        """Whether a request for `model` would be routed now or queued, not refused."""
+        ready, could_later, _ = self._candidates(model, (), trio.current_time())
+        return bool(ready) or could_later
+
+    def serves_any(self) -> bool:
+        """Whether a request for some model would be routed: what `/ready` reports."""
+        return any(self.routable(model) for model in self.models())
+
+    def backend_reconnected(self, backend: Backend) -> None:
+        """A backend came back (a worker's fresh hello): its breaker is half-open at once,
+        and queued requests look again."""
+        backend.breaker.on_reconnect()
+        self.wake()
 
     def try_acquire(
         self, model: str, exclude: Iterable[str] = (), only: str | None = None
@@ -140,7 +173,10 @@ class Router:
         """A slot now, or None; raises when the request cannot be served by waiting.
         `only` names the one backend allowed (a session's worker)."""
         now = trio.current_time()
-        ready, could_later = self._candidates(model, exclude, now, only)
+        excluded = set(exclude)
+        ready, could_later, panic = self._candidates(model, excluded, now, only)
+        if not excluded and only is None and panic != (model in self._panicking):
+            self._note_panic(model, panic)  # of the model's backends as a whole
         if ready:
             backend = self.policy.choose(ready)
             assert isinstance(backend, Backend)
@@ -151,7 +187,19 @@ class Router:
             return None
         if not self.knows(model):
             raise model_not_found(model)
-        raise unavailable(f"No backend serving {model!r} is available right now.")
+        raise unavailable(
+            f"No backend serving {model!r} is available right now.", backend_fault=False
+        )
+
+    def _note_panic(self, model: str, panic: bool) -> None:
+        if panic:
+            self._panicking.add(model)
+            log.warning(
+                "every backend serving %r has its breaker open: routing to them anyway", model
+            )
+        else:
+            self._panicking.discard(model)
+            log.info("model %r: no longer routing in panic", model)
 
     async def acquire(
         self, model: str, exclude: Iterable[str] = (), only: str | None = None

@@ -2,7 +2,12 @@
 
 closed: requests flow; `threshold` consecutive failures open it. open: no requests until
 `cooldown` has passed; then half-open: exactly one probe request goes through; its success
-closes the breaker, its failure opens it again for another cooldown.
+closes the breaker, its failure opens it again for another cooldown. A backend that comes
+back (a worker's fresh hello) is half-open at once (`on_reconnect`).
+
+What counts as a failure is decided by the caller (`APIError.backend_fault`, the flight's
+verdict); what an open breaker means when every backend of a model is open is the router's
+(panic routing, `Router`): this only keeps the state.
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ class CircuitBreaker:
         self.failures += 1
         if self.failures >= self.threshold:
             self._open(now)
+
+    def on_reconnect(self) -> None:
+        """The backend is reachable again (a worker's fresh hello, an upstream's model list
+        answering again): an open breaker need not wait out its cooldown, the next request
+        is the probe. A closed or probing breaker is left as it is."""
+        if self.state is BreakerState.OPEN:
+            self.state = BreakerState.HALF_OPEN
+            self._probing = False
 
     def on_abandoned(self) -> None:
         """The request ended without a verdict (client gone): a probe may be retried."""

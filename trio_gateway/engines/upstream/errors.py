@@ -77,6 +77,10 @@ def inband_error(body: Any) -> APIError:
     The status is the frame's numeric code when it is one (vLLM and llama.cpp send the HTTP
     status there), else 500. A 4xx code keeps the client's classification (llama.cpp reports
     an over-long prompt this way, after it has answered 200).
+
+    Never a backend fault, whatever its code: the upstream answered, and reports that this
+    request failed (a content filter, a length limit, a prompt it refused). A backend that
+    is really down shows it on the next request (refused connection, 5xx status).
     """
     fields = error_fields(body) or {}
     code = _code(fields.get("code"))
@@ -89,6 +93,7 @@ def inband_error(body: Any) -> APIError:
         param=_as_str(fields.get("param")),
         code=code,
         error_type=_error_type_for(status),
+        backend_fault=False,
     )
 
 
