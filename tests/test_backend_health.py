@@ -279,3 +279,17 @@ async def test_a_worker_that_reconnects_is_half_open_at_once(
         probe = await harness.request("POST", CHAT, chat(stream=True, max_tokens=2))
         assert probe.status == 200 and len(probe.tokens()) == 2
         assert state_of(backend) is BreakerState.CLOSED
+
+
+async def test_injected_errors_on_a_worker_do_not_open_its_breaker(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The same five failures through the worker plane: the error frame says they are the
+    requests' own, so the worker stays closed."""
+    async with gateway_on_worker() as (harness, _server, _worker):
+        for _ in range(5):
+            failed = await harness.request("POST", CHAT, chat(stream=True, mock={"error_after": 1}))
+            assert orjson.loads(failed.events()[-2])["error"]["type"] == "internal_error"
+        backend = backend_of(harness)
+        assert state_of(backend) is BreakerState.CLOSED
+        assert backend.breaker.failures == 0

@@ -228,6 +228,7 @@ def test_error_frame_wire_type_is_error() -> None:
         "error_type": "overload",
         "code": "c",
         "status": 429,
+        "backend_fault": True,
     }
 
 
@@ -991,3 +992,10 @@ def test_chunks_frame_round_trip_and_rejects_bad_items() -> None:
     with pytest.raises(ProtocolError) as caught:
         decode('{"type": "chunks", "items": "nope"}')
     assert caught.value.request_id is None
+
+
+def test_error_frame_says_whether_it_counts_against_the_worker() -> None:
+    frame = ErrorFrame("r", "injected", backend_fault=False)
+    assert decode(encode(frame)) == frame
+    assert decode('{"type":"error","id":"r","message":"m"}') == ErrorFrame("r", "m")
+    assert ErrorFrame("r", "m").backend_fault is True  # absent: counts, as a lost engine does

@@ -372,13 +372,12 @@ class RemoteWorker:
 
 def _worker_error(frame: ErrorFrame, *, retryable: bool) -> APIError:
     if frame.status == 503 or frame.type == "unavailable":
-        return unavailable(frame.message, retryable=retryable)
+        return unavailable(frame.message, retryable=retryable, backend_fault=frame.backend_fault)
     if 400 <= frame.status < 500:
         return APIError(frame.status, frame.message, frame.type, None, frame.code, "validation")
     if frame.type == "shutdown":
         return APIError(503, frame.message, "unavailable", None, frame.code, "unavailable")
-    error = internal_error(frame.message)
-    return error
+    return internal_error(frame.message, backend_fault=frame.backend_fault)
 
 
 def _describe(error: BaseException) -> str:

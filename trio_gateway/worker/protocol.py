@@ -80,6 +80,9 @@ class ErrorFrame:
     type: str = "internal_error"
     code: str | int | None = None
     status: int = 500
+    # Whether the failure says the worker's engine is down (it counts against the worker's
+    # breaker) or only that this request failed (an injected or in-band error).
+    backend_fault: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +210,7 @@ def encode(message: Message) -> str:
                 "error_type": message.type,
                 "code": message.code,
                 "status": message.status,
+                "backend_fault": message.backend_fault,
             }
         ).decode()
     frame = {"type": _TYPE_OF[type(message)]}
@@ -316,6 +320,7 @@ def decode(text: str | bytes) -> Message:
             _optional(frame, "error_type", str, rid) or "internal_error",
             frame.get("code") if isinstance(frame.get("code"), str | int) else None,
             _status(frame.get("status")),
+            frame.get("backend_fault") is not False,
         )
     if kind == "hello":
         models = _get(frame, "models", list, None)

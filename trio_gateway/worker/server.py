@@ -448,7 +448,9 @@ def shut_down() -> APIError:
 
 
 def _error_frame(request_id: str, error: APIError) -> ErrorFrame:
-    return ErrorFrame(request_id, error.message, error.type, error.code, error.status)
+    return ErrorFrame(
+        request_id, error.message, error.type, error.code, error.status, error.backend_fault
+    )
 
 
 async def _send_error(ws: WebSocketConnection, request_id: str, error: APIError) -> None:
