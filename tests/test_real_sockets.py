@@ -18,7 +18,7 @@ from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
 from tests.conftest import RecordingEngine, chat
-from trio_gateway.cli import hypercorn_config
+from trio_gateway.cli import hypercorn_config, install_error_bodies
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.gateway import Gateway
@@ -46,6 +46,7 @@ async def serving(gateway: Gateway) -> AsyncIterator[str]:
     hc = hypercorn_config(gateway.config)
     hc.bind = ["127.0.0.1:0"]
     socket_writes.install()
+    install_error_bodies()
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(

@@ -14,13 +14,10 @@ from contextlib import asynccontextmanager
 import orjson
 import pytest
 import trio
-from hypercorn.trio import serve
 
-from trio_gateway.cli import hypercorn_config, install_error_bodies
+from tests.test_real_sockets import serving
 from trio_gateway.config import GatewayConfig
 from trio_gateway.gateway import Gateway
-from trio_gateway.http import socket_writes
-from trio_gateway.http.application import GatewayApp
 
 BODY = orjson.dumps(
     {"model": "mock", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -36,21 +33,8 @@ def chunked(body: bytes) -> bytes:
 async def gateway_port() -> AsyncIterator[int]:
     """The gateway on hypercorn as `trio-gateway serve` runs it, on an ephemeral port."""
     gateway = Gateway(GatewayConfig(port=1, mock_itl_ms=1, mock_ttft_ms=0))
-    hc = hypercorn_config(gateway.config)
-    hc.bind = ["127.0.0.1:0"]
-    socket_writes.install()
-    install_error_bodies()
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve(
-                GatewayApp(gateway), hc, shutdown_trigger=stop.wait, task_status=task_status
-            )
-        )
-        try:
-            yield int(binds[0].rsplit(":", 1)[1])
-        finally:
-            stop.set()
+    async with serving(gateway) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 async def exchange(port: int, raw: bytes) -> bytes:

@@ -8,7 +8,8 @@ reading, so the kernel buffer fills and the rest must go through hypercorn's pat
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,26 +179,36 @@ def test_install_is_idempotent_and_only_for_the_hypercorn_it_was_written_for(
     assert H11Protocol.stream_send is socket_writes.fast_stream_send
 
 
-async def raw_response(app: Any) -> bytes:
-    """Every byte hypercorn writes for one request to `app`, on a real loopback socket."""
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[int]:
+    """`app` on a real hypercorn on an ephemeral loopback port; yields the port."""
     config = HypercornConfig()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None
     stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            lambda task_status: serve(
+                app, config, shutdown_trigger=stop.wait, task_status=task_status
+            )
+        )
+        try:
+            yield int(binds[0].rsplit(":", 1)[1])
+        finally:
+            stop.set()
+
+
+REQUEST = b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+
+
+async def raw_response(app: Any) -> bytes:
+    """Every byte hypercorn writes for one request to `app`, on a real loopback socket."""
     received = bytearray()
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                lambda task_status: serve(
-                    app, config, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
-            port = int(binds[0].rsplit(":", 1)[1])
-            async with await trio.open_tcp_stream("127.0.0.1", port) as client:
-                await client.send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                while data := await client.receive_some(1 << 16):
-                    received += data
-            stop.set()
+        async with served(app) as port, await trio.open_tcp_stream("127.0.0.1", port) as client:
+            await client.send_all(REQUEST)
+            while data := await client.receive_some(1 << 16):
+                received += data
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     # The date header changes by the second; nothing else may differ.
     kept = [line for line in head.split(b"\r\n") if not line.startswith(b"date:")]
@@ -269,39 +280,16 @@ async def test_a_client_that_stops_reading_gets_every_byte_in_order(
     monkeypatch.setattr(socket_writes, "_hypercorn_protocol_send", counting)
     chunks = [bytes([index % 251]) * 65536 for index in range(128)]  # 8 MiB, each chunk distinct
 
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await receive()
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        await receive()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    config = HypercornConfig()
-    config.bind = ["127.0.0.1:0"]
-    config.accesslog = None
-    stop = trio.Event()
+    received = bytearray()
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                lambda task_status: serve(
-                    app, config, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
-            port = int(binds[0].rsplit(":", 1)[1])
-            client = await trio.open_tcp_stream("127.0.0.1", port)
-            async with client:
-                await client.send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-                await buffers_full.wait()  # the server filled the buffers we are not reading
-                received = bytearray()
-                while data := await client.receive_some(1 << 20):
-                    received += data
-            stop.set()
+        async with (
+            served(body_app(chunks, [])) as port,
+            await trio.open_tcp_stream("127.0.0.1", port) as client,
+        ):
+            await client.send_all(REQUEST)
+            await buffers_full.wait()  # the server filled the buffers we are not reading
+            while data := await client.receive_some(1 << 20):
+                received += data
     head, _, body = bytes(received).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert _dechunk(body) == b"".join(chunks)
