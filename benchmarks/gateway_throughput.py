@@ -100,16 +100,6 @@ async def point(gateway: GatewayProcess, c: int, seconds: float) -> dict[str, An
             "requests": await metrics.total(REQUESTS_METRIC),
         }
 
-    async def measure() -> None:
-        await trio.sleep(WARMUP_S)
-        start = await sample()
-        end_at = trio.current_time() + seconds
-        while trio.current_time() < end_at:  # a scrape every 2 s keeps the connection alive
-            await trio.sleep(min(2.0, end_at - trio.current_time()))
-            await metrics.total(TOKENS_METRIC)
-        end = await sample()
-        window.update({key: end[key] - start[key] for key in start})
-
     async def watch_rss() -> None:
         nonlocal peak_rss
         while True:
@@ -121,7 +111,7 @@ async def point(gateway: GatewayProcess, c: int, seconds: float) -> dict[str, An
         nursery.start_soon(watch_rss)
         async with trio.open_nursery() as load:
             load.start_soon(with_wrk)
-            load.start_soon(measure)
+            load.start_soon(metrics.window, sample, WARMUP_S, seconds, window)
             stats = await probe(gateway.port, probes, WARMUP_S + seconds, BODY)
         nursery.cancel_scope.cancel()
     await metrics.aclose()

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,24 @@ class MetricsReader:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    async def window(
+        self,
+        sample: Callable[[], Awaitable[dict[str, float]]],
+        warmup: float,
+        seconds: float,
+        into: dict[str, float],
+    ) -> None:
+        """After `warmup`, the change in each of `sample()`'s readings over `seconds`, put in
+        `into` (a task of the load's nursery fills it while the load runs)."""
+        await trio.sleep(warmup)
+        start = await sample()
+        end_at = trio.current_time() + seconds
+        while trio.current_time() < end_at:  # a scrape every 2 s keeps the connection alive
+            await trio.sleep(min(2.0, end_at - trio.current_time()))
+            await self.total("trio_gateway_output_tokens_total")
+        end = await sample()
+        into.update({key: end[key] - start[key] for key in start})
 
     async def total(self, name: str) -> float:
         """The sum of every sample of one metric (all label sets)."""

@@ -176,20 +176,10 @@ async def point(
             "requests": await metrics.total(REQUESTS_METRIC),
         }
 
-    async def measure() -> None:
-        await trio.sleep(warmup)
-        start = await sample()
-        end_at = trio.current_time() + seconds
-        while trio.current_time() < end_at:  # a scrape every 2 s keeps the connection alive
-            await trio.sleep(min(2.0, end_at - trio.current_time()))
-            await metrics.total(TOKENS_METRIC)
-        end = await sample()
-        window.update({key: end[key] - start[key] for key in start})
-
     metrics = await MetricsReader.connect(upstream.port)
     async with trio.open_nursery() as load:
         load.start_soon(with_wrk)
-        load.start_soon(measure)
+        load.start_soon(metrics.window, sample, warmup, seconds, window)
         stats = await probe(target.port, probes, warmup + seconds, BODY)
     await metrics.aclose()
     tokens = window["tokens"]
