@@ -44,12 +44,13 @@ def make(
     default_tokens: int = 100,
     trace_id: str = "",
     request_id: str = "req-1",
+    model: str = "mock",
 ) -> MockAnswer:
     request = GenerationRequest(
         request_id=request_id,
         trace_id=trace_id,
         endpoint=endpoint,
-        model="mock",
+        model=model,
         prompt=prompt,
         stream=stream,
         max_tokens=max_tokens,
@@ -778,3 +779,14 @@ def tool_deltas_of(decoded: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if e["choices"]
         for call in e["choices"][0]["delta"].get("tool_calls", [])
     ]
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completion"])
+@pytest.mark.parametrize("model", ['a "quoted"\nmodel', "ünïcødé </script>", "tab\tback\\slash"])
+def test_a_tricky_model_and_id_are_escaped(endpoint: Endpoint, model: str) -> None:
+    """The pre-encoded templates hold the request's model and id: both must stay JSON."""
+    trace_id = 'id"\n'
+    streamed = events(drain(make(endpoint=endpoint, model=model, trace_id=trace_id)))
+    assert {(e["model"], e["id"].endswith(trace_id)) for e in streamed} == {(model, True)}
+    unary = body(drain(make(endpoint=endpoint, stream=False, model=model, trace_id=trace_id)))
+    assert unary["model"] == model and unary["id"].endswith(trace_id)

@@ -19,38 +19,6 @@ def response_id(endpoint: Endpoint, request_id: str) -> str:
     return ("chatcmpl-" if endpoint == "chat" else "cmpl-") + request_id
 
 
-def completion_body(
-    endpoint: Endpoint,
-    response_id: str,
-    model: str,
-    created: int,
-    text: str,
-    finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-) -> dict[str, Any]:
-    choice: dict[str, Any]
-    if endpoint == "chat":
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": finish_reason,
-        }
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-        obj = "text_completion"
-    return {
-        "id": response_id,
-        "object": obj,
-        "created": created,
-        "model": model,
-        "choices": [choice],
-        "usage": usage(prompt_tokens, completion_tokens),
-    }
-
-
 def models_body(models: list[str], created: int, owned_by: str = "trio-gateway") -> dict[str, Any]:
     return {
         "object": "list",
