@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import trio
 
+from tests.redis_server import start_redis
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Chunk, GenerationRequest
 
@@ -42,3 +45,14 @@ class RecordingEngine:
 
 def chat(content: str = "hello", **extra: Any) -> dict[str, Any]:
     return {"model": "mock", "messages": [{"role": "user", "content": content}], **extra}
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A fresh redis-server for the test (skipped without one, unless CI requires it)."""
+    process, port = start_redis()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(5)

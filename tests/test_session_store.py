@@ -7,68 +7,18 @@ tests skip, unless TRIO_GATEWAY_REQUIRE_REDIS=1 (as in CI), which makes its abse
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
-import time
-from collections.abc import Iterator
 
-import pytest
 import trio
 
 from tests.asgi_client import running_gateway
 from tests.conftest import chat
+from tests.redis_server import start_redis
 from tests.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.sessions.store import RedisSessionStore
 
 CHAT = "/v1/chat/completions"
-
-
-def start_redis(*extra: str) -> tuple[subprocess.Popen[bytes], int]:
-    server = shutil.which("redis-server")
-    if server is None:
-        if os.environ.get("TRIO_GATEWAY_REQUIRE_REDIS") == "1":
-            pytest.fail("redis-server is not installed (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(200):  # bounded: 200 x 25 ms
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
-                return process, port
-        except OSError:
-            time.sleep(0.025)
-    process.terminate()
-    pytest.fail("redis-server did not start")
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    process, port = start_redis()
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(5)
 
 
 async def test_a_password_in_the_url_is_used_and_never_shown() -> None:

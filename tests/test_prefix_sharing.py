@@ -1,0 +1,105 @@
+"""Replicas tell each other what they routed: the record codec, the republish throttle, and
+two `PrefixSharing`s on one real redis-server (bounded waits, loopback only)."""
+
+from __future__ import annotations
+
+import struct
+
+import trio
+from trio.testing import MockClock
+
+from trio_gateway.router.prefix_sharing import (
+    PrefixSharing,
+    Republishing,
+    decode_records,
+    encode_records,
+)
+
+
+def test_records_round_trip() -> None:
+    records = [("w1", [1, 2, 2**64 - 1]), ("ws://10.0.0.7:9000", []), ("é", [7])]
+    assert decode_records(encode_records(records)) == records
+
+
+def test_a_malformed_tail_is_dropped_not_raised() -> None:
+    good = encode_records([("w1", [1, 2])])
+    truncated = encode_records([("w2", [3, 4, 5])])[:-3]
+    assert decode_records(good + truncated) == [("w1", [1, 2])]
+    bad_name = struct.pack(">HH", 2, 0) + b"\xff\xfe"
+    assert decode_records(good + bad_name) == [("w1", [1, 2])]
+    assert decode_records(b"\x00") == []
+
+
+def test_a_hot_prefix_is_told_once_per_interval() -> None:
+    told = Republishing(capacity=2, after_s=30.0)
+    assert told.due("w1", [1, 2], now=0.0)
+    assert not told.due("w1", [1, 2], now=10.0)
+    assert told.due("w2", [1, 2], now=10.0)  # another backend: its own record
+    assert told.due("w1", [1, 2], now=31.0)
+    assert not told.due("w1", [], now=0.0)  # nothing to tell
+    # Bounded: the least recently told is forgotten first.
+    assert told.due("w3", [9], now=32.0)
+    assert told.due("w2", [1, 2], now=33.0)
+
+
+async def test_two_replicas_learn_what_the_other_routed(redis_url: str) -> None:
+    learned: dict[str, list[tuple[str, list[int]]]] = {"a": [], "b": [], "late": []}
+    heard = {name: trio.Event() for name in learned}
+
+    def sharing(name: str, records: int = 1) -> PrefixSharing:
+        def apply(backend: str, hashes: list[int], now: float) -> None:
+            learned[name].append((backend, hashes))
+            if len(learned[name]) >= records:
+                heard[name].set()
+
+        return PrefixSharing(redis_url, apply, knows=lambda backend: backend != "unknown")
+
+    a, b = sharing("a"), sharing("b")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        a.publish("w1", [11, 12, 13])
+        a.publish("unknown", [5])
+        b.publish("w2", [21])
+        with trio.fail_after(5):
+            await heard["a"].wait()
+            await heard["b"].wait()
+        # A replica that starts later catches up on what was said before it.
+        await nursery.start(sharing("late", records=2).run)
+        with trio.fail_after(5):
+            await heard["late"].wait()
+        nursery.cancel_scope.cancel()
+    assert learned["b"] == [("w1", [11, 12, 13])]  # not its own, not an unknown backend's
+    assert learned["a"] == [("w2", [21])]
+    assert sorted(learned["late"]) == [("w1", [11, 12, 13]), ("w2", [21])]
+
+
+async def test_no_redis_leaves_routing_alone_and_counts_errors() -> None:
+    errors: list[None] = []
+    failing = trio.Event()
+
+    def on_error() -> None:
+        errors.append(None)
+        if len(errors) >= 2:
+            failing.set()
+
+    sharing = PrefixSharing(
+        "redis://127.0.0.1:1/0", apply=lambda *a: None, knows=bool, on_error=on_error
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sharing.run)
+        sharing.publish("w1", [1])  # no I/O, never raises
+        with trio.fail_after(5):
+            await failing.wait()
+        nursery.cancel_scope.cancel()
+
+
+def test_publishing_is_bounded_without_a_flush() -> None:
+    async def main() -> None:
+        sharing = PrefixSharing("redis://127.0.0.1:1/0", apply=lambda *a: None, knows=bool)
+        for i in range(10_000):
+            sharing.publish("w1", [i])
+        assert len(sharing._pending) == 4096
+        assert sharing._pending[-1] == ("w1", [9999])
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
