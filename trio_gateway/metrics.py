@@ -166,6 +166,12 @@ class GatewayMetrics:
             "Session store calls that failed or timed out (affinity fell back to local).",
             registry=r,
         )
+        self.prefix_sharing_errors = Counter(
+            PREFIX + "prefix_sharing_errors_total",
+            "Redis calls sharing routed prefixes between replicas that failed or timed out "
+            "(cache_aware routed on this replica's picture only).",
+            registry=r,
+        )
 
         self.event_loop_lag = Histogram(
             PREFIX + "event_loop_lag_seconds",
