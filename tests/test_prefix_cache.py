@@ -119,6 +119,20 @@ def test_a_prompt_longer_than_the_cache_keeps_its_first_blocks() -> None:
     assert cache.admit(prompt) == 32
 
 
+def test_blocks_found_after_a_missing_one_are_reordered_too() -> None:
+    # Not reachable through admit alone (a block's parent is always used more recently
+    # than the block), so the cache is edited by hand: block 0 goes, blocks 1 and 2 stay.
+    cache = PrefixCache(capacity_blocks=3)
+    prompt = text("a", "b", "c") + "?"
+    cache.admit(prompt)
+    del cache._blocks[block_hashes(prompt, BLOCK)[0]]
+    cache.admit(text("z") + "?")  # the most recently used now, ahead of b and c
+    assert cache.admit(prompt) == 0  # block 0 is missing, so nothing counts
+    assert len(cache) == 3  # z was evicted, not b or c: they were touched again
+    assert cache.lookup(prompt) == 48
+    assert cache.lookup(text("z") + "?") == 0
+
+
 def test_zero_capacity_caches_nothing() -> None:
     cache = PrefixCache(capacity_blocks=0)
     prompt = text("a", "b") + "?"

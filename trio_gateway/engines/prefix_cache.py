@@ -19,6 +19,10 @@ tokens is `4 * block_tokens` characters of the prompt. As in vLLM:
 Unlike vLLM, blocks of running requests are not pinned (the mock holds no KV memory), and
 generated tokens are not cached: only prompts go in. Keys are Python's `hash`, salted per
 process: they never leave it.
+
+Memory: one int key per block (about 120 bytes: 8192 blocks under 1 MiB); within `admit`
+a request's new blocks go in before the oldest go out. Cost: the hashing of every block
+dominates (`benchmarks/prefix_cache.py`); the rest runs in C loops.
 """
 
 from __future__ import annotations
@@ -87,12 +91,16 @@ class PrefixCache:
         blocks = self._blocks
         # The same state as touching last block to first one at a time, evicting as it
         # goes (an LRU holds the most recently used keys, whatever the path), in C loops:
-        # append the new blocks, order them all, then evict from the old end.
-        blocks.update(zip(hashes[hits:], repeat(None)))
-        deque(map(blocks.move_to_end, reversed(hashes)), maxlen=0)
-        evict = blocks.popitem
-        for _ in range(len(blocks) - self.capacity_blocks):
-            evict(last=False)
+        # append the new blocks last first, move the found ones after them, then evict
+        # from the old end.
+        new = hashes[hits:]
+        held = len(blocks)
+        blocks.update(zip(reversed(new), repeat(None)))
+        touched = hashes if len(blocks) - held < len(new) else hashes[:hits]
+        deque(map(blocks.move_to_end, reversed(touched)), maxlen=0)
+        excess = len(blocks) - self.capacity_blocks
+        if excess > 0:
+            deque(map(blocks.popitem, repeat(False, excess)), maxlen=0)
         return self._cached_tokens(prompt, hits)
 
     def _hits(self, hashes: list[int]) -> int:
