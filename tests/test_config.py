@@ -14,6 +14,7 @@ from trio_gateway.config import (
     ENV_PREFIX,
     ConfigError,
     GatewayConfig,
+    WorkerConfig,
     add_config_flags,
     config_from_args,
     load_config,
@@ -153,6 +154,9 @@ def test_inactivity_timeout_property() -> None:
         ({"mock_itl_ms": -1.0}, "mock_itl_ms"),
         ({"mock_itl_ms": 0.0}, "mock_itl_ms"),
         ({"mock_tokens": -1}, "mock_tokens"),
+        ({"mock_prefix_block_tokens": 0}, "mock_prefix_block_tokens"),
+        ({"mock_prefix_cache_blocks": -1}, "mock_prefix_cache_blocks"),
+        ({"mock_prefill_ms_per_1k_tokens": -0.5}, "mock_prefill_ms_per_1k_tokens"),
         ({"inactivity_timeout_s": -0.5}, "inactivity_timeout_s"),
         ({"max_body_bytes": -1}, "max_body_bytes"),
         ({"keep_alive_timeout_s": -1.0}, "keep_alive_timeout_s"),
@@ -170,6 +174,36 @@ def test_bad_values_name_the_key(values: dict[str, Any], key: str) -> None:
     assert str(caught.value).startswith(key + ":")
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mock_prefix_block_tokens": 0}, "mock_prefix_block_tokens: must be at least 1, got 0"),
+        ({"mock_prefix_cache_blocks": -1}, "mock_prefix_cache_blocks: must not be negative"),
+        ({"mock_prefill_ms_per_1k_tokens": -1.0}, "mock_prefill_ms_per_1k_tokens: must not be"),
+    ],
+)
+def test_the_worker_checks_the_mock_prefix_cache_settings(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match="^" + message):
+        WorkerConfig(**values)
+    assert WorkerConfig(mock_prefix_block_tokens=1, mock_prefix_cache_blocks=0)
+
+
+def test_mock_prefix_cache_settings_are_flags_and_env_of_serve_and_worker() -> None:
+    flags = ["--mock-prefix-block-tokens", "32", "--mock-prefix-cache-blocks", "100"]
+    for kind, env in ((GatewayConfig, ENV_PREFIX), (WorkerConfig, "TRIO_GATEWAY_WORKER_")):
+        p = argparse.ArgumentParser()
+        add_config_flags(p, kind)
+        environ = {env + "MOCK_PREFILL_MS_PER_1K_TOKENS": "2.5"}
+        config = config_from_args(p.parse_args(flags), environ, kind)
+        assert (config.mock_prefix_block_tokens, config.mock_prefix_cache_blocks) == (32, 100)
+        assert config.mock_prefill_ms_per_1k_tokens == 2.5
+        defaults = kind()
+        assert (defaults.mock_prefix_block_tokens, defaults.mock_prefix_cache_blocks) == (16, 8192)
+        assert defaults.mock_prefill_ms_per_1k_tokens == 0.0
+
+
 def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
 
@@ -183,6 +217,9 @@ def test_boundaries_are_accepted() -> None:
         backlog=1,
         mock_ttft_ms=0.0,
         mock_tokens=0,
+        mock_prefix_block_tokens=1,
+        mock_prefix_cache_blocks=0,
+        mock_prefill_ms_per_1k_tokens=0.0,
         inactivity_timeout_s=0.0,
         max_body_bytes=0,
         log_level="CRITICAL",

@@ -133,6 +133,12 @@ def test_bare_hypercorn_gets_the_gateways_logs_once() -> None:
     [
         ({}, "serving mock (mock engine: ttft 5 ms, step 10 ms, 256 seqs)", None),
         (
+            {"mock_prefill_ms_per_1k_tokens": 20.0},
+            "serving mock (mock engine: ttft 5 ms, step 10 ms, 256 seqs, prefill 20 ms per 1k "
+            "uncached tokens, prefix cache 8192 blocks of 16 tokens)",
+            None,
+        ),
+        (
             {"workers": ("http://127.0.0.1:9/v1", "ws://127.0.0.1:9")},
             "serving upstream http://127.0.0.1:9/v1, worker ws://127.0.0.1:9",
             "mock engine",

@@ -52,6 +52,18 @@ class GatewayConfig:
     mock_max_num_seqs: int = 256
     mock_tokens: int = 100
     max_model_len: int = 32768  # the mock's context length (upstreams report their own)
+    mock_prefix_block_tokens: int = field(
+        default=16,
+        metadata={"help": "tokens per block of the mock's prefix cache (vLLM's block size)"},
+    )
+    mock_prefix_cache_blocks: int = field(
+        default=8192,
+        metadata={"help": "blocks the mock's prefix cache holds, LRU; 0 disables it"},
+    )
+    mock_prefill_ms_per_1k_tokens: float = field(
+        default=0.0,
+        metadata={"help": "mock prefill time per 1000 prompt tokens not in its prefix cache"},
+    )
     # Request lifecycle.
     inactivity_timeout_s: float = 60.0
     # A unary request to an engine that answers it whole (an OpenAI upstream says nothing
@@ -116,6 +128,7 @@ class GatewayConfig:
         positive = (
             "mock_max_num_seqs",
             "max_model_len",
+            "mock_prefix_block_tokens",
             "stream_buffer",
             "backlog",
             "credit_window",
@@ -131,6 +144,8 @@ class GatewayConfig:
             "mock_ttft_ms",
             "mock_itl_ms",
             "mock_tokens",
+            "mock_prefix_cache_blocks",
+            "mock_prefill_ms_per_1k_tokens",
             "inactivity_timeout_s",
             "unary_timeout_s",
             "max_body_bytes",
@@ -228,6 +243,18 @@ class WorkerConfig:
     mock_max_num_seqs: int = 256
     mock_tokens: int = 100
     max_model_len: int = 32768
+    mock_prefix_block_tokens: int = field(
+        default=16,
+        metadata={"help": "tokens per block of the mock's prefix cache (vLLM's block size)"},
+    )
+    mock_prefix_cache_blocks: int = field(
+        default=8192,
+        metadata={"help": "blocks the mock's prefix cache holds, LRU; 0 disables it"},
+    )
+    mock_prefill_ms_per_1k_tokens: float = field(
+        default=0.0,
+        metadata={"help": "mock prefill time per 1000 prompt tokens not in its prefix cache"},
+    )
     max_inflight: int = 1024
     load_interval_s: float = 1.0
     drain_timeout_s: float = 30.0
@@ -243,12 +270,20 @@ class WorkerConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name}: must be above 0, got {value}")
-        for name in ("mock_ttft_ms", "mock_tokens", "drain_timeout_s"):
+        non_negative = (
+            "mock_ttft_ms",
+            "mock_tokens",
+            "mock_prefix_cache_blocks",
+            "mock_prefill_ms_per_1k_tokens",
+            "drain_timeout_s",
+        )
+        for name in non_negative:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name}: must not be negative, got {value}")
-        if self.max_model_len < 1:
-            raise ConfigError(f"max_model_len: must be at least 1, got {self.max_model_len}")
+        for name in ("max_model_len", "mock_prefix_block_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.upstream:
             try:
                 check_backend_url(self.upstream, UPSTREAM_SCHEMES)

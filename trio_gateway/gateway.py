@@ -69,9 +69,16 @@ def describe_backends(config: GatewayConfig) -> str:
     """What `engines_from_config` serves, for the start-up line: the mock and its settings,
     or each remote engine's kind and URL (validated: no password in it)."""
     if not config.workers:
+        prefill = ""
+        if config.mock_prefill_ms_per_1k_tokens:
+            prefill = (
+                f", prefill {config.mock_prefill_ms_per_1k_tokens:g} ms per 1k uncached "
+                f"tokens, prefix cache {config.mock_prefix_cache_blocks} blocks of "
+                f"{config.mock_prefix_block_tokens} tokens"
+            )
         return (
             f"{config.model} (mock engine: ttft {config.mock_ttft_ms:g} ms, step "
-            f"{config.mock_itl_ms:g} ms, {config.mock_max_num_seqs} seqs)"
+            f"{config.mock_itl_ms:g} ms, {config.mock_max_num_seqs} seqs{prefill})"
         )
     return ", ".join(
         f"{'worker' if url.startswith('ws://') else 'upstream'} {url}" for url in config.workers

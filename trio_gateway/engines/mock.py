@@ -3,6 +3,10 @@
 One scheduler loop per engine step, not one sleep per token per request; a request's
 `generate` only parks until its sequence ends, and leaving it (cancellation included)
 removes the sequence from the batch at once.
+
+Prefill costs `ttft` plus `prefill_ms_per_1k_tokens` per thousand prompt tokens the engine's
+prefix cache (`PrefixCache`) does not hold, as a real engine's would: what cache-aware
+routing saves is then measurable without a GPU.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import trio
 from trio_gateway.config import GatewayConfig, WorkerConfig
 from trio_gateway.engines.batch_scheduler import BatchScheduler, Sequence
 from trio_gateway.engines.mock_answer import MockAnswer
+from trio_gateway.engines.prefix_cache import PrefixCache
 from trio_gateway.generation import Chunk, GenerationRequest
 
 
@@ -33,12 +38,17 @@ class MockEngine:
         default_tokens: int = 100,
         session_capacity: int = 4096,
         max_model_len: int = 32768,
+        prefix_block_tokens: int = 16,
+        prefix_cache_blocks: int = 8192,
+        prefill_ms_per_1k_tokens: float = 0.0,
     ) -> None:
         self.models = models
         self.context_lengths = {model: max_model_len for model in models}
         self.ttft = ttft_ms / 1000
         self.default_tokens = default_tokens
         self.scheduler = BatchScheduler(itl_ms / 1000, max_num_seqs)
+        self.prefix_cache = PrefixCache(prefix_block_tokens, prefix_cache_blocks)
+        self.prefill_s_per_token = prefill_ms_per_1k_tokens / 1_000_000
         self._sleep: trio.CancelScope | None = None
         self.started = False
         self.session_capacity = session_capacity
@@ -55,6 +65,9 @@ class MockEngine:
             max_num_seqs=config.mock_max_num_seqs,
             default_tokens=config.mock_tokens,
             max_model_len=config.max_model_len,
+            prefix_block_tokens=config.mock_prefix_block_tokens,
+            prefix_cache_blocks=config.mock_prefix_cache_blocks,
+            prefill_ms_per_1k_tokens=config.mock_prefill_ms_per_1k_tokens,
         )
 
     @property
@@ -112,7 +125,10 @@ class MockEngine:
     ) -> Sequence:
         mock = request.mock
         answer = MockAnswer(request, self.default_tokens)  # 400 here, before anything runs
+        # Only a request that runs touches the cache (a 400 above never reaches it).
+        answer.cached_tokens = self.prefix_cache.admit(request.prompt)
         ttft = self.ttft if mock is None or mock.ttft_ms is None else mock.ttft_ms / 1000
+        ttft += self.prefill_s_per_token * (answer.prompt_tokens - answer.cached_tokens)
         itl = None if mock is None or mock.itl_ms is None else mock.itl_ms / 1000
         if itl is not None and abs(itl - self.scheduler.step_s) < 1e-9:
             itl = None  # the engine's own step: ride the batch rather than a clock of its own

@@ -136,6 +136,7 @@ class MockAnswer:
         self._id = request.trace_id or request.request_id
         self.response_id = responses.response_id(request.endpoint, self._id)
         self.prompt_tokens = prompt_token_count(request.prompt)
+        self.cached_tokens = 0  # of prompt_tokens: the engine's prefix cache says
         if request.n > MAX_N:
             raise invalid_request(
                 f"Invalid 'n': integer above maximum value. Expected a value <= {MAX_N}, "
@@ -439,7 +440,7 @@ class MockAnswer:
 
     def _usage(self, completion_tokens: int, reasoning_tokens: int) -> dict[str, Any]:
         usage: dict[str, Any] = responses.usage(self.prompt_tokens, completion_tokens)
-        usage["prompt_tokens_details"] = {"cached_tokens": 0}
+        usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         if self._reasoning:
             usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
         return usage
