@@ -143,6 +143,21 @@ async def test_a_session_s_history_is_its_cached_prefix(
     assert second.times[0] == pytest.approx(((len(prompt) + 3) // 4 - CACHED) / 1000)
 
 
+async def test_a_session_past_its_kept_history_misses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    engine = MockEngine()
+    async with running(engine):
+        await engine.open_session("s1", 60)
+        await generate(engine, with_usage(session_id="s1"))
+        second = await generate(engine, with_usage("x" * 200, session_id="s1"))
+        # Over 4096 characters now: the kept history starts inside LONG, not where it did.
+        assert len(engine.sessions["s1"]) == engine.session_capacity
+        third = await generate(engine, with_usage("and then?", session_id="s1"))
+    assert usage(second)["prompt_tokens_details"] == {"cached_tokens": CACHED}
+    assert usage(third)["prompt_tokens_details"] == {"cached_tokens": 0}
+
+
 async def test_a_request_refused_with_a_400_leaves_the_cache_alone(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
