@@ -19,6 +19,7 @@ from trio_gateway.config import (
     config_from_args,
     load_config,
 )
+from trio_gateway.router.policies import CacheAwareOptions
 
 NO_ENV: dict[str, str] = {}
 
@@ -202,6 +203,57 @@ def test_mock_prefix_cache_settings_are_flags_and_env_of_serve_and_worker() -> N
         defaults = kind()
         assert (defaults.mock_prefix_block_tokens, defaults.mock_prefix_cache_blocks) == (16, 8192)
         assert defaults.mock_prefill_ms_per_1k_tokens == 0.0
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"routing_policy": "cache-aware"}, "routing_policy: unknown 'cache-aware'"),
+        ({"cache_aware_threshold": -0.1}, "cache_aware_threshold: must be between 0 and 1"),
+        ({"cache_aware_threshold": 1.5}, "cache_aware_threshold: must be between 0 and 1"),
+        ({"cache_aware_balance_abs": -1}, "cache_aware_balance_abs: must not be negative"),
+        ({"cache_aware_balance_rel": 0.9}, "cache_aware_balance_rel: must be at least 1"),
+        ({"cache_aware_block_chars": 0}, "cache_aware_block_chars: must be at least 1"),
+        ({"cache_aware_capacity_blocks": 0}, "cache_aware_capacity_blocks: must be at least 1"),
+        ({"cache_aware_ttl_s": 0.0}, "cache_aware_ttl_s: must be above 0"),
+    ],
+)
+def test_cache_aware_settings_are_checked(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + message):
+        GatewayConfig(**values)
+
+
+def test_cache_aware_settings() -> None:
+    defaults = GatewayConfig()
+    assert defaults.cache_aware() == CacheAwareOptions()
+    assert (
+        defaults.cache_aware_threshold,
+        defaults.cache_aware_balance_abs,
+        defaults.cache_aware_balance_rel,
+    ) == (0.3, 64, 1.5)
+    assert (defaults.cache_aware_block_chars, defaults.cache_aware_capacity_blocks) == (
+        256,
+        16384,
+    )
+    assert defaults.cache_aware_ttl_s == 600.0
+    edges = GatewayConfig(
+        cache_aware_threshold=1.0,
+        cache_aware_balance_abs=0,
+        cache_aware_balance_rel=1.0,
+        cache_aware_block_chars=1,
+        cache_aware_capacity_blocks=1,
+    )
+    assert edges.cache_aware_threshold == 1.0
+    p = argparse.ArgumentParser()
+    add_config_flags(p)
+    flags = ["--routing-policy", "cache_aware", "--cache-aware-threshold", "0.6"]
+    environ = {ENV_PREFIX + "CACHE_AWARE_BLOCK_CHARS": "128"}
+    config = config_from_args(p.parse_args(flags), environ)
+    assert config.routing_policy == "cache_aware"
+    assert config.cache_aware() == CacheAwareOptions(threshold=0.6, block_chars=128)
+    for f in dataclasses.fields(GatewayConfig):
+        if f.name.startswith("cache_aware_"):
+            assert f.metadata["help"]
 
 
 def test_config_error_is_a_value_error() -> None:

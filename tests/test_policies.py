@@ -10,6 +10,7 @@ import pytest
 
 from trio_gateway.router.policies import (
     POLICY_NAMES,
+    CacheAware,
     LeastInflight,
     PowerOfTwo,
     RoundRobin,
@@ -218,12 +219,17 @@ def test_power_of_two_default_rng() -> None:
 
 
 def test_policy_names() -> None:
-    assert POLICY_NAMES == ("round_robin", "least_inflight", "power_of_two")
+    assert POLICY_NAMES == ("round_robin", "least_inflight", "power_of_two", "cache_aware")
 
 
 @pytest.mark.parametrize(
     ("name", "kind"),
-    [("round_robin", RoundRobin), ("least_inflight", LeastInflight), ("power_of_two", PowerOfTwo)],
+    [
+        ("round_robin", RoundRobin),
+        ("least_inflight", LeastInflight),
+        ("power_of_two", PowerOfTwo),
+        ("cache_aware", CacheAware),
+    ],
 )
 def test_make_policy(name: str, kind: type) -> None:
     policy = make_policy(name)

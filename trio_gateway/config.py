@@ -21,13 +21,14 @@ from trio_gateway.backend_urls import (
     check_backend_url,
     check_session_store_url,
 )
-from trio_gateway.router.policies import POLICY_NAMES
+from trio_gateway.router.policies import POLICY_NAMES, CacheAwareOptions
 
 ENV_PREFIX = "TRIO_GATEWAY_"
 WORKER_ENV_PREFIX = "TRIO_GATEWAY_WORKER_"
 SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 MIB = 1024 * 1024
 BODY_READ_S_PER_MIB = 2.0  # how `body_read_timeout_s` grows with a body's size
+_CACHE_AWARE = CacheAwareOptions()  # the defaults of the cache_aware_* settings
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,30 @@ class GatewayConfig:
     session_store: str = ""  # "": in memory; redis://HOST:PORT/DB: shared by replicas
     # Routing and admission.
     routing_policy: str = "power_of_two"
+    cache_aware_threshold: float = field(
+        default=_CACHE_AWARE.threshold,
+        metadata={"help": "cache_aware: a match above this share of the prompt's blocks wins"},
+    )
+    cache_aware_balance_abs: int = field(
+        default=_CACHE_AWARE.balance_abs,
+        metadata={"help": "cache_aware: least loaded wins past this in-flight gap (and the ratio)"},
+    )
+    cache_aware_balance_rel: float = field(
+        default=_CACHE_AWARE.balance_rel,
+        metadata={"help": "cache_aware: least loaded wins past this in-flight ratio (and the gap)"},
+    )
+    cache_aware_block_chars: int = field(
+        default=_CACHE_AWARE.block_chars,
+        metadata={"help": "cache_aware: characters per hashed prompt block"},
+    )
+    cache_aware_capacity_blocks: int = field(
+        default=_CACHE_AWARE.capacity_blocks,
+        metadata={"help": "cache_aware: blocks remembered per backend, least recent dropped"},
+    )
+    cache_aware_ttl_s: float = field(
+        default=_CACHE_AWARE.ttl_s,
+        metadata={"help": "cache_aware: seconds a block is remembered after its last request"},
+    )
     max_inflight: int = 0  # per backend; 0: the backend's own (a worker's hello)
     queue_size: int = 1024
     queue_timeout_s: float = 30.0
@@ -134,6 +159,8 @@ class GatewayConfig:
             "credit_window",
             "breaker_threshold",
             "processes",
+            "cache_aware_block_chars",
+            "cache_aware_capacity_blocks",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -158,6 +185,7 @@ class GatewayConfig:
             "queue_size",
             "queue_timeout_s",
             "breaker_cooldown_s",
+            "cache_aware_balance_abs",
         )
         for name in non_negative:
             if getattr(self, name) < 0:
@@ -183,6 +211,16 @@ class GatewayConfig:
                 f"routing_policy: unknown {self.routing_policy!r}; "
                 f"choose one of {', '.join(POLICY_NAMES)}"
             )
+        if not 0 <= self.cache_aware_threshold <= 1:
+            raise ConfigError(
+                f"cache_aware_threshold: must be between 0 and 1, got {self.cache_aware_threshold}"
+            )
+        if self.cache_aware_balance_rel < 1:
+            raise ConfigError(
+                f"cache_aware_balance_rel: must be at least 1, got {self.cache_aware_balance_rel}"
+            )
+        if self.cache_aware_ttl_s <= 0:
+            raise ConfigError(f"cache_aware_ttl_s: must be above 0, got {self.cache_aware_ttl_s}")
         if self.processes > 1 and self.port == 0:
             raise ConfigError("processes: several processes need a fixed port, not port 0")
         for url in self.workers:
@@ -204,6 +242,17 @@ class GatewayConfig:
             keys.update(line.strip() for line in text.splitlines())
         keys.discard("")
         return frozenset(keys)
+
+    def cache_aware(self) -> CacheAwareOptions:
+        """The `cache_aware_*` settings, as the policy takes them."""
+        return CacheAwareOptions(
+            threshold=self.cache_aware_threshold,
+            balance_abs=self.cache_aware_balance_abs,
+            balance_rel=self.cache_aware_balance_rel,
+            block_chars=self.cache_aware_block_chars,
+            capacity_blocks=self.cache_aware_capacity_blocks,
+            ttl_s=self.cache_aware_ttl_s,
+        )
 
     @property
     def inactivity_timeout(self) -> float:

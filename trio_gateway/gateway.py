@@ -103,7 +103,7 @@ class Gateway:
         self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s, config.drain_delay_s)
         self.api_keys = config.accepted_api_keys()
         self.router = Router(
-            make_policy(config.routing_policy),
+            make_policy(config.routing_policy, config.cache_aware(), clock=trio.current_time),
             max_inflight=config.max_inflight or None,
             queue_size=config.queue_size,
             queue_timeout=config.queue_timeout_s,

@@ -25,6 +25,7 @@ from trio_gateway.openai.errors import (
     shutting_down,
 )
 from trio_gateway.router.admission import Backend, Router
+from trio_gateway.router.route_key import RouteKey
 from trio_gateway.sessions.manager import SessionManager
 
 log = logging.getLogger("trio_gateway.flight")
@@ -141,9 +142,10 @@ async def _route_and_generate(
     (`retryable`) is tried again on another backend, each backend at most once."""
     tried: list[str] = []
     last_failure: APIError | None = None
+    key = RouteKey.of(request)  # its prompt hashed once, whatever the retries
     while True:
         try:
-            backend = await router.acquire(request.model, exclude=tried)
+            backend = await router.acquire(request.model, exclude=tried, key=key)
         except APIError:
             if last_failure is not None:
                 raise last_failure from None  # the last backend's failure says more

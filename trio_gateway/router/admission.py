@@ -30,6 +30,7 @@ from trio_gateway.engines.protocol import Engine
 from trio_gateway.openai.errors import APIError, model_not_found, overloaded, unavailable
 from trio_gateway.router.breaker import BreakerState, CircuitBreaker
 from trio_gateway.router.policies import Policy
+from trio_gateway.router.route_key import NO_KEY, RouteKey
 
 log = logging.getLogger("trio_gateway.router")
 
@@ -110,6 +111,7 @@ class Router:
 
     def remove(self, backend: Backend) -> None:
         self.backends.remove(backend)
+        self.policy.forget(backend.name)
 
     def models(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -168,17 +170,22 @@ class Router:
         self.wake()
 
     def try_acquire(
-        self, model: str, exclude: Iterable[str] = (), only: str | None = None
+        self,
+        model: str,
+        exclude: Iterable[str] = (),
+        only: str | None = None,
+        key: RouteKey = NO_KEY,
     ) -> Backend | None:
         """A slot now, or None; raises when the request cannot be served by waiting.
-        `only` names the one backend allowed (a session's worker)."""
+        `only` names the one backend allowed (a session's worker): it still goes through
+        the policy, which learns from it. `key` is what the policy may route on."""
         now = trio.current_time()
         excluded = set(exclude)
         ready, could_later, panic = self._candidates(model, excluded, now, only)
         if not excluded and only is None and panic != (model in self._panicking):
             self._note_panic(model, panic)  # of the model's backends as a whole
         if ready:
-            backend = self.policy.choose(ready)
+            backend = self.policy.choose(ready, key)
             assert isinstance(backend, Backend)
             backend.inflight += 1
             backend.breaker.on_dispatch(now)
@@ -202,11 +209,15 @@ class Router:
             log.info("model %r: no longer routing in panic", model)
 
     async def acquire(
-        self, model: str, exclude: Iterable[str] = (), only: str | None = None
+        self,
+        model: str,
+        exclude: Iterable[str] = (),
+        only: str | None = None,
+        key: RouteKey = NO_KEY,
     ) -> Backend:
         """A slot on a backend, waiting in the bounded queue when every one is full."""
         exclude = tuple(exclude)
-        backend = self.try_acquire(model, exclude, only)
+        backend = self.try_acquire(model, exclude, only, key)
         if backend is not None:
             return backend
         if len(self._waiters) >= self.queue_size:
@@ -220,7 +231,7 @@ class Router:
                     with trio.move_on_at(self._next_cooldown_end()):
                         await waiter.event.wait()
                     waiter.event = trio.Event()
-                    backend = self.try_acquire(model, exclude, only)
+                    backend = self.try_acquire(model, exclude, only, key)
                     if backend is not None:
                         return backend
         finally:

@@ -1,10 +1,19 @@
-"""Routing policies: pure choices among candidate backends (no I/O, no clock)."""
+"""Routing policies: pure choices among candidate backends (no I/O; a clock only when given).
+
+Every policy gets the request's `RouteKey`; only `cache_aware` reads it. Each is told when a
+backend leaves the router (`forget`), so what a policy learned of it does not outlive it.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
+
+from trio_gateway.router.prefix_index import PrefixIndex
+from trio_gateway.router.route_key import NO_KEY, RouteKey
 
 
 class Candidate(Protocol):
@@ -16,50 +25,149 @@ class Candidate(Protocol):
 
 
 class Policy(Protocol):
-    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
         """Pick one of a non-empty sequence."""
         ...
 
+    def forget(self, backend: str) -> None:
+        """The backend left the router."""
+        ...
 
-class RoundRobin:
+
+class _Stateless:
+    """For policies that learn nothing about a backend."""
+
+    def forget(self, backend: str) -> None:
+        pass
+
+
+class RoundRobin(_Stateless):
     def __init__(self) -> None:
         self._turn = 0
 
-    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
         chosen = candidates[self._turn % len(candidates)]
         self._turn += 1
         return chosen
 
 
-class LeastInflight:
+class LeastInflight(_Stateless):
     """The least loaded; ties go to the first listed, so the order of backends matters."""
 
-    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
         return min(candidates, key=lambda c: c.inflight)
 
 
-class PowerOfTwo:
+class PowerOfTwo(_Stateless):
     """Two at random, the less loaded of them: near least-inflight balance without every
     request herding onto the same momentarily idle backend."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def choose(self, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
         if len(candidates) == 1:
             return candidates[0]
         first, second = self._rng.sample(list(candidates), 2)
         return first if first.inflight <= second.inflight else second
 
 
-POLICY_NAMES = ("round_robin", "least_inflight", "power_of_two")
+@dataclass(frozen=True, slots=True)
+class CacheAwareOptions:
+    """SGLang model gateway's defaults for the three thresholds (its `--cache-threshold`,
+    `--balance-abs-threshold`, `--balance-rel-threshold`); the index's sizes are ours."""
+
+    threshold: float = 0.3
+    balance_abs: int = 64
+    balance_rel: float = 1.5
+    block_chars: int = 256  # about 64 tokens at four characters a token
+    capacity_blocks: int = 16_384  # per backend: 4M characters, about 1M tokens
+    ttl_s: float = 600.0
 
 
-def make_policy(name: str) -> Policy:
+class CacheAware:
+    """The backend most likely to hold the prompt's prefix in its KV cache, unless the load
+    is too uneven for that to pay; SGLang's `cache_aware` decision on our `PrefixIndex`.
+
+    1. The load is imbalanced when, among the candidates, max - min in flight exceeds
+       `balance_abs` and max exceeds `balance_rel` x min: then the least in flight, whatever
+       it holds (a queue on the warm backend costs more than a prefill on a cold one).
+    2. Else, when the best match (leading blocks held / the prompt's full blocks) exceeds
+       `threshold`: the backend with the longest match.
+    3. Else the backend with the smallest index, the one with the most room for a new
+       prefix, so that distinct prefixes spread over the backends.
+    Ties go to the less loaded, then to the first listed. A prompt shorter than one block
+    has nothing to match: power of two decides, and nothing is recorded.
+
+    Whatever is chosen, also for a session pinned to one candidate, is recorded as sent to
+    it (the request will warm that cache), then handed to `on_record` when set: the hook
+    through which a replica tells the others what it routed; what they tell it goes into
+    `index.record`, with `now` on this policy's clock.
+    """
+
+    def __init__(
+        self,
+        options: CacheAwareOptions | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        on_record: Callable[[str, list[int]], None] | None = None,
+    ) -> None:
+        self.options = options = options or CacheAwareOptions()
+        self.index = PrefixIndex(options.capacity_blocks, options.ttl_s)
+        self.on_record = on_record
+        self._clock = clock
+        self._fallback = PowerOfTwo(rng)
+
+    def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
+        hashes = key.hashes(self.options.block_chars)
+        if not hashes:
+            return self._fallback.choose(candidates)
+        now = self._clock()
+        index = self.index
+        index.expire(now)
+        chosen = candidates[0] if len(candidates) == 1 else self._decide(candidates, hashes)
+        index.record(chosen.name, hashes, now)
+        if self.on_record is not None:
+            self.on_record(chosen.name, hashes)
+        return chosen
+
+    def _decide(self, candidates: Sequence[Candidate], hashes: list[int]) -> Candidate:
+        options = self.options
+        loads = [candidate.inflight for candidate in candidates]
+        low, high = min(loads), max(loads)
+        if high - low > options.balance_abs and high > options.balance_rel * low:
+            return candidates[loads.index(low)]
+        matched = self.index.match(hashes)
+        best = max((matched.get(c.name, 0) for c in candidates), default=0)
+        if best / len(hashes) > options.threshold:
+            return min(
+                (c for c in candidates if matched.get(c.name, 0) == best),
+                key=lambda c: c.inflight,
+            )
+        size = self.index.size
+        return min(candidates, key=lambda c: (size(c.name), c.inflight))
+
+    def forget(self, backend: str) -> None:
+        self.index.forget(backend)
+
+
+POLICY_NAMES = ("round_robin", "least_inflight", "power_of_two", "cache_aware")
+
+
+def make_policy(
+    name: str,
+    cache_aware: CacheAwareOptions | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Policy:
+    """A fresh policy; `cache_aware` and `clock` are read by `cache_aware` only."""
     if name == "round_robin":
         return RoundRobin()
     if name == "least_inflight":
         return LeastInflight()
     if name == "power_of_two":
         return PowerOfTwo()
+    if name == "cache_aware":
+        return CacheAware(cache_aware, clock=clock)
     raise ValueError(f"unknown routing policy {name!r}; choose one of {', '.join(POLICY_NAMES)}")

@@ -15,6 +15,7 @@ from trio_gateway.generation import GenerationRequest
 from trio_gateway.metrics import GatewayMetrics
 from trio_gateway.openai.errors import APIError, session_lost, unavailable
 from trio_gateway.router.admission import Backend, Router
+from trio_gateway.router.route_key import RouteKey
 from trio_gateway.sessions.store import SessionStore
 from trio_gateway.sessions.table import Session, SessionTable
 
@@ -71,6 +72,7 @@ class SessionManager:
         """A slot on the session's worker (opening the session there first if it is new)."""
         session_id = request.session_id
         assert session_id is not None
+        key = RouteKey.of(request)  # the policy learns what the session's worker was sent
         while (opening := self._opening.get(session_id)) is not None:
             await opening.wait()  # a concurrent first request is opening it
         session = self.table.get(session_id)
@@ -86,7 +88,7 @@ class SessionManager:
             if backend is not None and backend.engine.available:
                 self.table.begin(session)  # first: the reaper must not take it while we wait
                 try:
-                    slot = await self.router.acquire(request.model, only=backend.name)
+                    slot = await self.router.acquire(request.model, only=backend.name, key=key)
                 except BaseException:
                     self.release(session)
                     raise
@@ -95,13 +97,15 @@ class SessionManager:
             if not self.soft_affinity:
                 raise session_lost(session_id, session.worker)
             log.warning("session %s lost its worker %s: re-homing", session_id, session.worker)
-        return await self._open(request, session_id)
+        return await self._open(request, session_id, key)
 
-    async def _open(self, request: GenerationRequest, session_id: str) -> tuple[Backend, Session]:
+    async def _open(
+        self, request: GenerationRequest, session_id: str, key: RouteKey
+    ) -> tuple[Backend, Session]:
         timeout = request.session_timeout or self.default_timeout
         self._opening[session_id] = done = trio.Event()
         try:
-            backend = await self.router.acquire(request.model)
+            backend = await self.router.acquire(request.model, key=key)
             try:
                 with trio.fail_after(CALL_DEADLINE_S):
                     await backend.engine.open_session(session_id, timeout + WORKER_GRACE_S)

@@ -1,0 +1,399 @@
+"""The cache_aware policy: its decisions on plain candidates, then in the router and the
+gateway (in-memory workers, no sockets), sessions included."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+import trio
+import trio.testing
+
+from tests.asgi_client import running_gateway
+from tests.test_admission import FakeEngine
+from tests.worker_harness import InMemoryWorker, running_worker
+from trio_gateway.config import GatewayConfig
+from trio_gateway.router.admission import Router
+from trio_gateway.router.policies import CacheAware, CacheAwareOptions, make_policy
+from trio_gateway.router.prefix_index import block_hashes
+from trio_gateway.router.route_key import RouteKey
+
+BLOCK = 8
+OPTIONS = CacheAwareOptions(
+    threshold=0.5, balance_abs=4, balance_rel=1.5, block_chars=BLOCK, ttl_s=100.0
+)
+
+
+@dataclass
+class Cand:
+    name: str
+    inflight: int = 0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def policy(options: CacheAwareOptions = OPTIONS, clock: Clock | None = None) -> CacheAware:
+    return CacheAware(options, clock=clock or Clock(), rng=random.Random(0))
+
+
+def prompt(blocks: int, tag: str = "p") -> str:
+    """`blocks` full blocks, distinct per `tag` from the first block on."""
+    return "".join(f"{tag}{i}".ljust(BLOCK, ".")[:BLOCK] for i in range(blocks))
+
+
+def key(text: str) -> RouteKey:
+    return RouteKey(text, "m")
+
+
+def teach(cache_aware: CacheAware, backend: str, text: str) -> None:
+    cache_aware.index.record(backend, key(text).hashes(BLOCK), 0.0)
+
+
+# --- decisions -------------------------------------------------------------------------------
+
+
+def test_a_fresh_index_spreads_by_size_then_load() -> None:
+    ca = policy()
+    w = [Cand("w0", 1), Cand("w1", 0), Cand("w2", 0)]
+    # Every index is empty: the less loaded of the smallest, first listed on a tie.
+    assert ca.choose(w, key(prompt(4, "a"))) is w[1]
+    # w1 now holds 4 blocks: a new prefix goes to another empty one.
+    assert ca.choose(w, key(prompt(4, "b"))) is w[2]
+    assert ca.choose(w, key(prompt(4, "c"))) is w[0]
+    assert [ca.index.size(c.name) for c in w] == [4, 4, 4]
+
+
+def test_the_same_prefix_goes_where_it_went() -> None:
+    ca = policy()
+    w = [Cand("w0"), Cand("w1"), Cand("w2")]
+    system = prompt(10, "sys")
+    first = ca.choose(w, key(system + "question one"))
+    assert isinstance(first, Cand)
+    first.inflight += 3  # busier, but within the balance thresholds
+    for question in ("two", "three", "four"):
+        assert ca.choose(w, key(system + f"question {question}")) is first
+
+
+def test_the_longest_match_wins() -> None:
+    ca = policy()
+    w = [Cand("w0"), Cand("w1"), Cand("w2")]
+    text = prompt(10)
+    teach(ca, "w0", text[: 6 * BLOCK])
+    teach(ca, "w1", text[: 8 * BLOCK])
+    teach(ca, "w2", text[: 2 * BLOCK])
+    assert ca.choose(w, key(text)) is w[1]
+
+
+def test_equal_matches_go_to_the_less_loaded_then_the_first() -> None:
+    ca = policy()
+    text = prompt(10)
+    teach(ca, "w0", text)
+    teach(ca, "w1", text)
+    w = [Cand("w0", 2), Cand("w1", 1), Cand("w2", 0)]
+    assert ca.choose(w, key(text)) is w[1]
+    w = [Cand("w0", 1), Cand("w1", 1), Cand("w2", 0)]
+    assert ca.choose(w, key(text)) is w[0]
+
+
+def test_a_match_at_or_below_the_threshold_goes_to_the_smallest_index() -> None:
+    ca = policy()  # threshold 0.5
+    text = prompt(10)
+    teach(ca, "w0", text[: 5 * BLOCK])  # 5 of 10 blocks: not above 0.5
+    teach(ca, "w1", prompt(2, "other"))
+    teach(ca, "w2", prompt(3, "other2"))
+    w = [Cand("w0"), Cand("w1"), Cand("w2")]
+    assert ca.choose(w, key(text)) is w[1]  # the smallest index (2 blocks)
+    ca = policy()
+    teach(ca, "w0", text[: 6 * BLOCK])  # 6 of 10: above
+    teach(ca, "w1", prompt(2, "other"))
+    assert ca.choose(w, key(text)) is w[0]
+
+
+def test_the_ratio_counts_full_blocks_only() -> None:
+    ca = policy()
+    text = prompt(2)
+    teach(ca, "w0", text)
+    teach(ca, "w1", prompt(1, "x"))
+    w = [Cand("w0"), Cand("w1")]
+    # 2 of 2 full blocks; the partial tail is not the engine's to cache either.
+    assert ca.choose(w, key(text + "tail")) is w[0]
+
+
+def test_smallest_index_ties_go_to_the_less_loaded() -> None:
+    ca = policy()
+    teach(ca, "w0", prompt(3, "x"))
+    teach(ca, "w1", prompt(3, "y"))
+    teach(ca, "w2", prompt(5, "z"))
+    w = [Cand("w0", 2), Cand("w1", 1), Cand("w2", 0)]
+    assert ca.choose(w, key(prompt(4, "new"))) is w[1]
+
+
+def test_an_imbalanced_load_goes_to_the_least_loaded_whatever_it_holds() -> None:
+    ca = policy()  # imbalanced: max - min > 4 and max > 1.5 x min
+    text = prompt(10)
+    teach(ca, "w0", text)
+    w = [Cand("w0", 10), Cand("w1", 3), Cand("w2", 5)]
+    assert ca.choose(w, key(text)) is w[1]
+    # The choice is recorded: the prefix is now on w1 too.
+    assert ca.index.match(key(text).hashes(BLOCK)) == {"w0": 10, "w1": 10}
+
+
+@pytest.mark.parametrize(
+    "loads",
+    [
+        (8, 4),  # gap 4: not above balance_abs
+        (20, 14),  # gap 6, but 20 is not above 1.5 x 14 = 21
+    ],
+)
+def test_both_balance_conditions_must_hold(loads: tuple[int, int]) -> None:
+    ca = policy()
+    text = prompt(10)
+    teach(ca, "w0", text)
+    w = [Cand("w0", loads[0]), Cand("w1", loads[1])]
+    assert ca.choose(w, key(text)) is w[0]  # cache affinity holds
+
+
+def test_an_idle_backend_counts_as_imbalance_past_the_gap() -> None:
+    text = prompt(10)
+    for load, expected in ((5, "w1"), (4, "w0")):
+        ca = policy()
+        teach(ca, "w0", text)
+        assert ca.choose([Cand("w0", load), Cand("w1", 0)], key(text)).name == expected
+
+
+def test_only_candidates_count() -> None:
+    ca = policy()
+    text = prompt(10)
+    teach(ca, "gone", text)  # e.g. excluded after a failure, or full
+    teach(ca, "w1", text[: 6 * BLOCK])
+    w = [Cand("w0"), Cand("w1")]
+    assert ca.choose(w, key(text)) is w[1]
+
+
+def test_a_prompt_shorter_than_a_block_is_power_of_two_and_not_recorded() -> None:
+    ca = policy()
+    recorded: list[tuple[str, list[int]]] = []
+    ca.on_record = lambda backend, hashes: recorded.append((backend, hashes))
+    busy, idle = Cand("busy", 9), Cand("idle", 0)
+    for _ in range(20):
+        assert ca.choose([busy, idle], key("short")) is idle
+    assert ca.choose([busy], key("")) is busy
+    assert recorded == [] and ca.index.size("idle") == 0
+
+
+def test_the_choice_is_recorded_and_told() -> None:
+    ca = policy()
+    recorded: list[tuple[str, list[int]]] = []
+    ca.on_record = lambda backend, hashes: recorded.append((backend, hashes))
+    text = prompt(3)
+    chosen = ca.choose([Cand("w0"), Cand("w1")], key(text))
+    assert recorded == [(chosen.name, key(text).hashes(BLOCK))]
+    assert ca.index.match(recorded[0][1]) == {chosen.name: 3}
+
+
+def test_a_single_candidate_still_teaches_the_index() -> None:
+    ca = policy()
+    text = prompt(6)
+    pinned = Cand("w1", 100)
+    assert ca.choose([pinned], key(text)) is pinned  # a session's worker
+    w = [Cand("w0"), Cand("w1", 1)]
+    assert ca.choose(w, key(text + "next turn")) is w[1]
+
+
+def test_records_from_another_replica_steer_like_our_own() -> None:
+    ca = policy()
+    text = prompt(8)
+    ca.index.record("w1", block_hashes(text, BLOCK, seed="m"), 0.0)  # what a peer told
+    assert ca.choose([Cand("w0"), Cand("w1")], key(text)).name == "w1"
+
+
+def test_what_it_learned_expires_on_its_clock() -> None:
+    clock = Clock()
+    ca = policy(clock=clock)  # ttl 100 s
+    text = prompt(8)
+    hashes = key(text).hashes(BLOCK)
+    assert ca.choose([Cand("w0")], key(text)).name == "w0"
+    clock.now = 99.0
+    assert ca.choose([Cand("w0"), Cand("w1")], key(text)).name == "w0"  # refreshed at 99
+    clock.now = 199.0
+    ca.choose([Cand("w1")], key(prompt(2, "x")))  # any choice expires what is due
+    assert ca.index.match(hashes) == {"w0": 8}
+    clock.now = 199.5
+    ca.choose([Cand("w1")], key(prompt(2, "y")))
+    assert ca.index.match(hashes) == {}
+    assert ca.index.size("w0") == 0
+
+
+def test_forget_drops_a_backend_and_the_hashes_are_per_model() -> None:
+    ca = policy()
+    text = prompt(8)
+    ca.choose([Cand("w0")], key(text))
+    assert ca.index.size("w0") == 8
+    # The same text for another model shares nothing.
+    assert ca.index.match(RouteKey(text, "other").hashes(BLOCK)) == {}
+    ca.forget("w0")
+    assert ca.index.size("w0") == 0
+
+
+def test_a_route_key_hashes_once_per_block_size() -> None:
+    route = key(prompt(4))
+    first = route.hashes(BLOCK)
+    assert route.hashes(BLOCK) is first
+    assert len(route.hashes(4)) == 8
+    assert route.hashes(BLOCK) == first
+
+
+def test_make_policy_passes_the_options() -> None:
+    made = make_policy("cache_aware", OPTIONS)
+    assert isinstance(made, CacheAware)
+    assert made.options is OPTIONS
+    assert made.index.capacity == OPTIONS.capacity_blocks
+    defaults = make_policy("cache_aware")
+    assert isinstance(defaults, CacheAware)
+    assert defaults.options == CacheAwareOptions()
+
+
+# --- in the router ---------------------------------------------------------------------------
+
+
+def cache_aware_router(*names: str) -> tuple[Router, CacheAware]:
+    ca = CacheAware(OPTIONS, clock=trio.current_time)
+    router = Router(ca)
+    for name in names:
+        router.add(FakeEngine(name, capacity=None))
+    return router, ca
+
+
+async def test_the_router_sends_a_shared_prefix_to_one_backend() -> None:
+    router, _ = cache_aware_router("a", "b", "c", "d")
+    system = prompt(20, "system")
+    homes = set()
+    for i in range(12):
+        request_key = key(system + f"user question {i}")
+        backend = router.try_acquire("m", key=request_key)
+        assert backend is not None
+        homes.add(backend.name)
+        router.release(backend, True)
+    assert len(homes) == 1
+    # Another system prompt starts elsewhere (the smallest index).
+    other = router.try_acquire("m", key=key(prompt(20, "other")))
+    assert other is not None and other.name not in homes
+
+
+async def test_a_session_pinned_request_teaches_the_index() -> None:
+    router, ca = cache_aware_router("a", "b")
+    text = prompt(10, "conversation")
+    pinned = router.try_acquire("m", only="b", key=key(text))
+    assert pinned is not None and pinned.name == "b"
+    assert ca.index.match(key(text).hashes(BLOCK)) == {"b": 10}
+    router.release(pinned, True)
+    # A request without the session with the same prefix follows it there.
+    follower = router.try_acquire("m", key=key(text + " and more"))
+    assert follower is not None and follower.name == "b"
+
+
+async def test_a_retry_reuses_the_hashes_and_skips_the_failed_backend() -> None:
+    router, ca = cache_aware_router("a", "b")
+    text = prompt(10)
+    request_key = key(text)
+    first = router.try_acquire("m", key=request_key)
+    assert first is not None
+    hashes = request_key.hashes(BLOCK)
+    again = router.try_acquire("m", exclude=[first.name], key=request_key)
+    assert again is not None and again.name != first.name
+    assert request_key.hashes(BLOCK) is hashes  # hashed once for both tries
+    assert ca.index.match(hashes) == {"a": 10, "b": 10}
+
+
+async def test_a_removed_backend_is_forgotten() -> None:
+    router, ca = cache_aware_router("a", "b")
+    text = prompt(10)
+    backend = router.try_acquire("m", key=key(text))
+    assert backend is not None
+    router.release(backend, True)
+    router.remove(backend)
+    assert ca.index.size(backend.name) == 0
+
+
+async def test_a_queued_request_is_routed_by_its_prefix(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ca = CacheAware(OPTIONS, clock=trio.current_time)
+    router = Router(ca, queue_timeout=10.0)
+    for name in ("a", "b"):
+        router.add(FakeEngine(name, capacity=1))
+    text = prompt(10)
+    held_a = router.try_acquire("m", only="a", key=key(text))
+    held_b = router.try_acquire("m", only="b", key=key(prompt(3, "b")))
+    assert held_a is not None and held_b is not None
+    got: list[str] = []
+
+    async def queued() -> None:
+        got.append((await router.acquire("m", key=key(text + " more"))).name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queued)
+        await trio.sleep(1)
+        assert router.queued == 1
+        router.release(held_b, True)  # both free up before the waiter looks again
+        router.release(held_a, True)
+    assert got == ["a"]  # where its prefix went, though b freed first
+
+
+# --- in the gateway --------------------------------------------------------------------------
+
+CHAT = "/v1/chat/completions"
+
+
+def chat_body(system: str, user: str, **extra: object) -> dict[str, object]:
+    return {
+        "model": "mock",
+        "max_tokens": 1,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+        **extra,
+    }
+
+
+async def test_the_gateway_routes_cache_aware_and_learns_from_sessions(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_worker("w1") as one, running_worker("w2") as two:
+        workers = [
+            InMemoryWorker("ws://w1", handler=one._handle),
+            InMemoryWorker("ws://w2", handler=two._handle),
+        ]
+        config = GatewayConfig(routing_policy="cache_aware", cache_aware_block_chars=64)
+        async with running_gateway(config, engines=list(workers)) as harness:
+            for worker in workers:
+                await worker.wait_connected()
+            policy = harness.gateway.router.policy
+            assert isinstance(policy, CacheAware)
+            assert policy.options.block_chars == 64
+            system = "You are a careful assistant. " * 40
+            served = set()
+            for i in range(6):
+                answer = await harness.request("POST", CHAT, chat_body(system, f"q{i}"))
+                assert answer.status == 200
+                served.add(answer.headers[b"x-worker-id"])
+            assert len(served) == 1
+            (home,) = served
+            other = b"w2" if home == b"w1" else b"w1"
+            # A session opened on the other worker teaches the index what it was sent there.
+            story = "Once upon a time, in a gateway far away. " * 40
+            opened = await harness.request(
+                "POST", CHAT, chat_body(story, "go on"), headers={"x-session-id": "s"}
+            )
+            assert opened.status == 200
+            session_home = opened.headers[b"x-worker-id"]
+            assert session_home == other  # the smaller index
+            follower = await harness.request("POST", CHAT, chat_body(story, "and then?"))
+            assert follower.headers[b"x-worker-id"] == session_home
+            harness.gateway.remove_engine(session_home.decode())
+            assert policy.index.size(session_home.decode()) == 0
