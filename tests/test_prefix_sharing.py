@@ -8,12 +8,18 @@ import struct
 import trio
 from trio.testing import MockClock
 
+from tests.asgi_client import running_gateway
+from tests.conftest import chat
+from tests.worker_harness import InMemoryWorker, running_worker
+from trio_gateway.config import GatewayConfig
 from trio_gateway.router.prefix_sharing import (
     PrefixSharing,
     Republishing,
     decode_records,
     encode_records,
 )
+
+CHAT = "/v1/chat/completions"
 
 
 def test_records_round_trip() -> None:
@@ -103,3 +109,39 @@ def test_publishing_is_bounded_without_a_flush() -> None:
         assert sharing._pending[-1] == ("w1", [9999])
 
     trio.run(main, clock=MockClock(autojump_threshold=0))
+
+
+async def test_two_cache_aware_replicas_send_a_prefix_to_the_same_worker(redis_url: str) -> None:
+    async with running_worker("w1") as one, running_worker("w2") as two:
+        config = GatewayConfig(session_store=redis_url, routing_policy="cache_aware")
+        replica_workers = [
+            [
+                InMemoryWorker("ws://w1", handler=one._handle),
+                InMemoryWorker("ws://w2", handler=two._handle),
+            ]
+            for _ in range(2)
+        ]
+        async with (
+            running_gateway(config, engines=list(replica_workers[0])) as a,
+            running_gateway(config, engines=list(replica_workers[1])) as b,
+        ):
+            b_sharing = b.gateway.prefix_sharing
+            assert b_sharing is not None
+            with trio.fail_after(10):
+                for workers in replica_workers:
+                    for worker in workers:
+                        await worker.wait_connected()
+                prompts = [f"system prompt {i}: " + "lorem ipsum " * 400 for i in range(4)]
+                homes = []
+                for prompt in prompts:
+                    answer = await a.request("POST", CHAT, chat(prompt, max_tokens=1))
+                    homes.append(answer.headers[b"x-worker-id"])
+                while b_sharing.received < len(prompts):  # noqa: ASYNC110 - a counter, bounded
+                    await trio.sleep(0.01)
+                # In the other order: on its own picture, b would place them the other way.
+                served_by_b = []
+                for prompt in reversed(prompts):
+                    answer = await b.request("POST", CHAT, chat(prompt + " more", max_tokens=1))
+                    served_by_b.append(answer.headers[b"x-worker-id"])
+    assert served_by_b == homes[::-1]
+    assert len(set(homes)) == 2  # the prefixes were spread (smallest index first), not herded

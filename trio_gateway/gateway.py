@@ -20,7 +20,8 @@ from trio_gateway.metrics import GatewayMetrics, multiprocess_dir
 from trio_gateway.openai.errors import model_not_found, unavailable
 from trio_gateway.openai.schemas import check_max_tokens, check_prompt_length
 from trio_gateway.router.admission import Backend, Router
-from trio_gateway.router.policies import make_policy
+from trio_gateway.router.policies import CacheAware, make_policy
+from trio_gateway.router.prefix_sharing import PrefixSharing
 from trio_gateway.sessions.manager import SessionManager
 from trio_gateway.sessions.store import RedisSessionStore
 
@@ -102,8 +103,9 @@ class Gateway:
         self.ledger = InFlightLedger()
         self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s, config.drain_delay_s)
         self.api_keys = config.accepted_api_keys()
+        policy = make_policy(config.routing_policy, config.cache_aware(), clock=trio.current_time)
         self.router = Router(
-            make_policy(config.routing_policy, config.cache_aware(), clock=trio.current_time),
+            policy,
             max_inflight=config.max_inflight or None,
             queue_size=config.queue_size,
             queue_timeout=config.queue_timeout_s,
@@ -112,6 +114,16 @@ class Gateway:
         )
         for engine in engines_from_config(config) if engines is None else engines:
             self.router.add(engine)
+        # cache_aware replicas sharing one Redis also share what they routed.
+        self.prefix_sharing: PrefixSharing | None = None
+        if isinstance(policy, CacheAware) and config.session_store:
+            self.prefix_sharing = PrefixSharing(
+                config.session_store,
+                apply=policy.index.record,
+                knows=lambda name: self.router.find(name) is not None,
+                on_error=self.metrics.prefix_sharing_errors.inc,
+            )
+            policy.on_record = self.prefix_sharing.publish
         self.session_store = (
             RedisSessionStore(config.session_store, self.metrics.session_store_errors.inc)
             if config.session_store
@@ -208,6 +220,8 @@ class Gateway:
             await nursery.start(self._run_backend, backend)
         if self.session_store is not None:
             await nursery.start(self.session_store.run)
+        if self.prefix_sharing is not None:
+            await nursery.start(self.prefix_sharing.run)
         await nursery.start(self.sessions.run)
         await nursery.start(self.shutdown.run)
         await nursery.start(sample_event_loop_lag, self.metrics)
