@@ -1,14 +1,14 @@
-"""Every benchmark in one command, bounded (about 9 minutes on a 2-core box):
+"""Every benchmark in one command, bounded (about 10 minutes on a 2-core box):
 
     python benchmarks/run_all.py [--quick]
 
 Runs the mock engine alone (the ceiling: no HTTP), then http_floor.py (a bare app on the
 same hypercorn: the floor), gateway_throughput.py (one and two gateway processes),
 shutdown_drain.py, worker_path.py, proxy_path.py (direct, smg when installed, and the
-gateway in front of one upstream; about 2 minutes) and prefix_cache.py, one after the
-other (they share the two cores, so never together), shows each one's progress as it runs,
-prints their Markdown tables and writes benchmarks/results/*.json (then charts, when
-matplotlib is installed).
+gateway in front of one upstream; about 2 minutes), prefix_cache.py and policy_cost.py
+(about 1 minute), one after the other (they share the two cores, so never together), shows
+each one's progress as it runs, prints their Markdown tables and writes
+benchmarks/results/*.json (then charts, when matplotlib is installed).
 `--quick` shortens every point for a smoke run.
 """
 
@@ -115,6 +115,7 @@ def main() -> None:
         *("--latency-seconds", "1" if args.quick else "3", "--rounds", "2" if args.quick else "3"),
     )
     run("prefix_cache.py", *(["--rounds", "5"] if args.quick else []))
+    run("policy_cost.py", *(["--rounds", "3", "--calls", "50"] if args.quick else []))
     if importlib.util.find_spec("matplotlib") is not None:
         run("charts.py")
     print(f"\nall benchmarks in {time.monotonic() - started:.0f} s")

@@ -101,8 +101,9 @@ class CacheAware:
 
     Whatever is chosen, also for a session pinned to one candidate, is recorded as sent to
     it (the request will warm that cache), then handed to `on_record` when set: the hook
-    through which a replica tells the others what it routed; what they tell it goes into
-    `index.record`, with `now` on this policy's clock.
+    through which a replica tells the others what it routed (backend name, block hashes;
+    the list is shared with the request's key, so it is read, never changed). What they
+    tell it goes into `index.record`, with `now` on this policy's clock.
     """
 
     def __init__(
