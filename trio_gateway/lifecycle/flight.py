@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -23,7 +25,6 @@ from trio_gateway.errors import (
     shutting_down,
 )
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.http.asgi import Receive
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.breaker import Verdict
 from trio_gateway.router.route_key import RouteKey
@@ -36,6 +37,10 @@ CLIENT_DISCONNECTED = "client_disconnected"
 RESPONSE_TIMEOUT = "response_timeout"
 SHUTDOWN = "shutdown"
 HANDLER_EXIT = "handler_exit"
+
+# The client's connection, as ASGI's `receive`: the flight learns from it only that the
+# client left (an `http.disconnect` message).
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 
 
 @dataclass(eq=False, slots=True)
