@@ -81,7 +81,7 @@ async def _send_error_body(self: H11Protocol, status_code: int) -> None:
     """hypercorn's `H11Protocol._send_error_response` with an OpenAI-shaped body instead of
     an empty one; like hypercorn's, it closes the connection after."""
     message, code = PROTOCOL_ERRORS.get(status_code, (HTTPStatus(status_code).phrase, None))
-    error = GatewayError(ErrorKind.VALIDATION, message, code=code, status=status_code)
+    error = GatewayError(ErrorKind.VALIDATION, message, code=code, status_override=status_code)
     body = encode_error(error)
     headers = [
         (b"content-type", b"application/json"),

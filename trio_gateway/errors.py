@@ -70,12 +70,12 @@ class GatewayError(Exception):
     router finding no backend at all. `counts_against_backend` combines the two.
 
     `param` and `code` are the OpenAI error fields; `code` None takes the kind's default
-    code at the edge. `status` and `type` are set only for an error whose HTTP status and
-    OpenAI type are not its kind's: an upstream's own 4xx (or a worker's error frame) is
-    passed on with its status, type and message, and the HTTP layer refuses some requests
-    with statuses of its own (413, 408). With `status` set, `code` is rendered as given,
-    None included: a relayed answer is passed on as it was. `type` alone (a status of the
-    kind's) names a more precise OpenAI type, as `session_lost` does.
+    code at the edge. The overrides are set only for an error whose HTTP status and OpenAI
+    type are not its kind's: an upstream's own 4xx (or a worker's error frame) is passed
+    on with its status, type and message, and the HTTP layer refuses some requests with
+    statuses of its own (413, 408). With `status_override` set, `code` is rendered as
+    given, None included: a relayed answer is passed on as it was. `type_override` alone
+    names a more precise OpenAI type for the kind's status, as `session_lost` does.
     """
 
     def __init__(
@@ -87,8 +87,8 @@ class GatewayError(Exception):
         request_only: bool = False,
         param: str | None = None,
         code: str | int | None = None,
-        status: int | None = None,
-        type: str | None = None,
+        status_override: int | None = None,
+        type_override: str | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -97,8 +97,8 @@ class GatewayError(Exception):
         self.request_only = request_only
         self.param = param
         self.code = code
-        self.status = status
-        self.type = type
+        self.status_override = status_override
+        self.type_override = type_override
 
     @property
     def counts_against_backend(self) -> bool:
@@ -175,7 +175,7 @@ def session_lost(session_id: str, worker: str) -> GatewayError:
         request_only=True,
         param="session_id",
         code="session_lost",
-        type="session_lost",
+        type_override="session_lost",
     )
 
 

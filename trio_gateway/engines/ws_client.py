@@ -378,8 +378,8 @@ def _worker_error(frame: ErrorFrame, *, retryable: bool) -> GatewayError:
             ErrorKind.VALIDATION,
             frame.message,
             code=frame.code,
-            status=frame.status,
-            type=frame.type,
+            status_override=frame.status,
+            type_override=frame.type,
         )
     if frame.type == "shutdown":
         return GatewayError(
@@ -387,8 +387,8 @@ def _worker_error(frame: ErrorFrame, *, retryable: bool) -> GatewayError:
             frame.message,
             request_only=True,
             code=frame.code,
-            status=503,
-            type="unavailable",
+            status_override=503,
+            type_override="unavailable",
         )
     return internal_error(frame.message, request_only=not frame.backend_fault)
 

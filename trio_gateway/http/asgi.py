@@ -42,7 +42,7 @@ def body_too_large(limit: int) -> GatewayError:
         ErrorKind.VALIDATION,
         f"Request body too large: the limit is {limit} bytes.",
         code="request_too_large",
-        status=413,
+        status_override=413,
     )
 
 
@@ -52,7 +52,7 @@ def body_read_timed_out(seconds: float) -> GatewayError:
         ErrorKind.VALIDATION,
         f"The request body did not arrive within {seconds:g} s.",
         code="request_timeout",
-        status=408,
+        status_override=408,
     )
 
 

@@ -80,7 +80,7 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
                         else "Admin endpoints answer only loopback clients when no "
                         "--admin-token is set.",
                         code="admin_forbidden",
-                        status=403 if not admin_token else 401,
+                        status_override=403 if not admin_token else 401,
                     )
                 )
         return None
@@ -118,7 +118,7 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
                 "This gateway is one of several processes sharing its port (--processes, "
                 f"--reuse-port): this would reach one of them only; {instead}.",
                 code="shared_port",
-                status=409,
+                status_override=409,
             )
         )
 
@@ -196,7 +196,7 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
                     f"{url} is already routed to.",
                     param="url",
                     code="duplicate_worker",
-                    status=409,
+                    status_override=409,
                 )
             )
         engine = engine_for_url(url, gateway.config)
@@ -222,7 +222,9 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         status = error.code or 500
         kind = "invalid_request_error" if status < 500 else "internal_error"
         message = error.description or error.name
-        return _api_error(GatewayError(ErrorKind.VALIDATION, message, status=status, type=kind))
+        return _api_error(
+            GatewayError(ErrorKind.VALIDATION, message, status_override=status, type_override=kind)
+        )
 
     return app
 

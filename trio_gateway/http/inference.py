@@ -67,7 +67,7 @@ def _unsupported_media_type(content_type: bytes) -> GatewayError:
         ErrorKind.VALIDATION,
         f"Unsupported Content-Type {content_type.decode('latin-1')!r}: send application/json.",
         code="unsupported_media_type",
-        status=415,
+        status_override=415,
     )
 
 

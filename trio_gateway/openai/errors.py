@@ -38,16 +38,20 @@ WIRE_SHAPES: dict[ErrorKind, WireShape] = {
 
 
 def http_status(error: GatewayError) -> int:
-    return error.status if error.status is not None else WIRE_SHAPES[error.kind].status
+    if error.status_override is not None:
+        return error.status_override
+    return WIRE_SHAPES[error.kind].status
 
 
 def openai_type(error: GatewayError) -> str:
-    return error.type if error.type is not None else WIRE_SHAPES[error.kind].type
+    if error.type_override is not None:
+        return error.type_override
+    return WIRE_SHAPES[error.kind].type
 
 
 def _type_and_code(error: GatewayError) -> tuple[str, str | int | None]:
     type_ = openai_type(error)
-    if error.status is not None or error.code is not None:  # given (or relayed) as it is
+    if error.status_override is not None or error.code is not None:  # as given (or relayed)
         return type_, error.code
     return type_, WIRE_SHAPES[error.kind].code
 

@@ -91,8 +91,8 @@ def inband_error(body: Any) -> GatewayError:
         request_only=True,
         param=_as_str(fields.get("param")),
         code=code,
-        status=status,
-        type=_as_str(fields.get("type")) or "internal_error",
+        status_override=status,
+        type_override=_as_str(fields.get("type")) or "internal_error",
     )
 
 
@@ -125,8 +125,8 @@ def status_error(name: str, status: int, raw: bytes) -> GatewayError:
             retryable=True,
             param=param,
             code=code,
-            status=429,
-            type=upstream_type or "overload",
+            status_override=429,
+            type_override=upstream_type or "overload",
         )
     if 400 <= status < 500:
         return GatewayError(
@@ -134,8 +134,8 @@ def status_error(name: str, status: int, raw: bytes) -> GatewayError:
             message,
             param=param,
             code=code,
-            status=status,
-            type=upstream_type or "invalid_request_error",
+            status_override=status,
+            type_override=upstream_type or "invalid_request_error",
         )
     if status in (502, 503, 504):
         return unavailable(
