@@ -47,10 +47,6 @@ from trio_gateway.worker.server import WorkerServer
 
 log = logging.getLogger("trio_gateway")
 
-SECRET_SETTINGS = frozenset(
-    {"api_keys", "admin_token", "worker_token", "upstream_api_key", "token"}
-)
-
 
 def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     hc = HypercornConfig()
@@ -222,7 +218,7 @@ def effective_settings(config: GatewayConfig) -> str:
     lines = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name in SECRET_SETTINGS and value:
+        if not f.repr and value:  # a secret (`setting(..., secret=True)`)
             value = ["****"] * len(value) if isinstance(value, tuple) else "****"
         if f.name == "session_store" and value:
             value = re.sub(r"//([^@/]*)@", "//****@", value)  # a password in the URL
