@@ -109,7 +109,7 @@ def install_error_bodies() -> bool:
 
 
 async def forward_signals(shutdown: GracefulShutdown) -> None:
-    """SIGTERM or SIGINT starts the drain; a second one cuts it short (DESIGN §5)."""
+    """SIGTERM or SIGINT starts the drain; a second one cuts it short (docs/architecture.md §6)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             shutdown.request_stop(signal.Signals(signum).name)

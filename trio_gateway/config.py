@@ -47,7 +47,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     model: str = "mock"
-    # The in-process mock engine (continuous batching, DESIGN §3).
+    # The in-process mock engine (continuous batching, docs/architecture.md §2.1).
     mock_ttft_ms: float = 5.0
     mock_itl_ms: float = 10.0
     mock_max_num_seqs: int = 256
@@ -78,7 +78,7 @@ class GatewayConfig:
     # by default; 0 means never. A Content-Length over max_body_bytes is 413 before reading.
     # Headers are hypercorn's: unfinished after keep_alive_timeout_s, the connection closes.
     body_read_timeout_s: float = 5.0
-    # Shutdown (DESIGN §5): in-flight requests get this long to finish after SIGTERM.
+    # Shutdown (docs/architecture.md §6): in-flight requests get this long to finish after SIGTERM.
     drain_timeout_s: float = 30.0
     # After SIGTERM, keep taking new requests this long while /ready already says 503, so
     # load balancers stop sending before anything is refused.
