@@ -18,6 +18,7 @@ from trio_gateway.config import (
     add_config_flags,
     config_from_args,
     load_config,
+    setting_help,
 )
 from trio_gateway.router.policies import CacheAwareOptions
 
@@ -251,9 +252,6 @@ def test_cache_aware_settings() -> None:
     config = config_from_args(p.parse_args(flags), environ)
     assert config.routing_policy == "cache_aware"
     assert config.cache_aware() == CacheAwareOptions(threshold=0.6, block_chars=128)
-    for f in dataclasses.fields(GatewayConfig):
-        if f.name.startswith("cache_aware_"):
-            assert f.metadata["help"]
 
 
 def test_config_error_is_a_value_error() -> None:
@@ -492,3 +490,16 @@ def test_check_config_hides_a_redis_password(capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert 'session_store = "redis://****@cache:6379/2"' in out
     assert "pw123" not in out
+
+
+@pytest.mark.parametrize("kind", [GatewayConfig, WorkerConfig])
+def test_every_flag_says_what_it_is_for(kind: type[Any]) -> None:
+    """`--help` describes each setting, not only its default and its variable."""
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, kind)
+    by_dest = {action.dest: action.help or "" for action in parser._actions}
+    for f in dataclasses.fields(kind):
+        description = setting_help(kind, f.name)
+        assert len(description) > 10, f.name
+        assert by_dest[f.name].startswith(description), f.name
+        assert "Default" in by_dest[f.name], f.name

@@ -677,3 +677,60 @@ def test_dockerignore_keeps_the_build_inputs_only() -> None:
         assert not dockerignored(source), f"{source} is copied but .dockerignore drops it"
     for junk in (".git", ".venv", "tests", "trio_gateway/__pycache__"):
         assert dockerignored(junk), f"{junk} would be sent to the build"
+
+
+# ---------------------------------------------------------------------------------------
+# The vLLM overlay (deploy/k8s/vllm): the base's workers hosting a real engine
+# ---------------------------------------------------------------------------------------
+
+VLLM_OVERLAY = K8S / "vllm"
+
+
+def json_patch_add(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 `add` operations (all the overlay uses), applied to a copy."""
+    patched = copy.deepcopy(document)
+    for operation in operations:
+        assert operation["op"] == "add", operation
+        *parents, last = operation["path"].lstrip("/").split("/")
+        target: Any = patched
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if isinstance(target, list):
+            target.insert(len(target) if last == "-" else int(last), operation["value"])
+        else:
+            assert last not in target, f"{operation['path']} would replace, not add"
+            target[last] = operation["value"]
+    return patched
+
+
+def vllm_worker() -> dict[str, Any]:
+    kustomization = yaml.safe_load((VLLM_OVERLAY / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == [".."]
+    (patch,) = kustomization["patches"]
+    assert patch["target"] == {"kind": "StatefulSet", "name": WORKER}
+    operations = yaml.safe_load((VLLM_OVERLAY / patch["path"]).read_text())
+    return json_patch_add(worker(), operations)
+
+
+def test_vllm_overlay_workers_host_the_engine_in_their_pod() -> None:
+    workload = vllm_worker()
+    worker_container, engine = pod_spec(workload)["containers"]
+    argv = [*dockerfile_json("ENTRYPOINT"), *worker_container["args"]]
+    args = build_parser().parse_args(argv[1:])
+    config: WorkerConfig = config_from_args(
+        args, environ=container_environ(worker()), kind=WorkerConfig
+    )
+    upstream = urlsplit(config.upstream)
+    assert (upstream.hostname, upstream.path) == ("127.0.0.1", "/v1")
+    engine_args = [str(arg) for arg in engine["args"]]
+    assert engine_args[engine_args.index("--port") + 1] == str(upstream.port)
+    assert engine_args[engine_args.index("--host") + 1] == "127.0.0.1"  # pod-local only
+    # Admission happens in the gateway: the worker takes no more than vLLM runs at once.
+    assert config.max_inflight == int(engine_args[engine_args.index("--max-num-seqs") + 1])
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == 1
+    # The pod's user (10001) needs a writable Hugging Face cache.
+    mounts = {mount["mountPath"] for mount in engine["volumeMounts"]}
+    hf_home = next(e["value"] for e in engine["env"] if e["name"] == "HF_HOME")
+    assert hf_home in mounts
+    volumes = {volume["name"] for volume in pod_spec(workload)["volumes"]}
+    assert {mount["name"] for mount in engine["volumeMounts"]} <= volumes

@@ -48,10 +48,6 @@ from trio_gateway.worker.server import WorkerServer
 
 log = logging.getLogger("trio_gateway")
 
-SECRET_SETTINGS = frozenset(
-    {"api_keys", "admin_token", "worker_token", "upstream_api_key", "token"}
-)
-
 
 def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     hc = HypercornConfig()
@@ -111,7 +107,7 @@ def install_error_bodies() -> bool:
 
 
 async def forward_signals(shutdown: GracefulShutdown) -> None:
-    """SIGTERM or SIGINT starts the drain; a second one cuts it short (DESIGN §5)."""
+    """SIGTERM or SIGINT starts the drain; a second one cuts it short (docs/architecture.md §6)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             shutdown.request_stop(signal.Signals(signum).name)
@@ -224,7 +220,7 @@ def effective_settings(config: GatewayConfig) -> str:
     lines = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.name in SECRET_SETTINGS and value:
+        if not f.repr and value:  # a secret (`setting(..., secret=True)`)
             value = ["****"] * len(value) if isinstance(value, tuple) else "****"
         if f.name == "session_store" and value:
             value = re.sub(r"//([^@/]*)@", "//****@", value)  # a password in the URL
@@ -288,8 +284,8 @@ def check_config(args: argparse.Namespace) -> int:
 def exit_without_teardown(code: int) -> None:
     """Exit once everything has been said and closed, skipping the interpreter's teardown.
 
-    Finalising the imported modules takes 150-300 ms here: time a rolling deploy waits on
-    a process that has already drained, closed its connections and flushed its logs.
+    Finalising the imported modules is time a rolling deploy waits on a process that has
+    already drained, closed its connections and flushed its logs (measured in the README).
     """
     logging.shutdown()
     sys.stdout.flush()

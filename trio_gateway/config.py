@@ -23,12 +23,19 @@ from trio_gateway.backend_urls import (
 )
 from trio_gateway.router.policies import POLICY_NAMES, CacheAwareOptions
 
+_Default = TypeVar("_Default")
 ENV_PREFIX = "TRIO_GATEWAY_"
 WORKER_ENV_PREFIX = "TRIO_GATEWAY_WORKER_"
 SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 MIB = 1024 * 1024
 BODY_READ_S_PER_MIB = 2.0  # how `body_read_timeout_s` grows with a body's size
 _CACHE_AWARE = CacheAwareOptions()  # the defaults of the cache_aware_* settings
+
+
+def setting(default: _Default, help: str, *, secret: bool = False, flag: str = "") -> _Default:
+    """A field with its `--help` text; a secret is left out of the repr (and so of logs)."""
+    metadata = {"help": help, "flag": flag} if flag else {"help": help}
+    return field(default=default, repr=not secret, metadata=metadata)
 
 
 class ConfigError(ValueError):
@@ -44,106 +51,117 @@ def _check_logging(level: str, log_format: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model: str = "mock"
-    # The in-process mock engine (continuous batching, DESIGN §3).
-    mock_ttft_ms: float = 5.0
-    mock_itl_ms: float = 10.0
-    mock_max_num_seqs: int = 256
-    mock_tokens: int = 100
-    max_model_len: int = 32768  # the mock's context length (upstreams report their own)
-    mock_prefix_block_tokens: int = field(
-        default=16,
-        metadata={"help": "tokens per block of the mock's prefix cache (vLLM's block size)"},
+    """`trio-gateway serve`. Each field's help is what `serve --help` prints beside it."""
+
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = setting(8000, "port to listen on (0: any free port, one process only)")
+    model: str = setting("mock", "the model name the in-process mock engine serves")
+    mock_ttft_ms: float = setting(5.0, "mock engine: prefill time before the first token")
+    mock_itl_ms: float = setting(10.0, "mock engine: time of one scheduler step (one token)")
+    mock_max_num_seqs: int = setting(256, "mock engine: sequences per step; the rest queue")
+    mock_tokens: int = setting(100, "mock engine: answer length when max_tokens is not given")
+    max_model_len: int = setting(
+        32768, "the mock's context length: prompt + max_tokens above it is a 400"
     )
-    mock_prefix_cache_blocks: int = field(
-        default=8192,
-        metadata={"help": "blocks the mock's prefix cache holds, LRU; 0 disables it"},
+    mock_prefix_block_tokens: int = setting(
+        16, "tokens per block of the mock's prefix cache (vLLM's block size)"
     )
-    mock_prefill_ms_per_1k_tokens: float = field(
-        default=0.0,
-        metadata={"help": "mock prefill time per 1000 prompt tokens not in its prefix cache"},
+    mock_prefix_cache_blocks: int = setting(
+        8192, "blocks the mock's prefix cache holds, LRU; 0 disables it"
     )
-    # Request lifecycle.
-    inactivity_timeout_s: float = 60.0
-    # A unary request to an engine that answers it whole (an OpenAI upstream says nothing
-    # until it is done) is timed as a whole instead; 0 means never.
-    unary_timeout_s: float = 600.0
-    stream_buffer: int = 64
-    max_body_bytes: int = 4 * 1024 * 1024
-    # A request body must arrive whole within max(body_read_timeout_s, 2 s per MiB of its
-    # Content-Length, or of max_body_bytes when it has none (chunked)): else 408 and the
-    # connection closed. 5 s and 2 s/MiB (an uplink of at least 0.5 MiB/s for big bodies)
-    # by default; 0 means never. A Content-Length over max_body_bytes is 413 before reading.
-    # Headers are hypercorn's: unfinished after keep_alive_timeout_s, the connection closes.
-    body_read_timeout_s: float = 5.0
-    # Shutdown (DESIGN §5): in-flight requests get this long to finish after SIGTERM.
-    drain_timeout_s: float = 30.0
-    # After SIGTERM, keep taking new requests this long while /ready already says 503, so
-    # load balancers stop sending before anything is refused.
-    drain_delay_s: float = 0.0
-    # Security: keys accepted on /v1/* (none: open), and the token of /admin/* (none:
-    # loopback clients only).
-    api_keys: tuple[str, ...] = field(default=(), repr=False, metadata={"flag": "--api-key"})
-    api_keys_file: str = ""
-    admin_token: str = field(default="", repr=False)
-    # Remote engines: `ws://` workers and `http(s)://.../v1` OpenAI-compatible upstreams.
-    # None given: the in-process mock engine serves `model`.
-    workers: tuple[str, ...] = field(default=(), metadata={"flag": "--worker"})
-    worker_token: str = field(default="", repr=False)
-    upstream_api_key: str = field(default="", repr=False)
-    credit_window: int = 32
-    # Sessions: idle time before a session closes; "hard" affinity answers 503 session_lost
-    # when a session's worker is gone, "soft" re-homes the session on another worker.
-    session_timeout_s: float = 300.0
-    session_affinity: str = "hard"
-    session_store: str = ""  # "": in memory; redis://HOST:PORT/DB: shared by replicas
-    # Routing and admission.
-    routing_policy: str = "power_of_two"
-    cache_aware_threshold: float = field(
-        default=_CACHE_AWARE.threshold,
-        metadata={"help": "cache_aware: a match above this share of the prompt's blocks wins"},
+    mock_prefill_ms_per_1k_tokens: float = setting(
+        0.0, "mock prefill time per 1000 prompt tokens not in its prefix cache"
     )
-    cache_aware_balance_abs: int = field(
-        default=_CACHE_AWARE.balance_abs,
-        metadata={"help": "cache_aware: least loaded wins past this in-flight gap (and the ratio)"},
+    inactivity_timeout_s: float = setting(
+        60.0, "a stream silent this long is cancelled as response_timeout (504); 0: never"
     )
-    cache_aware_balance_rel: float = field(
-        default=_CACHE_AWARE.balance_rel,
-        metadata={"help": "cache_aware: least loaded wins past this in-flight ratio (and the gap)"},
+    # An OpenAI upstream says nothing until a unary answer is done, so it is timed whole.
+    unary_timeout_s: float = setting(
+        600.0, "a unary request an upstream answers whole may take this long; 0: never"
     )
-    cache_aware_block_chars: int = field(
-        default=_CACHE_AWARE.block_chars,
-        metadata={"help": "cache_aware: characters per hashed prompt block"},
+    stream_buffer: int = setting(64, "chunks buffered per request between engine and writer")
+    max_body_bytes: int = setting(4 * MIB, "larger request bodies get 413")
+    # The deadline grows with the body (an uplink of at least 0.5 MiB/s for big bodies);
+    # headers are hypercorn's: unfinished after keep_alive_timeout_s, the connection closes.
+    body_read_timeout_s: float = setting(
+        5.0, "a body must arrive within the larger of this and 2 s per MiB, else 408; 0: never"
     )
-    cache_aware_capacity_blocks: int = field(
-        default=_CACHE_AWARE.capacity_blocks,
-        metadata={"help": "cache_aware: blocks remembered per backend, least recent dropped"},
+    drain_timeout_s: float = setting(
+        30.0, "after SIGTERM, in-flight requests get this long before they are cut"
     )
-    cache_aware_ttl_s: float = field(
-        default=_CACHE_AWARE.ttl_s,
-        metadata={"help": "cache_aware: seconds a block is remembered after its last request"},
+    drain_delay_s: float = setting(
+        0.0, "after SIGTERM, keep taking requests this long while /ready already says 503"
     )
-    max_inflight: int = 0  # per backend; 0: the backend's own (a worker's hello)
-    queue_size: int = 1024
-    queue_timeout_s: float = 30.0
-    breaker_threshold: int = 5
-    breaker_cooldown_s: float = 10.0
-    # hypercorn, when started by `trio-gateway serve`. Its graceful timeout only covers
-    # what is left once the gateway's own drain is over.
-    keep_alive_timeout_s: float = 5.0
-    graceful_timeout_s: float = 5.0
-    backlog: int = 2048
-    # Gateway processes sharing the port (each its own socket, SO_REUSEPORT: the kernel
-    # spreads connections). Each runs the whole gateway; metrics are summed across them.
-    processes: int = 1
-    reuse_port: bool = False  # bind with SO_REUSEPORT (set for each of `processes`)
-    # Set by `processes` for its children: drain and stop once that process is gone.
-    supervisor_pid: int = 0
-    log_level: str = "info"
-    log_format: str = "text"  # or "json": one object per line
-    log_prompts: bool = False  # put prompt and completion text in the end-of-request line
+    api_keys: tuple[str, ...] = setting(
+        (), "a key accepted on /v1/* as a bearer token; none: open", secret=True, flag="--api-key"
+    )
+    api_keys_file: str = setting("", "a file of accepted API keys, one per line")
+    admin_token: str = setting(
+        "", "bearer token for /admin/*; none: loopback clients only", secret=True
+    )
+    workers: tuple[str, ...] = setting(
+        (),
+        "a backend: ws://HOST:PORT (a worker) or http(s)://HOST:PORT/v1 (an OpenAI "
+        "server); none: the in-process mock",
+        flag="--worker",
+    )
+    worker_token: str = setting("", "the token workers expect in the handshake", secret=True)
+    upstream_api_key: str = setting(
+        "", "bearer token sent to OpenAI-compatible upstreams", secret=True
+    )
+    credit_window: int = setting(32, "chunks a worker may send a request ahead of the client")
+    session_timeout_s: float = setting(300.0, "idle seconds before a session closes")
+    session_affinity: str = setting(
+        "hard", "a session whose worker is gone: hard answers 503 session_lost, soft re-homes it"
+    )
+    session_store: str = setting(
+        "", "redis://HOST:PORT/DB: sessions (and cache_aware's index) shared by replicas"
+    )
+    routing_policy: str = setting(
+        "power_of_two", f"how a backend is chosen: {', '.join(POLICY_NAMES)}"
+    )
+    cache_aware_threshold: float = setting(
+        _CACHE_AWARE.threshold, "cache_aware: a match above this share of the prompt's blocks wins"
+    )
+    cache_aware_balance_abs: int = setting(
+        _CACHE_AWARE.balance_abs,
+        "cache_aware: least loaded wins past this in-flight gap (and the ratio)",
+    )
+    cache_aware_balance_rel: float = setting(
+        _CACHE_AWARE.balance_rel,
+        "cache_aware: least loaded wins past this in-flight ratio (and the gap)",
+    )
+    cache_aware_block_chars: int = setting(
+        _CACHE_AWARE.block_chars, "cache_aware: characters per hashed prompt block"
+    )
+    cache_aware_capacity_blocks: int = setting(
+        _CACHE_AWARE.capacity_blocks,
+        "cache_aware: blocks remembered per backend, least recent dropped",
+    )
+    cache_aware_ttl_s: float = setting(
+        _CACHE_AWARE.ttl_s, "cache_aware: seconds a block is remembered after its last request"
+    )
+    max_inflight: int = setting(0, "requests in flight per backend; 0: the worker's own figure")
+    queue_size: int = setting(1024, "requests waiting when every backend is full; then 429")
+    queue_timeout_s: float = setting(30.0, "longest wait in that queue before a 429")
+    breaker_threshold: int = setting(5, "consecutive backend failures that open its breaker")
+    breaker_cooldown_s: float = setting(10.0, "how long an open breaker waits before a probe")
+    # hypercorn's, when `serve` runs it; its graceful timeout only covers what is left once
+    # the gateway's own drain is over.
+    keep_alive_timeout_s: float = setting(
+        5.0, "idle keep-alive connections (and unfinished headers) close after this"
+    )
+    graceful_timeout_s: float = setting(5.0, "hypercorn's last wait once the drain is over")
+    backlog: int = setting(2048, "the listening socket's backlog")
+    # Each process runs the whole gateway on its own SO_REUSEPORT socket.
+    processes: int = setting(1, "gateway processes sharing the port; metrics summed across")
+    reuse_port: bool = setting(False, "bind with SO_REUSEPORT (set for each of --processes)")
+    supervisor_pid: int = setting(
+        0, "internal, set by --processes: drain and stop once that process is gone"
+    )
+    log_level: str = setting("info", "debug, info, warning, error or critical")
+    log_format: str = setting("text", "text, or json: one object per line")
+    log_prompts: bool = setting(False, "put prompt and completion text in the request's end line")
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -275,40 +293,36 @@ class GatewayConfig:
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """`trio-gateway worker`: an engine behind the WebSocket request plane."""
+    """`trio-gateway worker`: an engine behind the WebSocket request plane. A field with no
+    help of its own means what `GatewayConfig`'s field of that name means (the mock's)."""
 
-    host: str = "127.0.0.1"
-    port: int = 9001
-    metrics_port: int = 9101
-    worker_id: str = ""  # default: host:port
-    token: str = field(default="", repr=False)
-    # An OpenAI-compatible engine on this node (vLLM, SGLang, llama.cpp: http://HOST:PORT/v1)
-    # to serve instead of the mock; its models are read from its /v1/models.
-    upstream: str = ""
-    upstream_api_key: str = field(default="", repr=False)
-    model: str = "mock"
-    mock_ttft_ms: float = 5.0
-    mock_itl_ms: float = 10.0
-    mock_max_num_seqs: int = 256
-    mock_tokens: int = 100
-    max_model_len: int = 32768
-    mock_prefix_block_tokens: int = field(
-        default=16,
-        metadata={"help": "tokens per block of the mock's prefix cache (vLLM's block size)"},
+    host: str = setting("127.0.0.1", "address to listen on for gateways' WebSockets")
+    port: int = setting(9001, "port of the WebSocket request plane")
+    metrics_port: int = setting(9101, "port of /metrics, /live and /ready")
+    worker_id: str = setting("", "the id this worker gives in its hello; default HOST:PORT")
+    token: str = setting("", "the token a gateway must send in the handshake", secret=True)
+    upstream: str = setting(
+        "",
+        "an OpenAI-compatible engine on this node (http://HOST:PORT/v1) to serve instead of "
+        "the mock; its models come from its /v1/models",
     )
-    mock_prefix_cache_blocks: int = field(
-        default=8192,
-        metadata={"help": "blocks the mock's prefix cache holds, LRU; 0 disables it"},
+    upstream_api_key: str = setting("", "bearer token sent to --upstream", secret=True)
+    model: str = setting("mock", "")
+    mock_ttft_ms: float = setting(5.0, "")
+    mock_itl_ms: float = setting(10.0, "")
+    mock_max_num_seqs: int = setting(256, "")
+    mock_tokens: int = setting(100, "")
+    max_model_len: int = setting(32768, "")
+    mock_prefix_block_tokens: int = setting(16, "")
+    mock_prefix_cache_blocks: int = setting(8192, "")
+    mock_prefill_ms_per_1k_tokens: float = setting(0.0, "")
+    max_inflight: int = setting(1024, "requests this worker runs at once (told in its hello)")
+    load_interval_s: float = setting(1.0, "seconds between load reports to the gateway")
+    drain_timeout_s: float = setting(
+        30.0, "after SIGTERM, in-flight requests get this long before they are cut"
     )
-    mock_prefill_ms_per_1k_tokens: float = field(
-        default=0.0,
-        metadata={"help": "mock prefill time per 1000 prompt tokens not in its prefix cache"},
-    )
-    max_inflight: int = 1024
-    load_interval_s: float = 1.0
-    drain_timeout_s: float = 30.0
-    log_level: str = "info"
-    log_format: str = "text"
+    log_level: str = setting("info", "debug, info, warning, error or critical")
+    log_format: str = setting("text", "text, or json: one object per line")
 
     def __post_init__(self) -> None:
         _check_logging(self.log_level, self.log_format)
@@ -422,6 +436,14 @@ def load_config(
     return config
 
 
+def setting_help(kind: type[Any], name: str) -> str:
+    """What a setting is for; a worker's mock settings say what the gateway's say."""
+    help_text: str = next(f for f in fields(kind) if f.name == name).metadata["help"]
+    if not help_text and kind is not GatewayConfig:
+        return setting_help(GatewayConfig, name)
+    return help_text
+
+
 def add_config_flags(parser: argparse.ArgumentParser, kind: type[Any] | None = None) -> None:
     """One flag per setting; unset flags stay None so lower-priority sources show through."""
     settings: type[Any] = GatewayConfig if kind is None else kind
@@ -437,8 +459,9 @@ def add_config_flags(parser: argparse.ArgumentParser, kind: type[Any] | None = N
             default=None,
             action="append" if repeatable else "store",
             metavar=(f.name[:-1] if repeatable else str(f.type)).upper(),
-            help=("repeatable; " if repeatable else "")
-            + f"default {default!r}; env {prefix}{f.name.upper()}"
+            help=setting_help(settings, f.name)
+            + (" (repeatable)" if repeatable else "")
+            + f". Default {default!r}; env {prefix}{f.name.upper()}"
             + (" (comma-separated)" if repeatable else ""),
         )
 

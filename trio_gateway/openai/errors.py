@@ -2,7 +2,7 @@
 
 This is the one place a kind of failure becomes a status code, an OpenAI `type` and a
 default `code`; the HTTP answers, the SSE error event, the control routes and the worker
-plane's error frame all render through it.
+plane's error frame all render through it (docs/architecture.md §1.8).
 """
 
 from __future__ import annotations
