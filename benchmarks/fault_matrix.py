@@ -87,7 +87,8 @@ class Answer:
 
     @property
     def tokens(self) -> int:
-        return self.body.count(CONTENT)
+        """Events with non-empty content (a chat stream's role event has `"content":""`)."""
+        return len(re.findall(rb'"content":"(?!")', self.body))
 
     @property
     def ends_with_done(self) -> bool:
@@ -838,20 +839,29 @@ UPSTREAM_MODELS = [
 
 
 async def hold_upstream(
-    stop_it: trio.Event, *, task_status: trio.TaskStatus[MockUpstream] = trio.TASK_STATUS_IGNORED
+    stop_it: trio.Event,
+    stopped: trio.Event,
+    *,
+    task_status: trio.TaskStatus[MockUpstream] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with running_upstream(models=UPSTREAM_MODELS, graceful_timeout=0.5) as upstream:
-        task_status.started(upstream)
-        await stop_it.wait()
+    """The fake upstream until `stop_it`; `stopped` once its server (and every connection
+    to it: the gateway pools them) is gone."""
+    try:
+        async with running_upstream(models=UPSTREAM_MODELS, graceful_timeout=0.5) as upstream:
+            task_status.started(upstream)
+            await stop_it.wait()
+    finally:
+        stopped.set()
 
 
 async def upstream_group(matrix: Matrix) -> None:
     group = "upstream failure"
-    stop_upstream = trio.Event()
+    stop_upstream, upstream_stopped = trio.Event(), trio.Event()
     async with trio.open_nursery() as nursery:
-        upstream: MockUpstream = await nursery.start(hold_upstream, stop_upstream)
+        upstream: MockUpstream = await nursery.start(hold_upstream, stop_upstream, upstream_stopped)
         gateway = await start(
-            *("--worker", upstream.url, "--inactivity-timeout-s", "1", "--unary-timeout-s", "1")
+            *("--worker", upstream.url, "--inactivity-timeout-s", "1", "--unary-timeout-s", "1"),
+            *("--breaker-cooldown-s", "1"),
         )
         port = gateway.port
         try:
@@ -865,6 +875,7 @@ async def upstream_group(matrix: Matrix) -> None:
                 stream: bool = True,
                 message: str | None = None,
                 param: str | None = None,
+                not_quoted: str | None = None,
             ) -> None:
                 answer = await call(port, "POST", CHAT, chat(stream=stream, model=model))
                 error = openai_error(answer)
@@ -874,6 +885,8 @@ async def upstream_group(matrix: Matrix) -> None:
                     c.check(error is not None and message in error["message"], f"message {error}")
                 if param is not None:
                     c.check(error is not None and error["param"] == param, f"param {error}")
+                if not_quoted is not None:
+                    c.check(not_quoted not in answer.body.decode(), f"quoted: {answer.short()}")
                 problem = await serves(port, "up-a")
                 c.check(not problem, problem)
                 said = error and error["message"][:60]
@@ -910,7 +923,14 @@ async def upstream_group(matrix: Matrix) -> None:
                 (
                     "HTTP 401 (the gateway's key)",
                     "500 internal_error, upstream message not quoted",
-                    partial(plain_error, "fail-401", 500, "internal_error", message="credentials"),
+                    partial(
+                        plain_error,
+                        "fail-401",
+                        500,
+                        "internal_error",
+                        message="credentials",
+                        not_quoted="upstream says",
+                    ),
                 ),
                 (
                     "headers, then closed before any event",
@@ -1027,18 +1047,31 @@ async def upstream_group(matrix: Matrix) -> None:
                 breaker,
             )
 
+            async def breaker_control(c: Case) -> None:
+                for _ in range(5):
+                    await call(port, "POST", CHAT, chat(model="fail-500"))
+                opened = next(iter((await admin_workers(port)).values()))["breaker"]
+                await trio.sleep(1.2)  # the cooldown (1 s), then one probe request decides
+                problem = await serves(port, "up-a")
+                closed = next(iter((await admin_workers(port)).values()))["breaker"]
+                c.check(opened == "open", f"breaker {opened} after 5 upstream 500s")
+                c.check(
+                    not problem and closed == "closed", f"after the cooldown: {problem} {closed}"
+                )
+                c.observed = (
+                    f"breaker {opened}; after the cooldown a request succeeds, breaker {closed}"
+                )
+
+            await matrix.run(
+                group,
+                "breaker control: 5 upstream 500s",
+                "the breaker opens; after the cooldown (1 s) a good probe closes it",
+                breaker_control,
+            )
+
             async def refused(c: Case) -> None:
                 stop_upstream.set()
-                with trio.fail_after(10):
-                    while True:  # until the port refuses
-                        try:
-                            probe = await trio.open_tcp_stream(
-                                "127.0.0.1", int(upstream.url.split(":")[2].split("/")[0])
-                            )
-                        except OSError:
-                            break
-                        await probe.aclose()
-                        await trio.sleep(0.05)
+                await upstream_stopped.wait()
                 answer = await call(port, "POST", CHAT, chat(model="up-a"))
                 error = openai_error(answer)
                 c.check(answer.status == 503, f"status {answer.short()}")
@@ -1160,10 +1193,9 @@ async def sigterm_group(matrix: Matrix) -> None:
             gateway.proc.send_signal(signal.SIGTERM)
             ready = await settles(partial(ready_status, gateway.port), lambda v: v == 503)
             still = connection.raw.count(CONTENT)
-            await trio.sleep(0.3)
-            c.check(
-                connection.raw.count(CONTENT) > still, "the stream stopped on the first SIGTERM"
-            )
+            with trio.move_on_after(1):
+                await connection.wait_for(lambda raw: raw.count(CONTENT) > still + 2)
+            c.check(connection.raw.count(CONTENT) > still + 2, "the first SIGTERM cut the stream")
             sent = time.perf_counter()
             gateway.proc.send_signal(signal.SIGTERM)
             await connection.wait_for(lambda raw: raw.endswith(b"0\r\n\r\n"))
@@ -1309,7 +1341,9 @@ def mutate(rng: random.Random, kind: str) -> bytes:
             if target == "messages[0]":
                 body["messages"][0] = value
             elif target in ("role", "content"):
-                body["messages"][0][target] = value
+                message = body["messages"][0] if isinstance(body["messages"], list) else None
+                if isinstance(message, dict):
+                    message[target] = value
             elif rng.random() < 0.2:
                 body.pop(target, None)
             else:
