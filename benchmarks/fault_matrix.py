@@ -716,7 +716,11 @@ async def worker_group(matrix: Matrix) -> None:
                 )
             for i in survivors:  # the other worker's streams go on
                 size = connections[i].raw.count(CONTENT)
-                await connections[i].wait_for(lambda raw, size=size: raw.count(CONTENT) > size + 2)
+
+                def grew(raw: bytes, size: int = size) -> bool:
+                    return raw.count(CONTENT) > size + 2
+
+                await connections[i].wait_for(grew)
                 c.check(not connections[i].eof, "a stream on the surviving worker ended")
             for connection in connections:
                 await connection.aclose()
@@ -1061,7 +1065,7 @@ async def upstream_group(matrix: Matrix) -> None:
                 await matrix.run(group, name, expected, body)
 
             async def breaker(c: Case) -> None:
-                statuses = Counter()
+                statuses: Counter[str] = Counter()
                 for model in ["fail-400"] * 6 + ["inband-error-400"] * 6:
                     answer = await call(port, "POST", CHAT, chat(model=model))
                     statuses[f"{answer.status}{'+frame' if answer.error_frames else ''}"] += 1
@@ -1403,10 +1407,10 @@ def mutate(rng: random.Random, kind: str) -> bytes:
             ]
         )
         literal = rng.choice(HUGE)
-        text = json.dumps({**body, target: "__HUGE__"})
+        template = json.dumps({**body, target: "__HUGE__"})
         if target == "logit_bias":
-            return text.replace('"__HUGE__"', '{"50256": ' + literal + "}").encode()
-        return text.replace('"__HUGE__"', literal).encode()
+            return template.replace('"__HUGE__"', '{"50256": ' + literal + "}").encode()
+        return template.replace('"__HUGE__"', literal).encode()
     if kind == "unicode":
         choice = rng.randrange(5)
         if choice == 0:  # raw bytes that are not UTF-8
