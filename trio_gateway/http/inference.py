@@ -30,6 +30,7 @@ from trio_gateway.http.asgi import (
     send_error,
 )
 from trio_gateway.http.auth import bearer_token, key_accepted
+from trio_gateway.http.disconnect import AsgiClientGone
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Flight, run_flight
 from trio_gateway.lifecycle.ledger import BodyRead
 from trio_gateway.lifecycle.reader import ChunkReader
@@ -153,7 +154,7 @@ async def handle_inference(
             gateway.router,
             request,
             chunks_in,
-            receive,
+            AsgiClientGone(receive),
             gateway.config.inactivity_timeout,
             gateway.config.unary_timeout,
             gateway.sessions,
