@@ -12,10 +12,11 @@ from trio_gateway.http.asgi import Receive
 class AsgiClientGone:
     """`wait` returns once `receive()` says `http.disconnect`.
 
-    hypercorn only reports a gone client to a task waiting on `receive()` (DESIGN §6), so
-    the flight awaits this for its whole life, a unary request's too: without it a client
-    that leaves while its engine works is never noticed. The body was read whole before
-    the flight, so any other message is nothing to act on. It needs no keep-alive
+    hypercorn only reports a gone client to a task waiting on `receive()`
+    (docs/architecture.md §7), so the flight awaits this for its whole life, a unary
+    request's too: without it a client that leaves while its engine works is never
+    noticed. The body was read whole before the flight, so any other message is nothing
+    to act on. It needs no keep-alive
     workaround (`application._keep_alive_safe`): the final body frame goes out only after
     the flight, and this wait, ended.
     """

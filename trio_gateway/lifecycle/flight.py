@@ -1,9 +1,10 @@
 """A flight: one request's engine work, in its own cancel scope, in the gateway's nursery.
 
-The scope is the handle (DESIGN §2): a disconnect, the inactivity timeout or shutdown cancel
-it with a reason, and leaving it is the only way the engine work ends. The engine task runs
-under a nursery the gateway owns, not the ASGI handler's, so the handler stays free to
-write the end of the stream after the engine is gone.
+The scope is the handle: a disconnect, the inactivity timeout or shutdown cancel it with a
+reason, and leaving it is the only way the engine work ends. The engine task runs under a
+nursery the gateway owns, not the ASGI handler's, so the handler stays free to write the end
+of the stream after the engine is gone. Where the scope opens and closes, and who cancels
+it: docs/architecture.md, first screen and §1.4.
 """
 
 from __future__ import annotations

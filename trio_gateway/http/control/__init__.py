@@ -22,7 +22,8 @@ from trio_gateway.openai.errors import APIError
 def create_control_app(gateway: Gateway) -> QuartTrio:
     # No static folder: quart would otherwise serve an open /static/ route nobody asked for.
     app = QuartTrio("trio_gateway", static_folder=None)
-    app.config["RESPONSE_TIMEOUT"] = None  # DESIGN §6: quart's 60 s default kills streams
+    # quart's 60 s default would cut a streamed body after a minute (docs/architecture.md §7).
+    app.config["RESPONSE_TIMEOUT"] = None
     for group in (models, sessions, probes, drain, workers):
         group.add_routes(app, gateway)
 
