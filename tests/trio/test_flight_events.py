@@ -25,6 +25,7 @@ from trio_gateway.lifecycle.flight import (
 )
 from trio_gateway.lifecycle.reader import ChunkReader
 from trio_gateway.metrics import GatewayMetrics
+from trio_gateway.openai.errors import http_status
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.breaker import BreakerState
 from trio_gateway.router.policies import RoundRobin
@@ -120,7 +121,7 @@ async def test_client_gone_mid_stream_cancels_the_engine_at_once(
     assert flight.cancel_reason == CLIENT_DISCONNECTED
     assert engine.endings == ["cancelled"]
     outcome = flight.outcome(running.reader.finish_reason)
-    assert outcome is not None and outcome.status == 499
+    assert outcome is not None and http_status(outcome) == 499
     assert running.backend.inflight == 0
     assert running.backend.breaker.state is BreakerState.CLOSED  # a client leaving is no fault
 
@@ -154,7 +155,7 @@ async def test_engine_silence_cancels_after_the_inactivity_timeout(
     assert flight.cancel_reason == RESPONSE_TIMEOUT
     assert engine.endings == ["cancelled"]
     outcome = flight.outcome(running.reader.finish_reason)
-    assert outcome is not None and outcome.status == 504
+    assert outcome is not None and http_status(outcome) == 504
     assert running.backend.inflight == 0
     # The engine held the request all along: its silence counts against it (threshold 1).
     assert running.backend.breaker.state is BreakerState.OPEN

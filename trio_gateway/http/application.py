@@ -10,6 +10,7 @@ import trio
 from quart_trio import QuartTrio
 
 from trio_gateway.config import GatewayConfig, load_config
+from trio_gateway.errors import GatewayError, invalid_request
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.asgi import (
     ClientGone,
@@ -24,7 +25,7 @@ from trio_gateway.http.asgi import (
 from trio_gateway.http.auth import refusal
 from trio_gateway.http.control import create_control_app
 from trio_gateway.http.inference import INFERENCE_ROUTES, handle_inference
-from trio_gateway.openai.errors import APIError, invalid_request
+from trio_gateway.openai.errors import encode_error, http_status
 
 log = logging.getLogger("trio_gateway")
 
@@ -90,12 +91,14 @@ class GatewayApp:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-CONFLICTING_FRAMING = invalid_request(
-    "A request must not have both Content-Length and Transfer-Encoding (RFC 9112 section "
-    "6.1); send one of them.",
-    None,
-    "conflicting_framing",
-).encode()
+CONFLICTING_FRAMING = encode_error(
+    invalid_request(
+        "A request must not have both Content-Length and Transfer-Encoding (RFC 9112 "
+        "section 6.1); send one of them.",
+        None,
+        "conflicting_framing",
+    )
+)
 
 
 def _framed_twice(scope: Scope) -> bool:
@@ -121,13 +124,13 @@ async def _refuse_framing(receive: Receive, send: Send, limit: int) -> None:
         await read_body(receive, limit)
     except ClientGone:
         return
-    except APIError:  # past the limit: answer now, unread bytes or not
+    except GatewayError:  # past the limit: answer now, unread bytes or not
         pass
     headers = ((b"content-length", b"%d" % len(CONFLICTING_FRAMING)), (b"connection", b"close"))
     await send_json(send, 400, CONFLICTING_FRAMING, headers)
 
 
-async def _refuse(scope: Scope, send: Send, error: APIError) -> None:
+async def _refuse(scope: Scope, send: Send, error: GatewayError) -> None:
     """A control route's auth refusal, answered before quart sees the request.
 
     Auth is one decision made in `GatewayApp.__call__`, in front of both route sets, rather
@@ -137,10 +140,10 @@ async def _refuse(scope: Scope, send: Send, error: APIError) -> None:
     guard the control routes only. A route added to either set is guarded by its path
     alone. The answer is quart's would-be one: the error body and an `x-request-id`.
     """
-    body = error.encode()
+    body = encode_error(error)
     request_id = header(scope, b"x-request-id") or uuid.uuid4().hex.encode()
     headers = ((b"content-length", b"%d" % len(body)), (b"x-request-id", request_id))
-    await send_json(send, error.status, body, headers)
+    await send_json(send, http_status(error), body, headers)
 
 
 def _keep_alive_safe(receive: Receive, send: Send) -> tuple[Receive, Send]:

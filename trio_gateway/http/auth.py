@@ -14,14 +14,16 @@ import ipaddress
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from trio_gateway.errors import ErrorKind, GatewayError, invalid_api_key
 from trio_gateway.http.asgi import Scope, header
-from trio_gateway.openai.errors import APIError, invalid_api_key
 
 API_PREFIX = "/v1/"
 ADMIN_PREFIX = "/admin/"
 
 
-def refusal(scope: Scope, api_keys: Collection[str], admin_token: str | None) -> APIError | None:
+def refusal(
+    scope: Scope, api_keys: Collection[str], admin_token: str | None
+) -> GatewayError | None:
     """Why this request may not go on (401, or 403 for a remote admin caller when no token
     is set), or None when it may. Empty `api_keys`: /v1/* is open."""
     path: str = scope["path"]
@@ -37,16 +39,14 @@ def refusal(scope: Scope, api_keys: Collection[str], admin_token: str | None) ->
     return None
 
 
-def admin_forbidden(*, token_set: bool) -> APIError:
-    return APIError(
-        401 if token_set else 403,
+def admin_forbidden(*, token_set: bool) -> GatewayError:
+    return GatewayError(
+        ErrorKind.UNAUTHORIZED,
         "Admin endpoints need the admin token"
         if token_set
         else "Admin endpoints answer only loopback clients when no --admin-token is set.",
-        "invalid_request_error",
-        None,
-        "admin_forbidden",
-        "unauthorized",
+        code="admin_forbidden",
+        status_override=401 if token_set else 403,
     )
 
 

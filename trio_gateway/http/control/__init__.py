@@ -13,10 +13,10 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
+from trio_gateway.errors import ErrorKind, GatewayError
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.control import drain, models, probes, sessions, workers
 from trio_gateway.http.control.replies import error_response
-from trio_gateway.openai.errors import APIError
 
 
 def create_control_app(gateway: Gateway) -> QuartTrio:
@@ -36,6 +36,9 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
         kind = "invalid_request_error" if status < 500 else "internal_error"
-        return error_response(APIError(status, error.description or error.name, kind))
+        message = error.description or error.name
+        return error_response(
+            GatewayError(ErrorKind.VALIDATION, message, status_override=status, type_override=kind)
+        )
 
     return app

@@ -7,9 +7,9 @@ import time
 from quart import Response
 from quart_trio import QuartTrio
 
+from trio_gateway.errors import model_not_found
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.control.replies import error_response, json_response
-from trio_gateway.openai.errors import model_not_found
 from trio_gateway.openai.responses import models_body
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from quart import Response
 from quart_trio import QuartTrio
 
+from trio_gateway.errors import ErrorKind, GatewayError
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.control.replies import error_response, json_response
-from trio_gateway.openai.errors import APIError
 
 
 def add_routes(app: QuartTrio, gateway: Gateway) -> None:
@@ -16,13 +16,11 @@ def add_routes(app: QuartTrio, gateway: Gateway) -> None:
         closed = gateway.sessions.close(session_id)
         if closed is None:
             return error_response(
-                APIError(
-                    404,
+                GatewayError(
+                    ErrorKind.NOT_FOUND,
                     f"No session {session_id!r}.",
-                    "invalid_request_error",
-                    "session_id",
-                    "session_not_found",
-                    "not_found",
+                    param="session_id",
+                    code="session_not_found",
                 )
             )
         # 202: closed once its in-flight requests end.

@@ -8,9 +8,9 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from trio_gateway.backend_urls import BadURL, check_backend_url
+from trio_gateway.errors import ErrorKind, GatewayError, invalid_request
 from trio_gateway.gateway import Gateway, engine_for_url
 from trio_gateway.http.control.replies import error_response, json_response, shared_port_refusal
-from trio_gateway.openai.errors import APIError, invalid_request
 from trio_gateway.router.admission import Backend
 
 ONE_PROCESS_ONLY = "give the workers with --worker"
@@ -41,12 +41,12 @@ def add_routes(app: QuartTrio, gateway: Gateway) -> None:
             return error_response(invalid_request(f"url: {error}", "url", "invalid_url"))
         if gateway.router.find(url) is not None:
             return error_response(
-                APIError(
-                    409,
+                GatewayError(
+                    ErrorKind.VALIDATION,
                     f"{url} is already routed to.",
-                    "invalid_request_error",
-                    "url",
-                    "duplicate_worker",
+                    param="url",
+                    code="duplicate_worker",
+                    status_override=409,
                 )
             )
         engine = engine_for_url(url, gateway.config)
@@ -61,13 +61,8 @@ def add_routes(app: QuartTrio, gateway: Gateway) -> None:
             return refusal
         if not gateway.remove_engine(worker_id):
             return error_response(
-                APIError(
-                    404,
-                    f"No worker {worker_id!r}.",
-                    "invalid_request_error",
-                    None,
-                    "worker_not_found",
-                    "not_found",
+                GatewayError(
+                    ErrorKind.NOT_FOUND, f"No worker {worker_id!r}.", code="worker_not_found"
                 )
             )
         return json_response({"removed": worker_id})
