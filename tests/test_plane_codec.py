@@ -282,7 +282,9 @@ def test_every_message_type_is_covered() -> None:
             },
         ),
         (
-            Hello("w", ("a",), 4, 2, streams_unary=False, context_lengths={"a": 8192}),
+            Hello(
+                "w", ("a",), 4, PROTOCOL_VERSION, streams_unary=False, context_lengths={"a": 8192}
+            ),
             {
                 "type": "hello",
                 "worker_id": "w",
@@ -309,15 +311,15 @@ def test_wire_shape(message: Message, expected: dict[str, Any]) -> None:
     assert frame_of(message) == expected
 
 
-def test_protocol_version_is_two() -> None:
-    # msgspec writes the same frames the hand-written codec did: the version stays.
-    assert PROTOCOL_VERSION == 2
-    assert frame_of(Hello("w", (), 1, PROTOCOL_VERSION))["protocol"] == 2
+def test_protocol_version_is_three() -> None:
+    # 3: no `load` frame, no `capacity_of_str_len` (see PROTOCOL_VERSION).
+    assert PROTOCOL_VERSION == 3
+    assert frame_of(Hello("w", (), 1, PROTOCOL_VERSION))["protocol"] == 3
 
 
 def test_load_frame_is_gone() -> None:
-    # It was sent every second and never read; a worker that still sends one is refused
-    # as speaking something else, not silently ignored.
+    # It was sent every second and never read. A v2 worker, which sends it, is refused at
+    # the handshake; a stray one is an unknown frame, not silently ignored.
     with pytest.raises(ProtocolError, match="unknown frame type 'load'") as info:
         decode('{"type":"load","inflight":1,"queued":0}')
     assert info.value.request_id is None

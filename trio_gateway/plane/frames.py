@@ -16,9 +16,12 @@ import msgspec
 
 from trio_gateway.generation import Chunk, GenerationRequest
 
-# 2: bodies and wire payloads instead of parsed fields and text. Still 2 on msgspec: the
-# frames are the same JSON; only the `load` frame (never read) is gone.
-PROTOCOL_VERSION = 2
+# 2: bodies and wire payloads instead of parsed fields and text.
+# 3: the `load` frame (sent every second, never read) and `open_session`'s
+# `capacity_of_str_len` (always 0) are gone; a v2 worker's first `load` would break a v3
+# gateway's connection, so the handshake refuses the mix instead. Every other frame is the
+# same JSON, byte for byte, as v2's hand-written codec wrote it.
+PROTOCOL_VERSION = 3
 
 
 # worker → gateway

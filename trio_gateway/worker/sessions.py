@@ -24,6 +24,9 @@ class WorkerSessions:
         self.table = SessionTable()
         self._reaper_sleep: trio.CancelScope | None = None
 
+    def __len__(self) -> int:
+        return len(self.table)
+
     def get(self, session_id: str) -> Session | None:
         return self.table.get(session_id)
 
