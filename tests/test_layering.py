@@ -19,16 +19,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "trio_gateway"
 BELOW_HTTP = ("engines", "router", "sessions", "lifecycle", "plane", "worker")
 
 # (importing module, imported module) edges still to go, each named by the issue-15 item
-# that removes it.
-HTTP_IMPORTS_ALLOWED = {
-    # Item 4: `run_flight` still takes ASGI `receive`; the disconnect watcher moves to http/.
-    ("trio_gateway.lifecycle.flight", "trio_gateway.http.asgi"),
-}
+# that removes it. Empty: keep it so.
+HTTP_IMPORTS_ALLOWED: set[tuple[str, str]] = set()
 # (part, part) edges that close a cycle between top-level parts, with the item removing them.
 CYCLE_EDGES_ALLOWED = {
-    # Item 4: lifecycle → http (ASGI `receive` in lifecycle/flight.py); http → lifecycle is
-    # the right way round.
-    ("lifecycle", "http"),
     # Item 3 (engines split by concept): engines/mock.py's `MockEngine.from_settings` reads
     # GatewayConfig/WorkerConfig, while config validates policies from router/ and router/
     # imports the Engine protocol: engines → config closes config → router → engines.

@@ -1,4 +1,5 @@
-"""The worker request plane codec: text frame ⇄ msgspec struct, and its classified errors."""
+"""The worker request plane codec (docs/architecture.md §3): text frame ⇄ msgspec struct,
+and its classified errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""A remote worker as an engine: one WebSocket, many requests multiplexed on it (DESIGN §4).
+"""A remote worker as an engine: one WebSocket, many requests multiplexed on it.
+
+The worker plane as a whole (handshake, frames, credits, cancel, reconnect) is
+docs/architecture.md §3.
 
 `run` dials the worker, checks its `hello`, reads frames and hands each to its request's
 inbox, and redials with backoff when the connection goes; while it is down the worker is
@@ -28,9 +31,10 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from trio_gateway.errors import unavailable
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.openai.errors import APIError, internal_error, unavailable
 from trio_gateway.plane.codec import ProtocolError, decode, encode
+from trio_gateway.plane.errors import worker_error
 from trio_gateway.plane.frames import (
     PROTOCOL_VERSION,
     Cancel,
@@ -335,7 +339,7 @@ class RemoteWorker:
                         return
                     elif isinstance(message, ErrorFrame):
                         ended = True
-                        raise _worker_error(message, retryable=not produced)
+                        raise worker_error(message, retryable=not produced)
                     else:
                         ended = True
                         raise unavailable(
@@ -359,16 +363,6 @@ class RemoteWorker:
         """A send on a connection that may be closing; the reader notices the close."""
         with contextlib.suppress(ConnectionClosed):
             await ws.send_message(encode(message))
-
-
-def _worker_error(frame: ErrorFrame, *, retryable: bool) -> APIError:
-    if frame.status == 503 or frame.type == "unavailable":
-        return unavailable(frame.message, retryable=retryable, backend_fault=frame.backend_fault)
-    if 400 <= frame.status < 500:
-        return APIError(frame.status, frame.message, frame.type, None, frame.code, "validation")
-    if frame.type == "shutdown":
-        return APIError(503, frame.message, "unavailable", None, frame.code, "unavailable")
-    return internal_error(frame.message, backend_fault=frame.backend_fault)
 
 
 def _describe(error: BaseException) -> str:

@@ -19,8 +19,8 @@ from typing import Any, TypeAlias
 
 import msgspec
 
+from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Endpoint
-from trio_gateway.openai.errors import APIError
 from trio_gateway.openai.schemas import parse_generation_request
 from trio_gateway.plane.frames import (
     Cancel,
@@ -177,7 +177,7 @@ def _generate(frame: _GenerateFrame) -> Generate:
     fields = frame.request
     try:
         request = parse_generation_request(fields.body, fields.endpoint, fields.request_id)
-    except APIError as error:
+    except GatewayError as error:
         raise ProtocolError(
             f"'generate' frame, 'request': a body the gateway should have refused: {error.message}",
             frame.id,

@@ -21,13 +21,14 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_gateway.engines.protocol import Engine
+from trio_gateway.errors import ErrorKind, GatewayError, internal_error
 from trio_gateway.generation import Chunk
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, SHUTDOWN, Flight
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.logs import request_id_var
-from trio_gateway.openai.errors import APIError, internal_error
 from trio_gateway.plane.codec import ProtocolError, decode, encode
+from trio_gateway.plane.errors import error_frame
 from trio_gateway.plane.frames import (
     PROTOCOL_VERSION,
     Cancel,
@@ -180,10 +181,10 @@ class GatewayConnection:
                 await self._stream(outbox, frame, generation)
                 outcome = "finished"
             if flight.cancel_reason == SHUTDOWN:
-                outbox.send_nowait(_error_frame(frame.id, shut_down()))
-        except APIError as error:
+                outbox.send_nowait(error_frame(frame.id, shut_down()))
+        except GatewayError as error:
             outcome = "error"
-            outbox.send_nowait(_error_frame(frame.id, error))
+            outbox.send_nowait(error_frame(frame.id, error))
         except trio.Cancelled:
             if flight.cancel_reason is None:
                 flight.cancel_reason = "connection_lost"
@@ -207,7 +208,7 @@ class GatewayConnection:
     ) -> None:
         """Engine → local channel → the connection's outbox, each chunk against one credit."""
         send, receive = trio.open_memory_channel[Chunk](max(1, frame.window))
-        failure: APIError | None = None
+        failure: GatewayError | None = None
         engine = self.worker.engine
 
         async def produce() -> None:
@@ -215,7 +216,7 @@ class GatewayConnection:
             with send:
                 try:
                     await engine.generate(frame.request, send)
-                except APIError as error:
+                except GatewayError as error:
                     failure = error
                 except Exception:
                     log.exception("engine failed on request %s", frame.id)
@@ -240,16 +241,10 @@ class GatewayConnection:
         outbox.send_nowait(End(frame.id))
 
 
-def shut_down() -> APIError:
-    return APIError(503, "the worker shut down", "shutdown", None, "shutdown", "shutdown")
+def shut_down() -> GatewayError:
+    return GatewayError(ErrorKind.SHUTDOWN, "the worker shut down")
 
 
-def _error_frame(request_id: str, error: APIError) -> ErrorFrame:
-    return ErrorFrame(
-        request_id, error.message, error.type, error.code, error.status, error.backend_fault
-    )
-
-
-async def _send_error(ws: WebSocketConnection, request_id: str, error: APIError) -> None:
+async def _send_error(ws: WebSocketConnection, request_id: str, error: GatewayError) -> None:
     with contextlib.suppress(ConnectionClosed):
-        await ws.send_message(encode(_error_frame(request_id, error)))
+        await ws.send_message(encode(error_frame(request_id, error)))

@@ -9,7 +9,7 @@ import logging
 import trio
 
 from trio_gateway.engines.protocol import Engine
-from trio_gateway.openai.errors import APIError
+from trio_gateway.errors import GatewayError
 from trio_gateway.plane.frames import OpenSession, SessionReply
 from trio_gateway.sessions.table import Session, SessionTable
 from trio_gateway.worker.metrics import WorkerMetrics
@@ -34,7 +34,7 @@ class WorkerSessions:
         if self.table.get(message.session_id) is None:
             try:
                 await self.engine.open_session(message.session_id, message.timeout)
-            except APIError as error:
+            except GatewayError as error:
                 return SessionReply(message.id, "error", error.message)
             self.table.open(message.session_id, "", message.timeout, trio.current_time())
             self.metrics.sessions_active.set(len(self.table))
