@@ -15,7 +15,7 @@ Each figure is the best round (what the code costs) and the median round (what t
 gave), in µs per encode + decode, rounds of `--calls` calls, the cases taking turns.
 `--compare` also measures another codec module with the same API (`encode`, `decode`,
 `ChunkFrame`, `Chunks`, `Generate`), e.g. the hand-written one this package replaced:
-`git show <commit>:trio_gateway/worker/protocol.py > /tmp/old_protocol.py`.
+`git show 037697d:trio_gateway/worker/protocol.py > /tmp/old_protocol.py` (its last version).
 Prints a Markdown table and writes benchmarks/results/plane_codec.json.
 """
 
