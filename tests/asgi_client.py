@@ -20,6 +20,7 @@ from trio_gateway.engines.protocol import Engine
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.application import GatewayApp
 from trio_gateway.http.asgi import Message
+from trio_gateway.tracing import RequestTracing
 
 
 @dataclass
@@ -152,9 +153,11 @@ class Harness:
 
 @asynccontextmanager
 async def running_gateway(
-    config: GatewayConfig | None = None, engines: list[Engine] | None = None
+    config: GatewayConfig | None = None,
+    engines: list[Engine] | None = None,
+    tracing: RequestTracing | None = None,
 ) -> AsyncIterator[Harness]:
-    gateway = Gateway(config or GatewayConfig(), engines)
+    gateway = Gateway(config or GatewayConfig(), engines, tracing)
     app = GatewayApp(gateway)
     lifespan_send, lifespan_inbox = trio.open_memory_channel[Message](math.inf)
     replies_send, replies = trio.open_memory_channel[Message](math.inf)
