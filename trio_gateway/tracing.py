@@ -42,7 +42,6 @@ log = logging.getLogger("trio_gateway.tracing")
 SPAN_NAMES: dict[Endpoint, str] = {"chat": "chat.completions", "completion": "completions"}
 # gen_ai.operation.name's well-known values for the two endpoints.
 OPERATIONS: dict[Endpoint, str] = {"chat": "chat", "completion": "text_completion"}
-PATHS: dict[Endpoint, str] = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
 # How long the exporter may take to send what is queued when the gateway stops.
 FLUSH_TIMEOUT_S = 5.0
 OTLP_TRACES_PATH = "/v1/traces"
@@ -68,10 +67,13 @@ class RequestTracing:
         routing_policy: str | None = None,
     ) -> None:
         name = service_name or os.environ.get("OTEL_SERVICE_NAME") or "trio-gateway"
-        self._policy = routing_policy
+        # What is the same for every span is said once, by the resource, not per span.
+        resource: dict[str, str] = {SERVICE_NAME: name}
+        if routing_policy is not None:
+            resource["trio_gateway.routing.policy"] = routing_policy
         # The default sampler, ParentBased(ALWAYS_ON): a client's sampled flag is obeyed, a
         # trace the gateway starts is sampled.
-        self._provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+        self._provider = TracerProvider(resource=Resource.create(resource))
         self._provider.add_span_processor(processor)
         self._tracer = self._provider.get_tracer("trio_gateway")
 
@@ -121,20 +123,15 @@ class RequestTracing:
             )
             context = trace.set_span_in_context(NonRecordingSpan(remote), context)
         wall_offset = time.time_ns() - int(trio.current_time() * 1e9)
-        attributes = {
-            "gen_ai.operation.name": OPERATIONS[endpoint],
-            "gen_ai.request.model": model,
-            "http.request.method": "POST",
-            "url.path": PATHS[endpoint],
-            "trio_gateway.request_id": request_id,
-        }
-        if self._policy is not None:
-            attributes["trio_gateway.routing.policy"] = self._policy
         span = self._tracer.start_span(
             SPAN_NAMES[endpoint],
             context,
             SpanKind.SERVER,
-            attributes,
+            {
+                "gen_ai.operation.name": OPERATIONS[endpoint],
+                "gen_ai.request.model": model,
+                "trio_gateway.request_id": request_id,
+            },
             start_time=int(started_at * 1e9) + wall_offset,
         )
         return RequestSpan(span, wall_offset)
@@ -164,7 +161,6 @@ class RequestSpan:
         outcome: GatewayError | None,
         status: int | None,
         backend: str | None = None,
-        routed_at: float | None = None,
         attempts: int = 0,
         queue_wait: float | None = None,
         first_at: float | None = None,
@@ -204,14 +200,8 @@ class RequestSpan:
             attributes["trio_gateway.cancel_reason"] = cancel_reason
         code = status if status is not None else (200 if outcome is None else http_status(outcome))
         attributes["http.response.status_code"] = code
-        if routed_at is not None and backend is not None:
-            span.add_event(
-                "routed", {"trio_gateway.backend": backend}, timestamp=self._ns(routed_at)
-            )
-        if first_at is not None:
-            if started_at is not None:
-                attributes["trio_gateway.ttft_s"] = first_at - started_at
-            span.add_event("first_token", timestamp=self._ns(first_at))
+        if first_at is not None and started_at is not None:
+            attributes["trio_gateway.ttft_s"] = first_at - started_at
         if outcome is not None:
             attributes["error.type"] = outcome.kind.value
             if http_status(outcome) >= 500:

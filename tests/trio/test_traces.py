@@ -8,6 +8,7 @@ the generate frame and the worker's own upstream request are both seen. Every wa
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -104,16 +105,17 @@ async def test_a_client_trace_gets_a_child_span_and_reaches_the_upstream(
     assert attributes["http.response.status_code"] == 200
     assert attributes["trio_gateway.backend"] == name
     assert attributes["trio_gateway.routing.attempts"] == 1
-    assert attributes["trio_gateway.routing.policy"] == "power_of_two"
+    assert span.resource.attributes["trio_gateway.routing.policy"] == "power_of_two"
+    assert span.resource.attributes["service.name"] == "trio-gateway"
     assert attributes["trio_gateway.queue_wait_s"] >= 0
     assert attributes["trio_gateway.ttft_s"] > 0
     assert attributes["trio_gateway.stream"] is True
     assert "error.type" not in attributes
     assert span.status.status_code is StatusCode.UNSET
-    assert [event.name for event in span.events] == ["routed", "first_token"]
     assert span.start_time is not None and span.end_time is not None
-    assert span.start_time <= span.events[0].timestamp <= span.events[1].timestamp
-    assert span.events[1].timestamp <= span.end_time
+    # On the wall clock, as long as the request took: the ttft fits inside it.
+    assert abs(span.start_time - time.time_ns()) < 60e9
+    assert span.end_time - span.start_time > attributes["trio_gateway.ttft_s"] * 1e9
     # The upstream is told the same trace, with the gateway's span as its parent.
     sent = upstream.generations[0].headers
     assert sent["traceparent"] == f"00-{TRACE}-{span_id}-01"

@@ -291,7 +291,6 @@ def _end_span(
         outcome=outcome,
         status=status,
         backend=flight.worker,
-        routed_at=flight.routed_at,
         attempts=flight.attempts,
         queue_wait=flight.queue_wait,
         first_at=reader.first_at,

@@ -68,11 +68,9 @@ class Flight:
     # How long the engine may stay silent: the inactivity timeout, or for a unary request
     # on an engine that answers it whole, the unary timeout (set once routed).
     silence_limit: float = math.inf
-    # Routing, for the request's span: time spent waiting for a slot, backends tried, and
-    # when the last one got the request.
+    # Routing, for the request's span: time spent waiting for a slot, backends tried.
     queue_wait: float = 0.0
     attempts: int = 0
-    routed_at: float | None = None
 
     def cancel(self, reason: str) -> None:
         """Cancel the engine work; the first reason given is the one that counts."""
@@ -236,7 +234,6 @@ async def _generate_on(
     if whole_answer_timeout is not None and not backend.engine.streams_unary:
         flight.silence_limit = max(flight.silence_limit, whole_answer_timeout)
     dispatched_at = trio.current_time()
-    flight.routed_at = dispatched_at
     flight.attempts += 1
     verdict = Verdict.NONE  # unless shown otherwise: the client left, shutdown, ...
     try:
