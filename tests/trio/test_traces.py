@@ -11,11 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, Tracer
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -318,3 +322,70 @@ async def test_the_trace_reaches_a_worker_and_its_upstream(
     assert request.tracestate == "a=1"
     assert upstream.generations[0].headers["traceparent"] == expected
     assert upstream.generations[0].headers["tracestate"] == "a=1"
+
+
+@asynccontextmanager
+async def running_collector() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An OTLP/HTTP collector on a loopback port: records every body POSTed to /v1/traces."""
+    bodies: list[bytes] = []
+
+    async def collector(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                await send({"type": message["type"] + ".complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["path"] == "/v1/traces":
+            bodies.append(body)
+        headers = [(b"content-type", b"application/x-protobuf"), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    config.graceful_timeout = 0.5
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(
+            partial(serve, collector, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        )
+        try:
+            yield binds[0], bodies
+        finally:
+            stop.set()
+
+
+async def test_otlp_endpoint_exports_the_clients_trace_to_a_collector() -> None:
+    """`--otlp-endpoint`, end to end: the gateway builds its exporter at start, and what it
+    sent by the time it stopped holds the span, in the client's trace."""
+    async with running_collector() as (url, bodies):
+        config = GatewayConfig(otlp_endpoint=url)  # no path: /v1/traces is added
+        with trio.fail_after(20):
+            async with running_gateway(config) as harness:
+                assert harness.gateway.tracing is not None
+                exchange = await harness.request(
+                    "POST", CHAT, chat(max_tokens=3), headers={"traceparent": TRACEPARENT}
+                )
+                assert exchange.status == 200
+            # The gateway has stopped: its last batch went out on the way.
+    exported = [
+        span
+        for body in bodies
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans
+        for scope_spans in resource.scope_spans
+        for span in scope_spans.spans
+    ]
+    (span,) = exported
+    assert span.trace_id.hex() == TRACE
+    assert span.parent_span_id.hex() == CLIENT_SPAN
+    assert span.name == "chat.completions"
+    attributes = {a.key: a.value for a in span.attributes}
+    assert attributes["gen_ai.usage.output_tokens"].int_value == 3
+    assert attributes["trio_gateway.backend"].string_value == "mock"
