@@ -128,6 +128,9 @@ async def handle_inference(
                 session_header=session.decode("latin-1") if session else None,
             ),
             trace_id=trace_id,
+            # As the client sent it; with tracing on, the request's span replaces the parent.
+            traceparent=None if parent is None else parent.header(),
+            tracestate=tracestate,
         )
         gateway.check_model(request.model)
         gateway.check_context_length(request)
@@ -179,9 +182,7 @@ async def handle_inference(
         span = gateway.tracing.start(
             endpoint, request.model, started_at, parent, tracestate, trace_id
         )
-        request = dataclasses.replace(request, traceparent=span.traceparent, tracestate=tracestate)
-    elif parent is not None:  # not a hop of the trace: passed on as it came
-        request = dataclasses.replace(request, traceparent=parent.header(), tracestate=tracestate)
+        request = dataclasses.replace(request, traceparent=span.traceparent)
     flight = Flight(flight_id, request.model, endpoint, started_at)
     chunks_in, chunks_out = trio.open_memory_channel[Chunk](gateway.config.stream_buffer)
     reader = ChunkReader(chunks_out, flight, gateway.metrics, keep_text=gateway.config.log_prompts)
