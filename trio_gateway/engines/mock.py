@@ -27,6 +27,7 @@ class MockEngine:
     capacity: int | None = None  # it queues past max_num_seqs itself
     available = True
     streams_unary = True
+    keeps_session_history = True
 
     def __init__(
         self,

@@ -100,6 +100,7 @@ class RemoteWorker:
     capacity: int | None = None
     available: bool = False
     streams_unary: bool = True
+    keeps_session_history: bool = False
     context_lengths: dict[str, int] = field(default_factory=dict)
     load: WorkerLoad = field(default_factory=WorkerLoad)
     connections: int = 0  # how many times a hello was accepted
@@ -159,6 +160,7 @@ class RemoteWorker:
             self.worker_id, self.models = hello.worker_id, hello.models
             self.capacity = hello.max_inflight
             self.streams_unary, self.context_lengths = hello.streams_unary, hello.context_lengths
+            self.keeps_session_history = hello.keeps_session_history
             self._ws = ws
             self.available = True
             self.connections += 1

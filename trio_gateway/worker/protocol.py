@@ -46,6 +46,8 @@ class Hello:
     # yields chunks as it goes, and each model's context length where known.
     streams_unary: bool = True
     context_lengths: dict[str, int] = field(default_factory=dict)
+    # Absent from an older worker: False, the gateway's behaviour before it was told.
+    keeps_session_history: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +336,9 @@ def decode(text: str | bytes) -> Message:
         streams_unary = frame.get("streams_unary", True)
         if not isinstance(streams_unary, bool):
             raise ProtocolError("'hello' frame: bad 'streams_unary'")
+        keeps_session_history = frame.get("keeps_session_history", False)
+        if not isinstance(keeps_session_history, bool):
+            raise ProtocolError("'hello' frame: bad 'keeps_session_history'")
         return Hello(
             _get(frame, "worker_id", str, None),
             tuple(models),
@@ -341,6 +346,7 @@ def decode(text: str | bytes) -> Message:
             _get(frame, "protocol", int, None),
             streams_unary,
             lengths,
+            keeps_session_history,
         )
     if kind == "load":
         return Load(_get(frame, "inflight", int, None), _get(frame, "queued", int, None))

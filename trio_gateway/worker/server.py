@@ -216,6 +216,7 @@ class WorkerServer:
                         self.config.max_inflight,
                         streams_unary=self.engine.streams_unary,
                         context_lengths=dict(self.engine.context_lengths),
+                        keeps_session_history=self.engine.keeps_session_history,
                     )
                 )
             )

@@ -85,6 +85,7 @@ class OpenAIUpstream:
 
     capacity: int | None = None  # the upstream queues for itself
     streams_unary = False
+    keeps_session_history = False
 
     def __init__(
         self,
