@@ -237,7 +237,12 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def measure(
-    policy: str, replicas: int, work: list[Any], concurrency: int, prefill_ms_per_1k: float
+    policy: str,
+    replicas: int,
+    work: list[Any],
+    concurrency: int,
+    prefill_ms_per_1k: float,
+    gateway_flags: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     metrics_ports = [free_port() for _ in range(WORKERS)]
     workers = [
@@ -259,7 +264,7 @@ def measure(
     gateways: list[GatewayProcess] = []
     try:
         flags = [f for w in workers for f in ("--worker", f"ws://127.0.0.1:{w.port}")]
-        flags += ["--routing-policy", policy]
+        flags += ["--routing-policy", policy, *gateway_flags]
         if redis_url:
             flags += ["--session-store", redis_url]
         gateways = [GatewayProcess(*flags) for _ in range(replicas)]
@@ -302,6 +307,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     parser.add_argument("--prefill-ms-per-1k", type=float, default=PREFILL_MS_PER_1K)
     parser.add_argument("--workloads", default="shared,multi-turn")
+    parser.add_argument(
+        "--cache-aware-load-factor", help="passed to the gateways (default: theirs)"
+    )
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--replicas", default="1,2")
     args = parser.parse_args()
@@ -311,6 +319,9 @@ def main() -> None:
         workloads["shared prompts"] = shared_prompt_workload(args.requests)
     if "multi-turn" in chosen:
         workloads["multi-turn"] = multi_turn_workload(args.conversations, args.turns)
+    gateway_flags: tuple[str, ...] = ()
+    if args.cache_aware_load_factor is not None:
+        gateway_flags = ("--cache-aware-load-factor", args.cache_aware_load_factor)
     print("load averages at the start:", load_averages(), flush=True)
     rows = []
     for name, work in workloads.items():
@@ -318,7 +329,14 @@ def main() -> None:
             for policy in args.policies.split(","):
                 row = {
                     "workload": name,
-                    **measure(policy, replicas, work, args.concurrency, args.prefill_ms_per_1k),
+                    **measure(
+                        policy,
+                        replicas,
+                        work,
+                        args.concurrency,
+                        args.prefill_ms_per_1k,
+                        gateway_flags,
+                    ),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
@@ -342,6 +360,7 @@ def main() -> None:
         "prefill_ms_per_1k_tokens": args.prefill_ms_per_1k,
         "max_tokens": MAX_TOKENS,
         "concurrency": args.concurrency,
+        "gateway_flags": list(gateway_flags),
     }
     print(
         "\nsaved",

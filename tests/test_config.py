@@ -238,7 +238,7 @@ def test_cache_aware_settings() -> None:
         16384,
     )
     assert defaults.cache_aware_ttl_s == 600.0
-    assert defaults.cache_aware_load_factor == 1.25
+    assert defaults.cache_aware_load_factor == 1.5
     assert GatewayConfig(cache_aware_load_factor=0).cache_aware().load_factor == 0
     assert GatewayConfig(cache_aware_load_factor=1).cache_aware().load_factor == 1
     edges = GatewayConfig(
