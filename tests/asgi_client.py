@@ -10,7 +10,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
@@ -20,7 +20,9 @@ from trio_gateway.engines.protocol import Engine
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.application import GatewayApp
 from trio_gateway.http.asgi import Message
-from trio_gateway.tracing import RequestTracing
+
+if TYPE_CHECKING:  # OpenTelemetry stays unimported in tests that do not trace
+    from trio_gateway.tracing import RequestTracing
 
 
 @dataclass

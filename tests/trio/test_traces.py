@@ -8,10 +8,13 @@ the generate frame and the worker's own upstream request are both seen. Every wa
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -389,3 +392,30 @@ async def test_otlp_endpoint_exports_the_clients_trace_to_a_collector() -> None:
     attributes = {a.key: a.value for a in span.attributes}
     assert attributes["gen_ai.usage.output_tokens"].int_value == 3
     assert attributes["trio_gateway.backend"].string_value == "mock"
+
+
+def test_without_tracing_opentelemetry_is_not_even_imported() -> None:
+    """The app as hypercorn loads it, and a gateway serving a traced request with tracing
+    off, import no OpenTelemetry (a fresh interpreter: this one has imported it)."""
+    script = f"""
+import sys, trio
+import trio_gateway.app
+from tests.asgi_client import running_gateway
+from tests.conftest import chat
+
+async def main():
+    async with running_gateway() as harness:
+        done = await harness.request(
+            "POST", "{CHAT}", chat(max_tokens=2), headers={{"traceparent": "{TRACEPARENT}"}}
+        )
+        assert done.status == 200
+
+trio.run(main)
+print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+"""
+    root = Path(__file__).resolve().parent.parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
