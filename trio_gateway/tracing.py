@@ -4,9 +4,12 @@ Off by default: without `--otlp-endpoint` nothing imports this module and the re
 makes no OpenTelemetry call. On, a request costs one `start_span` when its flight is built
 (the span id must exist then: it is the parent the engine's `traceparent` names) and one
 `end` after its last byte, every attribute set in that one call; the SDK's
-`BatchSpanProcessor` queues the ended span and a thread of its own exports batches, off
-the event loop. The span is timed on the trio clock and placed on the wall clock once, so
-an attribute or event costs no clock read of its own.
+`BatchSpanProcessor` queues the ended span and a thread of its own encodes and exports
+batches. The SDK checks every attribute value it is given, which is most of a span's cost
+(benchmarks/tracing_cost.py): so what is the same for every span goes in the resource,
+once, and the times the request already keeps (queue wait, TTFT) are attributes rather
+than events. The span is timed on the trio clock (MockClock in tests) and placed on the
+wall clock once, at its start.
 
 The attributes follow OpenTelemetry's GenAI semantic conventions where one fits
 (`gen_ai.operation.name`, `gen_ai.request.model`, `gen_ai.usage.*`,
