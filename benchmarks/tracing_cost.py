@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -56,9 +57,17 @@ HEADERS = [
 TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SINK = """
 import http.server, sys
+received = [0, 0]
 class Sink(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("%d %d" % tuple(received)).encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+        received[1] += len(self.rfile.read(int(self.headers.get("content-length", 0))))
+        received[0] += 1
         self.send_response(200)
         self.send_header("content-type", "application/x-protobuf")
         self.send_header("content-length", "0")
@@ -148,6 +157,11 @@ async def micro(spans: int) -> dict[str, float]:
     return results
 
 
+def _sink_totals(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as answer:
+        return str(answer.read().decode())
+
+
 async def load(seconds: float, rounds: int) -> list[dict[str, Any]]:
     port = free_port()
     sink = subprocess.Popen([sys.executable, "-c", SINK, str(port)])  # noqa: ASYNC220
@@ -160,7 +174,19 @@ async def load(seconds: float, rounds: int) -> list[dict[str, Any]]:
                 loadavg = os.getloadavg()
                 print(f"round {round_ + 1}, tracing {tracing}", file=sys.stderr, flush=True)
                 (result,) = await throughput((*flags, *extra), [256], seconds)
-                runs.append({"round": round_ + 1, "tracing": tracing, "loadavg": loadavg, **result})
+                # The sink's running totals: export POSTs and bytes (the gateway has stopped,
+                # so its last batch is in).
+                posts, size = map(int, (await trio.to_thread.run_sync(_sink_totals, port)).split())
+                runs.append(
+                    {
+                        "round": round_ + 1,
+                        "tracing": tracing,
+                        "loadavg": loadavg,
+                        "sink_posts": posts,
+                        "sink_bytes": size,
+                        **result,
+                    }
+                )
     finally:
         sink.terminate()
         sink.wait()
@@ -181,8 +207,11 @@ async def main(spans: int, seconds: float, rounds: int) -> None:
     print(f"\n{found['otlp_bytes_per_span']} bytes of OTLP protobuf per span")
     if seconds > 0:
         document["load"] = runs = await load(seconds, rounds)
-        print("\n| round | tracing | load avg 1/5 min | tok/s | req/s | TTFT p50 ms | CPU % |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "\n| round | tracing | load avg 1/5 min | tok/s | req/s | TTFT p50 ms | CPU % "
+            "| OTLP bytes so far |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
         for run in runs:
             ttft = run["ttft_p50_s"]
             print(
@@ -190,7 +219,7 @@ async def main(spans: int, seconds: float, rounds: int) -> None:
                 f"| {run['loadavg'][0]:.2f} / {run['loadavg'][1]:.2f} "
                 f"| {run['tokens_per_s']} | {run['requests_per_s']} "
                 f"| {'-' if ttft is None else f'{ttft * 1000:.0f}'} "
-                f"| {run['gateway_cpu_percent']} |"
+                f"| {run['gateway_cpu_percent']} | {run['sink_bytes']} |"
             )
     path = save("tracing_cost", document)
     print(f"\nsaved {path}")
