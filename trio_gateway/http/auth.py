@@ -9,11 +9,11 @@ uses `bearer_token` and `key_accepted` for its own token.
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from typing import Any
 
+from trio_gateway.bearer import bearer_token, key_accepted
 from trio_gateway.errors import ErrorKind, GatewayError, invalid_api_key
 from trio_gateway.http.asgi import Scope, header
 
@@ -50,26 +50,7 @@ def admin_forbidden(*, token_set: bool) -> GatewayError:
     )
 
 
-def bearer_token(authorization: bytes | str | None) -> str | None:
-    if authorization is None:
-        return None
-    if isinstance(authorization, bytes):
-        authorization = authorization.decode("latin-1")
-    scheme, _, token = authorization.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-def key_accepted(token: str | None, keys: Iterable[str]) -> bool:
-    """Compares against every key in constant time, so timing tells nothing about keys."""
-    if token is None:
-        return False
-    candidate = token.encode()
-    accepted = False
-    for key in keys:
-        accepted |= hmac.compare_digest(candidate, key.encode())
-    return accepted
+__all__ = ["admin_forbidden", "bearer_token", "is_loopback", "key_accepted", "refusal"]
 
 
 def is_loopback(client: Any) -> bool:
