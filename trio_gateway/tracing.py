@@ -164,6 +164,7 @@ class RequestSpan:
         outcome: GatewayError | None,
         status: int | None,
         backend: str | None = None,
+        worker: str | None = None,
         attempts: int = 0,
         queue_wait: float | None = None,
         first_at: float | None = None,
@@ -177,7 +178,9 @@ class RequestSpan:
     ) -> None:
         """Everything known of the request, set at once, then the span ends at `ended_at`.
 
-        `status`: what the client got (None when it left before an answer: 499). The span's
+        `backend`: the name it is configured by, the `backend` label of its metrics;
+        `worker`: the name it gives itself (`x-worker-id`: a worker's hello id), when
+        another. `status`: what the client got (None when it left before an answer: 499). The span's
         status is ERROR for a 5xx outcome, unset otherwise (a 4xx is the client's, as in
         OpenTelemetry's HTTP server conventions)."""
         span = self._span
@@ -193,6 +196,8 @@ class RequestSpan:
             attributes["gen_ai.request.max_tokens"] = max_tokens
         if backend is not None:
             attributes["trio_gateway.backend"] = backend
+        if worker is not None and worker != backend:
+            attributes["trio_gateway.worker_id"] = worker
         if queue_wait is not None:
             attributes["trio_gateway.queue_wait_s"] = queue_wait
         if input_tokens is not None:

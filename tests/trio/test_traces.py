@@ -318,7 +318,9 @@ async def test_the_trace_reaches_a_worker_and_its_upstream(
     span = only_span(exporter)
     trace_id, span_id = hex_ids(span)
     assert trace_id == TRACE
-    assert span.attributes is not None and span.attributes["trio_gateway.backend"] == "w1"
+    assert span.attributes is not None
+    assert span.attributes["trio_gateway.backend"] == "ws://w1"  # as configured, as /metrics
+    assert span.attributes["trio_gateway.worker_id"] == "w1"  # as its hello says
     expected = f"00-{TRACE}-{span_id}-01"
     (request,) = received
     assert request.traceparent == expected
