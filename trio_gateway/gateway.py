@@ -35,8 +35,7 @@ def backend_label(engine: Engine) -> str:
     """A backend's `backend_up` label: a worker's URL, which its hello does not rename. A
     renamed series would keep its last value (0) for ever, and under multiprocess mode no
     series can be removed."""
-    url = getattr(engine, "url", None)
-    return url if isinstance(url, str) else engine.name
+    return engine.url if engine.url is not None else engine.name
 
 
 def counts_prompts_as_the_mock(engine: Engine) -> bool:
@@ -261,9 +260,8 @@ class Gateway:
     async def _run_backend(
         self, backend: Backend, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        if hasattr(backend.engine, "on_available"):
-            # A worker's fresh hello (an upstream answering again): capacity for the queue,
-            # and an open breaker goes half-open at once rather than after its cooldown.
-            backend.engine.on_available = partial(self.router.backend_reconnected, backend)
+        # A worker's fresh hello (an upstream answering again): capacity for the queue, and
+        # an open breaker goes half-open at once rather than after its cooldown.
+        backend.engine.on_available = partial(self.router.backend_reconnected, backend)
         with trio.CancelScope() as backend.scope:
             await backend.engine.run(task_status=task_status)

@@ -12,6 +12,7 @@ routing saves is then measurable without a GPU.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import trio
 
@@ -24,9 +25,12 @@ from trio_gateway.generation import Chunk, GenerationRequest
 
 class MockEngine:
     name = "mock"
+    url: str | None = None  # in process
     capacity: int | None = None  # it queues past max_num_seqs itself
     available = True
     streams_unary = True
+    # Never called: the mock is available from the start and stays so.
+    on_available: Callable[[], None] | None = None
 
     def __init__(
         self,

@@ -238,7 +238,7 @@ def _describe_backend(backend: Backend) -> dict[str, Any]:
     engine = backend.engine
     return {
         "id": backend.name,
-        "url": getattr(engine, "url", None),
+        "url": engine.url,
         "models": list(engine.models),
         "available": engine.available,
         "inflight": backend.inflight,
