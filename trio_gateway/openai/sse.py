@@ -1,6 +1,6 @@
 """Server-sent events of OpenAI streams: the gateway's own frames (`[DONE]`, the error
 event) and a decoder for relays, which keeps each event's own bytes so a relay passes them
-on without re-encoding. (The mock encodes its events itself: `engines/mock_answer.py`.)
+on without re-encoding. (The mock encodes its events itself: `engines/mock_answer/stream.py`.)
 """
 
 from __future__ import annotations
