@@ -16,6 +16,9 @@ from trio_gateway.openai.sse import SSEDecodeError, SSEDecoder, SSEEvent
 STREAMS = {
     "lf": b'data: {"a":1}\n\ndata: {"b":2}\n\n',
     "crlf": b'data: {"a":1}\r\n\r\ndata: {"b":2}\r\n\r\n',
+    "crlf, then comments and lines": (
+        b"data: a\r\n\r\n: ping\r\n\r\ndata: b\r\n: c\r\ndata: d\r\n\r\ndata: e\r\n\r\n"
+    ),
     "cr": b'data: {"a":1}\r\rdata: {"b":2}\r\r',
     "mixed": b'data: {"a":1}\r\n\ndata: x\rdata: y\n\r\n',
     "comments": b": ping\n\ndata: a\n: inside\ndata: b\n\n:\n\nretry: 10\n\n",
@@ -148,6 +151,8 @@ def test_idle_only_between_events() -> None:
     assert not decoder.idle
     decoder.feed(b"\n\n")
     assert decoder.idle
+    decoder.feed(b"\n")  # a blank line ends no event: nothing is held
+    assert decoder.idle and decoder.end() == b""
 
 
 def test_a_byte_order_mark_cut_short_is_held() -> None:

@@ -55,8 +55,9 @@ class SSEDecoder:
     its bytes back, which a relay must not pass on (its client would read them as the start
     of the next event).
 
-    Streams with \n line ends (the usual) take a path of C-level scans for the blank lines;
-    any \r in the buffered bytes sends them through a line-by-line reading.
+    One-line `data` events with \n (the usual) or \r\n line ends are found by C-level
+    scans for the blank lines; anything else (comments, several lines, a lone \r, mixed
+    ends, an event cut by a read with \r in it) is read a line at a time.
     """
 
     def __init__(self, max_event_bytes: int = 8 * 1024 * 1024) -> None:
@@ -66,47 +67,22 @@ class SSEDecoder:
         # The last event ended with a \r that was the last byte read: a \n next belongs to
         # it (\r\n), and is skipped.
         self._skip_lf = False
+        self._edge = True  # either of the two above: the next bytes need a look first
 
     @property
     def idle(self) -> bool:
         """Between events: the next bytes start an event of their own."""
-        return self._begun and not self._buffer and not self._skip_lf
+        return not self._buffer and not self._edge
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         buffer = self._buffer + data if self._buffer else data
-        if not self._begun:
-            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
-                self._buffer = buffer  # perhaps the start of a byte order mark
+        if self._edge:
+            buffer = self._past_edge(buffer)
+            if not buffer:
                 return []
-            self._begun = True
-            if buffer.startswith(_BOM):
-                buffer = buffer[len(_BOM) :]
-        if self._skip_lf and buffer:
-            self._skip_lf = False
-            if buffer[0] == 0x0A:
-                buffer = buffer[1:]
-        if b"\r" in buffer:
-            events, start = self._split_any(buffer)
-        else:
-            events, start = self._split_lf(buffer)
-        self._keep(buffer[start:] if start else buffer)
-        return events
-
-    def end(self) -> bytes:
-        """The stream ended: the bytes of an event it ended in the middle of (b"" if it
-        ended between events), which is not an event. The decoder starts afresh."""
-        rest = self._buffer
-        self._buffer = b""
-        self._begun = self._skip_lf = False
-        return rest
-
-    def _keep(self, rest: bytes) -> None:
-        if len(rest) > self.max_event_bytes:
-            raise SSEDecodeError(f"an SSE event over {self.max_event_bytes} bytes")
-        self._buffer = rest
-
-    def _split_lf(self, buffer: bytes) -> tuple[list[SSEEvent], int]:
-        """Events in `buffer` when every line ends with \n: blank lines found by `find`."""
+        if 0x0D in buffer:  # an int: one memchr (b"\r" is a substring search)
+            return self._feed_crlf(buffer)
+        # Every line ends with \n: events end at b"\n\n", found in C.
         events: list[SSEEvent] = []
         start = 0
         while (end := buffer.find(b"\n\n", start)) >= 0:
@@ -120,9 +96,70 @@ class SSEDecoder:
                 if event is not None:
                     events.append(event)
             start = stop
-        return events, start
+        if start < len(buffer):
+            while buffer.startswith(b"\n", start):  # a blank line that ends no event
+                start += 1
+        self._keep(buffer[start:] if start else buffer)
+        return events
 
-    def _split_any(self, buffer: bytes) -> tuple[list[SSEEvent], int]:
+    def end(self) -> bytes:
+        """The stream ended: the bytes of an event it ended in the middle of (b"" if it
+        ended between events), which is not an event. The decoder starts afresh."""
+        rest = self._buffer
+        self._buffer = b""
+        self._begun = self._skip_lf = False
+        self._edge = True
+        return rest
+
+    def _past_edge(self, buffer: bytes) -> bytes:
+        """`buffer` without a leading byte order mark or the \n of a \r\n cut by a read
+        (b"" when there is nothing else yet: held if it may be a mark's start)."""
+        if not self._begun:
+            if len(buffer) < len(_BOM) and _BOM.startswith(buffer):
+                self._buffer = buffer  # perhaps the start of a byte order mark
+                return b""
+            self._begun = True
+            if buffer.startswith(_BOM):
+                buffer = buffer[len(_BOM) :]
+        if self._skip_lf and buffer:
+            self._skip_lf = False
+            if buffer[0] == 0x0A:
+                buffer = buffer[1:]
+        self._edge = self._skip_lf
+        if not buffer:
+            self._buffer = b""
+        return buffer
+
+    def _keep(self, rest: bytes) -> None:
+        if len(rest) > self.max_event_bytes:
+            raise SSEDecodeError(f"an SSE event over {self.max_event_bytes} bytes")
+        self._buffer = rest
+
+    def _feed_crlf(self, buffer: bytes) -> list[SSEEvent]:
+        """\r\n line ends (sse-starlette's): one-line `data` events found in C, as with
+        \n; from the first other thing on (a comment, several lines, a lone \r or \n, an
+        event cut short), a line at a time."""
+        events: list[SSEEvent] = []
+        start = 0
+        while (end := buffer.find(b"\r\n\r\n", start)) >= 0:
+            if (
+                not buffer.startswith(b"data: ", start)
+                or buffer.find(0x0D, start, end) >= 0
+                or buffer.find(0x0A, start, end) >= 0
+            ):
+                break
+            stop = end + 4
+            value = buffer[start + 6 : end]
+            if value:
+                events.append(SSEEvent(buffer[start:stop], b"data", value))
+            start = stop
+        if start < len(buffer):
+            events += self._feed_any(buffer[start:] if start else buffer)
+        else:
+            self._buffer = b""
+        return events
+
+    def _feed_any(self, buffer: bytes) -> list[SSEEvent]:
         """Events in `buffer` whatever its line ends, a line at a time."""
         events: list[SSEEvent] = []
         start = 0  # of the current event
@@ -140,9 +177,11 @@ class SSEDecoder:
                 lines = []
                 start = stop
                 if stop == size and buffer[-1] == 0x0D:
-                    self._skip_lf = True  # the \n of a \r\n may be in the next read
+                    # The \n of a \r\n may be in the next read.
+                    self._skip_lf = self._edge = True
             pos = stop
-        return events, start
+        self._keep(buffer[start:] if start else buffer)
+        return events
 
 
 def _event(raw: bytes, lines: list[bytes]) -> SSEEvent | None:
