@@ -10,8 +10,8 @@ from tests.asgi_client import Harness, running_gateway
 from tests.conftest import RecordingEngine, chat
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
+from trio_gateway.errors import internal_error
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.openai.errors import internal_error
 
 CHAT = "/v1/chat/completions"
 
@@ -153,7 +153,7 @@ async def test_engine_error_mid_stream(autojump_clock: trio.testing.MockClock) -
         events = exchange.events()
         assert events[-1] == "[DONE]"
         assert orjson.loads(events[-2])["error"]["type"] == "internal_error"
-        assert engine.endings == ["APIError"]
+        assert engine.endings == ["GatewayError"]
         assert count(harness, "internal") == 1
         assert_idle(harness, engine)
 

@@ -30,12 +30,13 @@ from trio_gateway.config import (
     add_config_flags,
     config_from_args,
 )
+from trio_gateway.errors import ErrorKind, GatewayError
 from trio_gateway.gateway import describe_backends
 from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.logs import configure_logging
-from trio_gateway.openai.errors import APIError
+from trio_gateway.openai.errors import encode_error
 from trio_gateway.processes import (
     StartupError,
     check_can_listen,
@@ -76,7 +77,8 @@ async def _send_error_body(self: H11Protocol, status_code: int) -> None:
     """hypercorn's `H11Protocol._send_error_response` with an OpenAI-shaped body instead of
     an empty one; like hypercorn's, it closes the connection after."""
     message, code = PROTOCOL_ERRORS.get(status_code, (HTTPStatus(status_code).phrase, None))
-    body = APIError(status_code, message, "invalid_request_error", None, code).encode()
+    error = GatewayError(ErrorKind.VALIDATION, message, code=code, status_override=status_code)
+    body = encode_error(error)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", b"%d" % len(body)),
@@ -105,7 +107,7 @@ def install_error_bodies() -> bool:
 
 
 async def forward_signals(shutdown: GracefulShutdown) -> None:
-    """SIGTERM or SIGINT starts the drain; a second one cuts it short (DESIGN §5)."""
+    """SIGTERM or SIGINT starts the drain; a second one cuts it short (docs/architecture.md §6)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             shutdown.request_stop(signal.Signals(signum).name)
@@ -282,8 +284,8 @@ def check_config(args: argparse.Namespace) -> int:
 def exit_without_teardown(code: int) -> None:
     """Exit once everything has been said and closed, skipping the interpreter's teardown.
 
-    Finalising the imported modules takes 150-300 ms here: time a rolling deploy waits on
-    a process that has already drained, closed its connections and flushed its logs.
+    Finalising the imported modules is time a rolling deploy waits on a process that has
+    already drained, closed its connections and flushed its logs (measured in the README).
     """
     logging.shutdown()
     sys.stdout.flush()

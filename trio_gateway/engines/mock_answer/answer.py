@@ -50,7 +50,8 @@ class MockAnswer:
         default_tokens: int = 100,
         created: int | None = None,
     ) -> None:
-        """Raises `APIError` (400) for what the mock cannot answer, before anything starts."""
+        """Raises `GatewayError` (validation) for what the mock cannot answer, before anything
+        starts."""
         self.request = request
         self.chat = request.endpoint == "chat"
         self.stream = request.stream

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trio_gateway.errors import invalid_request
 from trio_gateway.generation import GenerationRequest
-from trio_gateway.openai.errors import invalid_request
 
 MAX_N = 128
 MAX_TOP_LOGPROBS = 20  # chat `top_logprobs` (vLLM's default max_logprobs; OpenAI's bound)
@@ -27,7 +27,7 @@ class AnswerOptions:
 
 
 def answer_options(request: GenerationRequest, default_tokens: int) -> AnswerOptions:
-    """Raises `APIError` (400) for what the mock cannot answer."""
+    """Raises `GatewayError` (validation) for what the mock cannot answer."""
     if request.n > MAX_N:
         raise invalid_request(
             f"Invalid 'n': integer above maximum value. Expected a value <= {MAX_N}, "

@@ -1,8 +1,8 @@
 """A response body's framing, sans-IO: `feed` socket bytes, get body bytes back.
 
 h11 parses the response head (where its strictness pays); the body is framed here, because
-h11 costs ~7 µs per chunked read against ~1 µs for `ChunkedBody`, on a path that runs once
-per SSE event (benchmarks/upstream_client.py measures both). The three framings are
+h11's chunked reader costs several times `ChunkedBody`'s, on a path that runs once per SSE
+event (benchmarks/upstream_client.py measures both). The three framings are
 HTTP/1.1's: a `Content-Length`, `Transfer-Encoding: chunked`, or neither (until the server
 closes). Each also says whether the body ended with nothing after it, which is what lets
 the pool reuse the connection.

@@ -1,9 +1,9 @@
 """A lean streaming HTTP/1.1 client for one upstream origin (vLLM, llama.cpp), on trio streams.
 
-httpx was ~30 % of the gateway's CPU relaying SSE at 256 streams: five async generators and
-h11 on every socket read, and httpcore's pool walking every connection on every request. Here
-a body read is one `await stream.receive_some()` and one pass of a small decoder; the pool is
-a stack of idle connections, so nothing is O(connections).
+httpx cost the gateway too much CPU relaying SSE (the figures are in the README): five async
+generators and h11 on every socket read, and httpcore's pool walking every connection on
+every request. Here a body read is one `await stream.receive_some()` and one pass of a
+small decoder; the pool is a stack of idle connections, so nothing is O(connections).
 
 h11 writes the request and parses the response head (the part where its strictness pays);
 the body is framed by `framing.py`. A fresh `h11.Connection` serves each request, so reuse
@@ -55,8 +55,9 @@ _NO_BODY_METHODS = frozenset((b"GET", b"HEAD"))
 class StreamContext:
     """`async with pool.stream(...) as response`: a class, not `@asynccontextmanager`.
 
-    On Python 3.11 an exception dataclass with slots (the gateway's `APIError`) cannot cross a
-    generator-based context manager; this one lets every exception through untouched.
+    On Python 3.11 a frozen dataclass exception cannot cross a generator-based context
+    manager (contextlib sets its `__traceback__`); this one lets every exception through
+    untouched, whatever the exception.
     """
 
     __slots__ = (
