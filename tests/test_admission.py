@@ -24,6 +24,7 @@ class FakeEngine:
     capacity: int | None = 1
     available: bool = True
     streams_unary: bool = True
+    keeps_session_history: bool = False
     context_lengths: dict[str, int] = field(default_factory=dict)
     url: str | None = None
     on_available: Callable[[], None] | None = None
