@@ -80,8 +80,7 @@ def backend_label(engine: Engine) -> str:
     under the same URL takes its old series back, and a backend discovered from DNS is to be
     labelled by its configured `dns+` name, all its addresses under one label.
     """
-    url = getattr(engine, "url", None)
-    return url if isinstance(url, str) else engine.name
+    return engine.url if engine.url is not None else engine.name
 
 
 class BackendSeries:

@@ -33,6 +33,7 @@ import trio
 
 from trio_gateway.config import UPSTREAM_MAX_INFLIGHT
 from trio_gateway.engines.upstream.client import (
+    KEEPALIVE_EXPIRY,
     UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamError,
@@ -59,9 +60,6 @@ MODELS_BODY_LIMIT = 4 * 1024 * 1024
 # After `[DONE]`, how long to wait for the end of the body (the chunked terminator) so the
 # connection can go back to the pool; a normal upstream sends both in one write.
 DRAIN_TIMEOUT = 1.0
-# Below the 5 s idle timeout of uvicorn (vLLM) and cpp-httplib (llama.cpp): reusing a
-# connection the server is closing at that moment fails the request before any response.
-KEEPALIVE_EXPIRY = 4.0
 
 
 def redact(url: str) -> str:
