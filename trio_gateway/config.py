@@ -22,6 +22,7 @@ from trio_gateway.backend_urls import (
     check_backend_url,
     check_session_store_url,
 )
+from trio_gateway.engines.upstream.engine import UPSTREAM_MAX_INFLIGHT
 from trio_gateway.router.policies import POLICY_NAMES, CacheAwareOptions
 
 _Default = TypeVar("_Default")
@@ -31,9 +32,6 @@ SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 MIB = 1024 * 1024
 BODY_READ_S_PER_MIB = 2.0  # how `body_read_timeout_s` grows with a body's size
 _CACHE_AWARE = CacheAwareOptions()  # the defaults of the cache_aware_* settings
-# vLLM's default `--max-num-seqs` on most GPUs: more in flight would only wait in the
-# engine's own queue, unbounded, where the gateway can neither time it out nor answer 429.
-UPSTREAM_MAX_INFLIGHT = 256
 
 
 def setting(default: _Default, help: str, *, secret: bool = False, flag: str = "") -> _Default:

@@ -31,7 +31,6 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import trio
 
-from trio_gateway.config import UPSTREAM_MAX_INFLIGHT
 from trio_gateway.engines.upstream.client import (
     KEEPALIVE_EXPIRY,
     UpstreamConnectError,
@@ -60,6 +59,10 @@ MODELS_BODY_LIMIT = 4 * 1024 * 1024
 # After `[DONE]`, how long to wait for the end of the body (the chunked terminator) so the
 # connection can go back to the pool; a normal upstream sends both in one write.
 DRAIN_TIMEOUT = 1.0
+
+# vLLM's default `--max-num-seqs` on most GPUs: more in flight would only wait in the
+# engine's own queue, unbounded, where the gateway can neither time it out nor answer 429.
+UPSTREAM_MAX_INFLIGHT = 256
 
 
 def redact(url: str) -> str:
