@@ -110,7 +110,7 @@ def check_final(chunks: list[Chunk], finish_reason: str, prompt_tokens: int | No
 
 async def test_it_is_an_engine() -> None:
     engine: Engine = OpenAIUpstream("http://127.0.0.1:1/v1")
-    assert engine.capacity is None
+    assert engine.capacity == 256  # bounded: vLLM's --max-num-seqs, not its unbounded queue
     assert engine.available is False
 
 

@@ -38,6 +38,10 @@ SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 MIB = 1024 * 1024
 BODY_READ_S_PER_MIB = 2.0  # how `body_read_timeout_s` grows with a body's size
 _CACHE_AWARE = CacheAwareOptions()  # the defaults of the cache_aware_* settings
+# vLLM's default `--max-num-seqs` on most GPUs (and the concurrency SGLang's model gateway
+# admits by default): more in flight would only wait in the engine's own queue, unbounded,
+# where the gateway can neither time it out nor answer 429.
+UPSTREAM_MAX_INFLIGHT = 256
 
 
 def setting(default: _Default, help: str, *, secret: bool = False, flag: str = "") -> _Default:
@@ -151,7 +155,16 @@ class GatewayConfig:
     cache_aware_ttl_s: float = setting(
         _CACHE_AWARE.ttl_s, "cache_aware: seconds a block is remembered after its last request"
     )
-    max_inflight: int = setting(0, "requests in flight per backend; 0: the worker's own figure")
+    max_inflight: int = setting(
+        0,
+        "requests in flight per backend, every kind; 0: each backend's own (a worker's hello, "
+        "--upstream-max-inflight)",
+    )
+    upstream_max_inflight: int = setting(
+        UPSTREAM_MAX_INFLIGHT,
+        "requests in flight per OpenAI-compatible upstream (set its --max-num-seqs); "
+        "more wait in the gateway's queue",
+    )
     queue_size: int = setting(1024, "requests waiting when every backend is full; then 429")
     queue_timeout_s: float = setting(30.0, "longest wait in that queue before a 429")
     breaker_threshold: int = setting(5, "consecutive backend failures that open its breaker")
@@ -189,6 +202,7 @@ class GatewayConfig:
             "processes",
             "cache_aware_block_chars",
             "cache_aware_capacity_blocks",
+            "upstream_max_inflight",
         )
         for name in positive:
             if getattr(self, name) < 1:

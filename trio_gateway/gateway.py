@@ -81,19 +81,29 @@ def describe_backends(config: GatewayConfig) -> str:
             f"{config.model} (mock engine: ttft {config.mock_ttft_ms:g} ms, step "
             f"{config.mock_itl_ms:g} ms, {config.mock_max_num_seqs} seqs{prefill})"
         )
-    return ", ".join(
-        f"{'worker' if url.startswith('ws://') else 'upstream'} {url}" for url in config.workers
-    )
+    return ", ".join(_describe_url(url, config) for url in config.workers)
+
+
+def _describe_url(url: str, config: GatewayConfig) -> str:
+    if url.startswith("ws://"):
+        return f"worker {url}"
+    slots = config.max_inflight or config.upstream_max_inflight
+    return f"upstream {url} (at most {slots} in flight)"
 
 
 def engine_for_url(url: str, config: GatewayConfig) -> Engine:
+    """The engine for one backend URL, with its capacity: the one place a backend's slots are
+    decided from the settings (a worker says its own in its hello; an upstream takes
+    `--upstream-max-inflight`); `--max-inflight`, when set, overrides both in the router."""
     if url.startswith("ws://"):
         from trio_gateway.engines.ws_client import RemoteWorker
 
         return RemoteWorker(url, token=config.worker_token or None, window=config.credit_window)
     from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
-    return OpenAIUpstream(url, api_key=config.upstream_api_key or None)
+    return OpenAIUpstream(
+        url, api_key=config.upstream_api_key or None, max_inflight=config.upstream_max_inflight
+    )
 
 
 class Gateway:
