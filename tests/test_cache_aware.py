@@ -30,6 +30,7 @@ OPTIONS = CacheAwareOptions(
 class Cand:
     name: str
     inflight: int = 0
+    weight: int = 1
 
 
 class Clock:

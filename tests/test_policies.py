@@ -22,6 +22,7 @@ from trio_gateway.router.policies import (
 class Cand:
     name: str
     inflight: int = 0
+    weight: int = 1
 
 
 def cands(*loads: int) -> list[Cand]:

@@ -162,9 +162,7 @@ class MockUpstream:
             self.most_generating = max(self.most_generating, self.generating)
             self._notify()
             try:
-                await self._generate(
-                    record, scope["path"] == "/v1/chat/completions", receive, send
-                )
+                await self._generate(record, scope["path"] == "/v1/chat/completions", receive, send)
             finally:
                 self.generating -= 1
                 self._notify()

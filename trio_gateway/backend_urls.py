@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Collection
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 WORKER_SCHEMES = ("ws",)
 UPSTREAM_SCHEMES = ("http", "https")
@@ -71,6 +71,14 @@ def check_session_store_url(url: str) -> str:
     if database and not (database.isascii() and database.isdigit()):
         raise BadURL(f"{_shown(url)}: the database is a number, got {database!r}")
     return url
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, fit for logs and for an engine's name."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def _split(url: str, expected: str) -> SplitResult:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trio_gateway.backend_urls import WORKER_SCHEMES, BadURL, check_backend_url
+from trio_gateway.backend_urls import WORKER_SCHEMES, BadURL, check_backend_url, redact
 
 # Keys an entry may have; anything else is a typo the operator wants to hear about.
 BACKEND_KEYS = (
@@ -128,8 +128,8 @@ def parse_backends(raw: object) -> tuple[BackendSpec, ...]:
 
 
 def specs_from_urls(urls: Sequence[str]) -> tuple[BackendSpec, ...]:
-    """`--worker` URLs as unnamed entries, named by their URL."""
-    return tuple(BackendSpec(name=url, url=url, from_flags=True) for url in urls)
+    """`--worker` URLs as unnamed entries, named by their URL (without a password)."""
+    return tuple(BackendSpec(name=redact(url), url=url, from_flags=True) for url in urls)
 
 
 def check_unique(specs: Sequence[BackendSpec]) -> None:
@@ -152,9 +152,7 @@ def resolve_keys(
         key = ""
         if spec.api_key_env:
             if spec.api_key_env not in environ:
-                raise BackendsError(
-                    f"backends[{index}].api_key_env: {spec.api_key_env} is not set"
-                )
+                raise BackendsError(f"backends[{index}].api_key_env: {spec.api_key_env} is not set")
             key = environ[spec.api_key_env].strip()
         elif spec.api_key_file:
             try:

@@ -118,7 +118,10 @@ class GatewayConfig:
         flag="--worker",
     )
     # The config file's `[[backends]]` (backends_config.py): no flag, no environment variable.
-    backends: tuple[BackendSpec, ...] = field(default=(), metadata={"help": "", "file_only": True})
+    backends: tuple[BackendSpec, ...] = field(
+        default=(),
+        metadata={"help": "named backends, the file's [[backends]] tables", "file_only": True},
+    )
     worker_token: str = setting("", "the token workers expect in the handshake", secret=True)
     upstream_api_key: str = setting(
         "", "bearer token sent to OpenAI-compatible upstreams", secret=True

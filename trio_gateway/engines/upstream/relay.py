@@ -7,13 +7,16 @@ whether an event finished a choice, usage, an in-band error, and a token count. 
 are plain deltas, recognised by byte scans; only events that may hold one of those facts
 are parsed as JSON (a scan can only send an event to the parser, never decide a fact).
 
-What the relay changes: it drops the upstream's `data: [DONE]` (the gateway writes its own,
-after an error event when the stream failed) and the usage-only event when the gateway asked
-for usage on its own account (the client did not).
+What the relay changes: the model's name, when the client asked for an alias (the
+`"model":"..."` member of each event, a byte replace: model_alias.py); it drops the
+upstream's `data: [DONE]` (the gateway writes its own, after an error event when the stream
+failed) and the usage-only event when the gateway asked for usage on its own account (the
+client did not).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -68,9 +71,13 @@ def _needs_parse(value: bytes) -> bool:
 class StreamRelay:
     """One upstream SSE body: `feed` each read, `final` once it ends."""
 
-    def __init__(self, name: str, *, forward_usage: bool) -> None:
+    def __init__(
+        self, name: str, *, forward_usage: bool, rename: Callable[[bytes], bytes] | None = None
+    ) -> None:
         self.name = name
         self.forward_usage = forward_usage
+        # The served model name put back into the events (model_alias.py), when aliased.
+        self.rename = rename
         self.done = False  # `[DONE]` seen: nothing after it counts
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
@@ -94,7 +101,7 @@ class StreamRelay:
             return None
         if self._decoder.idle and (plain := plain_deltas(data)):
             self.tokens += plain
-            return Chunk(tokens=plain, payload=data)
+            return Chunk(tokens=plain, payload=data if self.rename is None else self.rename(data))
         try:
             events = self._decoder.feed(data)
         except SSEDecodeError as error:
@@ -127,6 +134,8 @@ class StreamRelay:
         payload = kept[0] if len(kept) == 1 else b"".join(kept)
         if not payload and not tokens:
             return None
+        if self.rename is not None:
+            payload = self.rename(payload)
         return Chunk(tokens=tokens, payload=payload)
 
     def final(self) -> Chunk:
