@@ -125,6 +125,11 @@ def _port(url: str, parts: SplitResult) -> int | None:
     return port
 
 
+def masked(url: str) -> str:
+    """`url` with its user info (a password) as `****`, fit to print."""
+    return _USERINFO.sub("//****@", url, count=1)
+
+
 def _shown(url: str) -> str:
     """`url` quoted, any password masked."""
-    return repr(_USERINFO.sub("//****@", url, count=1))
+    return repr(masked(url))

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trio_gateway.backend_urls import WORKER_SCHEMES, BadURL, check_backend_url, redact
+from trio_gateway.backend_urls import WORKER_SCHEMES, BadURL, check_backend_url, masked, redact
 
 # Keys an entry may have; anything else is a typo the operator wants to hear about.
 BACKEND_KEYS = (
@@ -85,14 +85,13 @@ class BackendSpec:
         return tuple(seen)
 
     def described(self) -> dict[str, Any]:
-        """The entry as `check-config` prints it: the key's source, never the key."""
-        shown: dict[str, Any] = {"name": self.name, "url": self.url}
+        """The entry as `check-config` prints it: where its key comes from, never the key
+        (nor a password in the URL)."""
+        shown: dict[str, Any] = {"name": self.name, "url": masked(self.url)}
         if self.api_key_env:
             shown["api_key_env"] = self.api_key_env
         if self.api_key_file:
             shown["api_key_file"] = self.api_key_file
-        if self.api_key:
-            shown["api_key"] = "****"
         if self.capacity is not None:
             shown["capacity"] = self.capacity
         shown["weight"] = self.weight

@@ -3,6 +3,7 @@ shutdown, and the nursery everything runs in."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -16,7 +17,7 @@ from trio_gateway.backends_config import (
     diff_backends,
     specs_from_urls,
 )
-from trio_gateway.config import GatewayConfig
+from trio_gateway.config import ConfigError, GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer import prompt_token_count
 from trio_gateway.engines.protocol import Engine
@@ -359,6 +360,31 @@ class Gateway:
         self._configured = dict(
             sorted(self._configured.items(), key=lambda item: order.get(item[0], len(order)))
         )
+        return diff
+
+    async def reload(self, load: Callable[[], GatewayConfig]) -> BackendsDiff | None:
+        """SIGHUP's work: read the settings again (`load`: the same file, environment and
+        flags as at start) and apply their backends. A file that does not load is logged,
+        one line naming the key, and changes nothing (None). Only the backends reload; a
+        change to any other setting is said in the log and waits for a restart."""
+        try:
+            config = load()
+        except ConfigError as error:
+            log.error("reload: %s; the running backends are kept", error)
+            return None
+        if dataclasses.replace(config, backends=self.config.backends) != self.config:
+            changed = [
+                f.name
+                for f in dataclasses.fields(config)
+                if f.name != "backends" and getattr(config, f.name) != getattr(self.config, f.name)
+            ]
+            log.warning(
+                "reload: only backends reload; %s changed and take effect at a restart",
+                ", ".join(changed),
+            )
+        diff = await self.reload_backends(config.backend_specs())
+        if diff.empty:
+            log.info("reload: the backends are unchanged")
         return diff
 
     async def _replace(self, spec: BackendSpec) -> None:
