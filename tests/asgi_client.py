@@ -17,7 +17,7 @@ import trio
 
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.protocol import Engine
-from trio_gateway.gateway import Gateway
+from trio_gateway.gateway import EngineFactory, Gateway
 from trio_gateway.http.application import GatewayApp
 from trio_gateway.http.asgi import Message
 
@@ -152,9 +152,11 @@ class Harness:
 
 @asynccontextmanager
 async def running_gateway(
-    config: GatewayConfig | None = None, engines: list[Engine] | None = None
+    config: GatewayConfig | None = None,
+    engines: list[Engine] | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> AsyncIterator[Harness]:
-    gateway = Gateway(config or GatewayConfig(), engines)
+    gateway = Gateway(config or GatewayConfig(), engines, engine_factory=engine_factory)
     app = GatewayApp(gateway)
     lifespan_send, lifespan_inbox = trio.open_memory_channel[Message](math.inf)
     replies_send, replies = trio.open_memory_channel[Message](math.inf)
