@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import trio
+import trio.testing
 
 from tests.test_real_sockets import serving
 from tests.upstream_server import running_upstream
@@ -70,8 +71,10 @@ async def test_the_upstream_sees_at_most_its_capacity_and_the_rest_queue_or_get_
                     await upstream.wait_until(lambda: upstream.generating == SLOTS)
                     for n in range(SLOTS, SLOTS + QUEUE):
                         nursery.start_soon(ask, n)
-                    while queued_on(await metrics()) < QUEUE:
-                        await trio.sleep(0.01)
+                    # Every task here blocked for 50 ms, each socket read: they wait in the queue.
+                    await trio.testing.wait_all_tasks_blocked(0.05)
+                    assert gateway.router.queued == QUEUE
+                    assert queued_on(await metrics()) == QUEUE
                     for n in range(SLOTS + QUEUE, SLOTS + QUEUE + REFUSED):
                         await ask(n)  # one by one: each refused at once, nothing freed
                     assert upstream.generating == SLOTS

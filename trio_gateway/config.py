@@ -38,9 +38,8 @@ SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 MIB = 1024 * 1024
 BODY_READ_S_PER_MIB = 2.0  # how `body_read_timeout_s` grows with a body's size
 _CACHE_AWARE = CacheAwareOptions()  # the defaults of the cache_aware_* settings
-# vLLM's default `--max-num-seqs` on most GPUs (and the concurrency SGLang's model gateway
-# admits by default): more in flight would only wait in the engine's own queue, unbounded,
-# where the gateway can neither time it out nor answer 429.
+# vLLM's default `--max-num-seqs` on most GPUs: more in flight would only wait in the
+# engine's own queue, unbounded, where the gateway can neither time it out nor answer 429.
 UPSTREAM_MAX_INFLIGHT = 256
 
 
