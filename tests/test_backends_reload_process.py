@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from contextlib import AsyncExitStack
@@ -120,7 +121,10 @@ async def test_sighup_adds_and_drains_backends_with_streams_intact(tmp_path: Pat
                 async def one_stream() -> None:
                     results.append(
                         await exchange(
-                            port, "POST", "/v1/chat/completions", chat(stream=True, max_tokens=TOKENS)
+                            port,
+                            "POST",
+                            "/v1/chat/completions",
+                            chat(stream=True, max_tokens=TOKENS),
                         )
                     )
 
@@ -162,3 +166,50 @@ async def test_sighup_adds_and_drains_backends_with_streams_intact(tmp_path: Pat
         assert b'"model":"slow"' not in response and b'"model":"llama"' in response
     for upstream in (u1, u2, u3):
         assert {r.body["model"] for r in upstream.generations} <= {"slow"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_sighup_reaches_every_child_under_processes(tmp_path: Path) -> None:
+    """The supervisor passes SIGHUP on: each child reloads (and none stops); a SIGTERM
+    after still drains the set to exit 0."""
+    config = tmp_path / "gateway.toml"
+    async with running_upstream() as u1, running_upstream() as u2:
+        backends_file(config, {"a": u1})
+        exe = Path(sys.executable).parent / "trio-gateway"
+        port = free_port()
+        log = Log()
+        command = [str(exe), "serve", "--port", str(port), "--processes", "2"]
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    [*command, "--config", str(config)],
+                    stderr=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    check=False,
+                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                )
+            )
+            try:
+                assert process.stderr is not None
+                nursery.start_soon(log.read, process.stderr)
+                await log.wait_for(r"(?s)Running on http://.*Running on http://")
+                backends_file(config, {"a": u1, "b": u2})
+                process.send_signal(signal.SIGHUP)
+                await log.wait_for(r"(?s)reloading backends: added b.*reloading backends: added b")
+                assert process.returncode is None
+                with trio.fail_after(20):
+                    await u2.wait_until(lambda: len(u2.model_probes) >= 2)  # one per child
+                process.send_signal(signal.SIGTERM)
+                with trio.fail_after(20):
+                    code = await process.wait()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+    assert code == 0
+    assert "passing it on to every gateway process (reload)" in log.text

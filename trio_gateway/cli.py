@@ -253,7 +253,9 @@ def effective_settings(config: GatewayConfig) -> str:
 def _toml_value(value: object) -> str:
     """A TOML value: JSON's strings, numbers and arrays are TOML's; a table is inline."""
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()) + " }"
+        )
     return json.dumps(value)
 
 

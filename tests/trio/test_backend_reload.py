@@ -95,7 +95,9 @@ async def test_removed_backend_finishes_its_stream_then_stops(
         assert not engine_a.stopped  # still serving the stream it holds
         # New requests go to the others only.
         for _ in range(4):
-            answer = await harness.request("POST", "/v1/chat/completions", chat(model="m", max_tokens=2))
+            answer = await harness.request(
+                "POST", "/v1/chat/completions", chat(model="m", max_tokens=2)
+            )
             assert answer.status == 200
         assert engine_a.endings == []
         await stream.finished.wait()
@@ -125,7 +127,9 @@ async def test_changed_backend_is_replaced_without_cutting_its_stream(
         assert routed(harness) == ["a"]
         backend = harness.gateway.router.find("a")
         assert backend is not None and backend.engine is new and backend.weight == 3
-        answer = await harness.request("POST", "/v1/chat/completions", chat(model="m", max_tokens=2))
+        answer = await harness.request(
+            "POST", "/v1/chat/completions", chat(model="m", max_tokens=2)
+        )
         assert answer.status == 200
         assert new.endings == ["finished"]  # the new request went to the new definition
         assert not stream.finished.is_set()
@@ -151,7 +155,9 @@ async def test_unchanged_reload_does_nothing_and_a_bad_file_changes_nothing(
         assert await harness.gateway.reload(broken) is None
         assert routed(harness) == ["a"]
         assert len(factory.made["a"]) == 1
-        answer = await harness.request("POST", "/v1/chat/completions", chat(model="m", max_tokens=2))
+        answer = await harness.request(
+            "POST", "/v1/chat/completions", chat(model="m", max_tokens=2)
+        )
         assert answer.status == 200
 
 
