@@ -170,7 +170,7 @@ def test_backends_are_not_a_worker_setting(tmp_path: Path) -> None:
 
     path = tmp_path / "worker.toml"
     path.write_text(EXAMPLE)
-    with pytest.raises(ConfigError, match="^backends: unknown setting"):
+    with pytest.raises(ConfigError, match=r"^backends: unknown setting"):
         load_config(WorkerConfig, file=path, environ={})
 
 

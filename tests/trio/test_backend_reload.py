@@ -105,7 +105,7 @@ async def test_removed_backend_finishes_its_stream_then_stops(
         assert streamed_tokens(bytes(stream.body)) == TOKENS
         assert stream.events()[-1] == "[DONE]"
         assert engine_a.endings == ["finished"]
-        await trio.sleep(0)  # the drain task sees the backend idle
+        await trio.testing.wait_all_tasks_blocked()  # the drain task saw the backend idle
         assert engine_a.stopped
         assert not factory.made["b"][0].stopped
         assert len(factory.made["c"][0].endings) == 2  # c took its share of the four
@@ -136,7 +136,7 @@ async def test_changed_backend_is_replaced_without_cutting_its_stream(
         await stream.finished.wait()
         assert streamed_tokens(bytes(stream.body)) == TOKENS
         assert old.endings == ["finished"]
-        await trio.sleep(0)
+        await trio.testing.wait_all_tasks_blocked()
         assert old.stopped and not new.stopped
 
 
