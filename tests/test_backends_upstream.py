@@ -103,3 +103,10 @@ async def test_weights_share_the_traffic() -> None:
             answer = await harness.request("POST", "/v1/chat/completions", chat(max_tokens=1))
             assert answer.status == 200
         assert (len(heavy.generations), len(light.generations)) == (6, 2)
+        # Per-backend series carry the configured name, not the URL.
+        requests = "trio_gateway_backend_requests_total"
+        success = {"model": "llama", "status": "success", "error_type": "none"}
+        assert harness.metric(requests, backend="heavy", **success) == 6
+        assert harness.metric(requests, backend="light", **success) == 2
+        harness.gateway.refresh_gauges()
+        assert harness.metric("trio_gateway_backend_up", backend="heavy") == 1

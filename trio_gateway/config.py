@@ -147,6 +147,11 @@ class GatewayConfig:
         _CACHE_AWARE.balance_rel,
         "cache_aware: least loaded wins past this in-flight ratio (and the gap)",
     )
+    cache_aware_load_factor: float = setting(
+        _CACHE_AWARE.load_factor,
+        "cache_aware: a backend takes a request by affinity only while its in-flight stays "
+        "within this factor of the mean (bounded load; 0: off)",
+    )
     cache_aware_block_chars: int = setting(
         _CACHE_AWARE.block_chars, "cache_aware: characters per hashed prompt block"
     )
@@ -263,6 +268,11 @@ class GatewayConfig:
             raise ConfigError(
                 f"cache_aware_balance_rel: must be at least 1, got {self.cache_aware_balance_rel}"
             )
+        if self.cache_aware_load_factor != 0 and self.cache_aware_load_factor < 1:
+            raise ConfigError(
+                "cache_aware_load_factor: must be 0 (off) or at least 1, "
+                f"got {self.cache_aware_load_factor}"
+            )
         if self.cache_aware_ttl_s <= 0:
             raise ConfigError(f"cache_aware_ttl_s: must be above 0, got {self.cache_aware_ttl_s}")
         if self.processes > 1 and self.port == 0:
@@ -302,6 +312,7 @@ class GatewayConfig:
             threshold=self.cache_aware_threshold,
             balance_abs=self.cache_aware_balance_abs,
             balance_rel=self.cache_aware_balance_rel,
+            load_factor=self.cache_aware_load_factor,
             block_chars=self.cache_aware_block_chars,
             capacity_blocks=self.cache_aware_capacity_blocks,
             ttl_s=self.cache_aware_ttl_s,

@@ -26,7 +26,7 @@ from trio_gateway.generation import GenerationRequest
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown, Phase
 from trio_gateway.loop_health import count_tasks, sample_event_loop_lag
-from trio_gateway.metrics import GatewayMetrics, multiprocess_dir
+from trio_gateway.metrics import GatewayMetrics, backend_label, multiprocess_dir
 from trio_gateway.openai.schemas import check_max_tokens, check_prompt_length
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.policies import CacheAware, make_policy
@@ -41,14 +41,6 @@ log = logging.getLogger("trio_gateway")
 REPLACE_WAIT_S = 10.0
 # How stale the scrape-time gauges of the processes a scrape does not reach may be.
 GAUGE_REFRESH_S = 1.0
-
-
-def backend_label(engine: Engine) -> str:
-    """A backend's `backend_up` label: a worker's URL, which its hello does not rename. A
-    renamed series would keep its last value (0) for ever, and under multiprocess mode no
-    series can be removed."""
-    url = getattr(engine, "url", None)
-    return url if isinstance(url, str) else engine.name
 
 
 def counts_prompts_as_the_mock(engine: Engine) -> bool:
@@ -190,7 +182,7 @@ class Gateway:
         )
         self.shutdown.on_stopping.append(partial(self.sessions.close_all, "shutdown"))
         self._nursery: trio.Nursery | None = None
-        self._backend_labels: set[str] = set()  # `backend_up` series set by the last refresh
+        self._backend_labels: set[str] = set()  # per-backend gauges set by the last refresh
 
     @property
     def models(self) -> list[str]:
@@ -227,14 +219,20 @@ class Gateway:
         metrics = self.metrics
         for phase in Phase:
             metrics.shutdown_phase.labels(phase.value).set(phase is self.shutdown.phase)
-        labels = set()
+        inflight: dict[str, int] = {}
         for backend in self.router.backends:
-            label = backend.label if backend.label is not None else backend_label(backend.engine)
-            labels.add(label)
+            label = backend_label(backend.engine, backend.label)
+            inflight[label] = inflight.get(label, 0) + backend.inflight
             metrics.backend_up.labels(label).set(backend.engine.available)
-        for gone in self._backend_labels - labels:  # removed by /admin/workers
+        for label, count in inflight.items():
+            metrics.backend_inflight.labels(label).set(count)
+        for gone in self._backend_labels - inflight.keys():  # removed by /admin/workers
             metrics.backend_up.remove(gone)
-        self._backend_labels = labels
+            # Its requests still end, but not on a backend the gateway routes to. Zeroed
+            # first: under multiprocess mode the removed child's last value stays in its file.
+            metrics.backend_inflight.labels(gone).set(0)
+            metrics.backend_inflight.remove(gone)
+        self._backend_labels = set(inflight)
         if self.running:
             metrics.live_tasks.set(count_tasks())
 

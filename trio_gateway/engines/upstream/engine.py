@@ -86,6 +86,7 @@ class OpenAIUpstream:
     """
 
     streams_unary = False
+    keeps_session_history = False
 
     def __init__(
         self,
