@@ -364,7 +364,11 @@ class Gateway:
         """SIGHUP's work: read the settings again (`load`: the same file, environment and
         flags as at start) and apply their backends. A file that does not load is logged,
         one line naming the key, and changes nothing (None). Only the backends reload; a
-        change to any other setting is said in the log and waits for a restart."""
+        change to any other setting is said in the log and waits for a restart. A gateway
+        that is shutting down does not reload: its backends are draining for good."""
+        if not self.shutdown.accepting:
+            log.warning("reload: ignored, the gateway is shutting down")
+            return None
         try:
             config = load()
         except ConfigError as error:

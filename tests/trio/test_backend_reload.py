@@ -8,7 +8,10 @@ definition while new requests go to the new; a bad file changes nothing.
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
+import pytest
 import trio
 import trio.testing
 
@@ -141,7 +144,7 @@ async def test_changed_backend_is_replaced_without_cutting_its_stream(
 
 
 async def test_unchanged_reload_does_nothing_and_a_bad_file_changes_nothing(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     factory = Factory()
     async with running_gateway(config(spec("a")), engine_factory=factory) as harness:
@@ -153,6 +156,7 @@ async def test_unchanged_reload_does_nothing_and_a_bad_file_changes_nothing(
             raise ConfigError("backends[0].url: required")
 
         assert await harness.gateway.reload(broken) is None
+        assert "reload: backends[0].url: required; the running backends are kept" in caplog.messages
         assert routed(harness) == ["a"]
         assert len(factory.made["a"]) == 1
         answer = await harness.request(
@@ -161,10 +165,24 @@ async def test_unchanged_reload_does_nothing_and_a_bad_file_changes_nothing(
         assert answer.status == 200
 
 
-async def test_reload_reads_the_settings_again(autojump_clock: trio.testing.MockClock) -> None:
+async def test_reload_reads_the_settings_again(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
     factory = Factory()
     async with running_gateway(config(spec("a")), engine_factory=factory) as harness:
-        diff = await harness.gateway.reload(lambda: config(spec("a"), spec("b")))
+        changed = dataclasses.replace(config(spec("a"), spec("b")), queue_size=7)
+        diff = await harness.gateway.reload(lambda: changed)
         assert diff is not None and [s.name for s in diff.added] == ["b"]
         assert routed(harness) == ["a", "b"]
         assert [s.name for s in harness.gateway.configured] == ["a", "b"]
+        assert harness.gateway.router.queue_size == 1024  # only the backends reload
+        assert any("queue_size changed" in message for message in caplog.messages)
+
+
+async def test_no_reload_while_shutting_down(autojump_clock: trio.testing.MockClock) -> None:
+    factory = Factory()
+    async with running_gateway(config(spec("a")), engine_factory=factory) as harness:
+        harness.gateway.shutdown.request_stop("test")
+        await trio.testing.wait_all_tasks_blocked()
+        assert await harness.gateway.reload(lambda: config(spec("b"))) is None
+        assert routed(harness) == ["a"]
