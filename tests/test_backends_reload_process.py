@@ -1,8 +1,8 @@
-"""`trio-gateway serve --config FILE` as a real process, in front of three test upstreams
-serving one model under an alias: SIGHUP with streams running on both configured backends,
-the file now removing one and adding another. Every stream ends whole; new requests go to
-the backends the file names now; the removed upstream gets nothing new. Every wait is
-bounded."""
+"""`trio-gateway serve --config FILE` as a real process, in front of test upstreams serving
+one model under an alias and a `trio-gateway worker` process: SIGHUP with streams running on
+every configured backend, the file now removing one upstream and adding another. Every
+stream ends whole; new requests go to the backends the file names now; the removed upstream
+gets nothing new. Every wait is bounded."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ TOKENS = 40  # the test upstream's "slow" model: a token every 50 ms, about 2 s 
 STREAMS = 4
 
 
-def backends_file(path: Path, backends: dict[str, MockUpstream]) -> None:
+def backends_file(path: Path, backends: dict[str, MockUpstream], worker_port: int = 0) -> None:
     lines = ['routing_policy = "round_robin"']
     for name, upstream in backends.items():
         lines += [
@@ -36,7 +37,35 @@ def backends_file(path: Path, backends: dict[str, MockUpstream]) -> None:
             f'url = "{upstream.url}"',
             'aliases = { llama = "slow" }',
         ]
+    if worker_port:
+        lines += [
+            "",
+            "[[backends]]",
+            'name = "worker-1"',
+            f'url = "ws://127.0.0.1:{worker_port}"',
+            'api_key_env = "WORKER_TOKEN"',
+            'models = ["mock"]',
+        ]
     path.write_text("\n".join(lines) + "\n")
+
+
+@asynccontextmanager
+async def worker_process() -> AsyncIterator[int]:
+    """A `trio-gateway worker` (the mock) with token `secret`; its request plane's port."""
+    exe = Path(sys.executable).parent / "trio-gateway"
+    command = [str(exe), "worker", "--port", "0", "--metrics-port", "0", "--token", "secret"]
+    log = Log()
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, stderr=subprocess.PIPE, check=False)
+        )
+        try:
+            assert process.stderr is not None
+            nursery.start_soon(log.read, process.stderr)
+            match = await log.wait_for(r"request plane ws://127\.0\.0\.1:(\d+)")
+            yield int(match.group(1))
+        finally:
+            process.kill()
 
 
 class Log:
@@ -79,6 +108,12 @@ def chat(**extra: Any) -> dict[str, Any]:
     return {"model": "llama", "messages": [{"role": "user", "content": "hi"}], **extra}
 
 
+async def inflight(port: int) -> dict[str, int]:
+    answer = await exchange(port, "GET", "/admin/workers")
+    workers = json.loads(answer.split(b"\r\n\r\n", 1)[1])["workers"]
+    return {w["id"]: w["inflight"] for w in workers}
+
+
 async def wait_all_available(port: int, names: set[str]) -> None:
     for _ in range(200):
         answer = await exchange(port, "GET", "/admin/workers")
@@ -93,7 +128,8 @@ async def test_sighup_adds_and_drains_backends_with_streams_intact(tmp_path: Pat
     config = tmp_path / "gateway.toml"
     async with AsyncExitStack() as stack:
         u1, u2, u3 = [await stack.enter_async_context(running_upstream()) for _ in range(3)]
-        backends_file(config, {"a": u1, "b": u2})
+        worker_port = await stack.enter_async_context(worker_process())
+        backends_file(config, {"a": u1, "b": u2}, worker_port)
         exe = Path(sys.executable).parent / "trio-gateway"
         log = Log()
         async with trio.open_nursery() as nursery:
@@ -104,17 +140,17 @@ async def test_sighup_adds_and_drains_backends_with_streams_intact(tmp_path: Pat
                     stderr=subprocess.PIPE,
                     stdout=subprocess.DEVNULL,
                     check=False,
-                    env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                    env=dict(os.environ, PYTHONUNBUFFERED="1", WORKER_TOKEN="secret"),
                 )
             )
             try:
                 assert process.stderr is not None
                 nursery.start_soon(log.read, process.stderr)
                 port = int((await log.wait_for(r"Running on http://127\.0\.0\.1:(\d+)")).group(1))
-                await wait_all_available(port, {"a", "b"})
+                await wait_all_available(port, {"a", "b", "worker-1"})
                 models = await exchange(port, "GET", "/v1/models")
                 listed = [m["id"] for m in json.loads(models.split(b"\r\n\r\n", 1)[1])["data"]]
-                assert listed == ["llama"]
+                assert listed == ["llama", "mock"]
 
                 results: list[bytes] = []
 
@@ -128,17 +164,31 @@ async def test_sighup_adds_and_drains_backends_with_streams_intact(tmp_path: Pat
                         )
                     )
 
+                worker_results: list[bytes] = []
+
+                async def worker_stream() -> None:
+                    body = chat(model="mock", stream=True, mock={"tokens": TOKENS, "itl_ms": 50})
+                    worker_results.append(
+                        await exchange(port, "POST", "/v1/chat/completions", body)
+                    )
+
                 with trio.fail_after(30):
                     async with trio.open_nursery() as streams:
+                        streams.start_soon(worker_stream)
                         for _ in range(STREAMS):
                             streams.start_soon(one_stream)
                         await u1.wait_until(lambda: u1.generating == STREAMS // 2)
                         await u2.wait_until(lambda: u2.generating == STREAMS // 2)
+                        for _ in range(100):  # the worker's stream is in flight too
+                            if (await inflight(port))["worker-1"] == 1:
+                                break
+                            await trio.sleep(0.02)
+                        assert await inflight(port) == {"a": 2, "b": 2, "worker-1": 1}
 
-                        backends_file(config, {"b": u2, "c": u3})
+                        backends_file(config, {"b": u2, "c": u3}, worker_port)
                         process.send_signal(signal.SIGHUP)
                         await log.wait_for(r"reloading backends: added c; removed a")
-                        await wait_all_available(port, {"b", "c"})
+                        await wait_all_available(port, {"b", "c", "worker-1"})
                         assert u1.generating == STREAMS // 2  # still streaming, not cut
                         before = len(u1.generations)
                         for _ in range(4):
@@ -166,6 +216,10 @@ async def test_sighup_adds_and_drains_backends_with_streams_intact(tmp_path: Pat
         assert b'"model":"slow"' not in response and b'"model":"llama"' in response
     for upstream in (u1, u2, u3):
         assert {r.body["model"] for r in upstream.generations} <= {"slow"}
+    (worker_response,) = worker_results  # the unchanged worker's stream, across the reload
+    assert worker_response.startswith(b"HTTP/1.1 200")
+    assert b"data: [DONE]" in worker_response and b'"error"' not in worker_response
+    assert worker_response.count(b'"finish_reason":"stop"') == 1
 
 
 def free_port() -> int:
