@@ -19,7 +19,7 @@ addresses that share everything here but the URL; nothing below assumes one addr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trio_gateway.backend_urls import WORKER_SCHEMES, BadURL, check_backend_url, masked, redact
@@ -163,24 +163,8 @@ def resolve_keys(
                 ) from None
         if (spec.api_key_env or spec.api_key_file) and not key:
             raise BackendsError(f"backends[{index}]: the key of {spec.name!r} is empty")
-        resolved.append(_with_key(spec, key))
+        resolved.append(replace(spec, api_key=key))
     return tuple(resolved)
-
-
-def _with_key(spec: BackendSpec, key: str) -> BackendSpec:
-    return BackendSpec(
-        name=spec.name,
-        url=spec.url,
-        api_key_env=spec.api_key_env,
-        api_key_file=spec.api_key_file,
-        capacity=spec.capacity,
-        weight=spec.weight,
-        models=spec.models,
-        aliases=spec.aliases,
-        max_model_len=spec.max_model_len,
-        api_key=key,
-        from_flags=spec.from_flags,
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,7 +119,10 @@ async def reload_on_hangup(gateway: Gateway, load: Callable[[], GatewayConfig]) 
     with trio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             log.info("SIGHUP: reloading the backends from the configuration")
-            await gateway.reload(load)
+            try:
+                await gateway.reload(load)
+            except Exception:  # a backend that failed to start: the gateway serves on
+                log.exception("reload: failed; the backends may be partly reloaded")
 
 
 async def serve(

@@ -349,7 +349,9 @@ class Gateway:
             backend = self._backend_for(spec)
             self.router.insert(backend)
             self._configured[spec.name] = (spec, backend)
-            await self.nursery.start(self._run_backend, backend)
+            if not await self._start(backend):
+                self.router.remove(backend)  # not configured: the next reload tries again
+                del self._configured[spec.name]
         async with trio.open_nursery() as replacing:
             for spec in diff.changed:
                 replacing.start_soon(self._replace, spec)
@@ -392,7 +394,8 @@ class Gateway:
     async def _replace(self, spec: BackendSpec) -> None:
         _, old = self._configured[spec.name]
         new = self._backend_for(spec)
-        await self.nursery.start(self._run_backend, new)
+        if not await self._start(new):
+            return  # the old definition serves on; the next reload tries again
         if not new.engine.available:
             with trio.move_on_after(REPLACE_WAIT_S):
                 await new.up.wait()
@@ -408,6 +411,16 @@ class Gateway:
             self.router.insert(new)
         self._configured[spec.name] = (spec, new)
         self._retire(old)
+
+    async def _start(self, backend: Backend) -> bool:
+        """Start a reloaded backend's engine; one that fails to start is logged, not fatal:
+        the gateway keeps serving with the others."""
+        try:
+            await self.nursery.start(self._run_backend, backend)
+        except Exception:
+            log.exception("reload: backend %s failed to start", backend.name)
+            return False
+        return True
 
     def _retire(self, backend: Backend) -> None:
         """Out of the routing table now; its engine stops once its last request ended."""

@@ -34,6 +34,8 @@ class StoppableEngine(RecordingEngine):
         self.stopped = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self.spec.url.startswith("http://broken"):
+            raise OSError("cannot start")
         try:
             await super().run(task_status=task_status)
         finally:
@@ -186,3 +188,25 @@ async def test_no_reload_while_shutting_down(autojump_clock: trio.testing.MockCl
         await trio.testing.wait_all_tasks_blocked()
         assert await harness.gateway.reload(lambda: config(spec("b"))) is None
         assert routed(harness) == ["a"]
+
+
+async def test_a_backend_that_fails_to_start_is_left_out_and_tried_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    factory = Factory()
+    broken = BackendSpec(name="x", url="http://broken.test:1/v1", models=("m",))
+    broken_a = BackendSpec(name="a", url="http://broken.test:2/v1", models=("m",))
+    async with running_gateway(config(spec("a")), engine_factory=factory) as harness:
+        await harness.gateway.reload_backends([spec("a"), broken])
+        assert routed(harness) == ["a"]
+        assert [s.name for s in harness.gateway.configured] == ["a"]
+        await harness.gateway.reload_backends([broken_a])  # a changed to what cannot start
+        assert routed(harness) == ["a"]
+        backend = harness.gateway.router.find("a")
+        assert backend is not None and backend.engine is factory.made["a"][0]
+        answer = await harness.request(
+            "POST", "/v1/chat/completions", chat(model="m", max_tokens=2)
+        )
+        assert answer.status == 200
+        diff = await harness.gateway.reload_backends([spec("a"), broken])
+        assert [s.name for s in diff.added] == ["x"]  # tried again
