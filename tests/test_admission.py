@@ -882,3 +882,12 @@ async def test_replace_swaps_in_place() -> None:
     router.replace(old, new)
     assert [b.name for b in router.backends] == ["a", "b", "c"]
     assert router.backends[1] is new and old.retired and old.idle.is_set()
+
+
+def test_the_policy_weighs_only_while_some_weight_is_not_1() -> None:
+    router = router_with(FakeEngine("a"))
+    assert not router.policy.weighted
+    heavy = router.add(FakeEngine("b"), weight=3)
+    assert router.policy.weighted
+    router.remove(heavy)
+    assert not router.policy.weighted

@@ -262,6 +262,7 @@ def test_round_robin_follows_weights_smoothly() -> None:
     of a's but spread (a b a a for weights 3, 1 from zero credit: a, a, b, a)."""
     a, b = Cand("a", weight=3), Cand("b", weight=1)
     policy = RoundRobin()
+    policy.weighted = True  # the router sets it once some weight is not 1
     picks = [policy.choose([a, b]).name for _ in range(8)]
     assert picks.count("a") == 6 and picks.count("b") == 2
     assert picks[:4] == ["a", "a", "b", "a"]
@@ -270,6 +271,7 @@ def test_round_robin_follows_weights_smoothly() -> None:
 def test_round_robin_forgets_a_removed_backends_credit() -> None:
     a, b = Cand("a", weight=2), Cand("b", weight=1)
     policy = RoundRobin()
+    policy.weighted = True
     policy.choose([a, b])
     policy.forget("a")
     assert "a" not in policy._credit
@@ -277,12 +279,16 @@ def test_round_robin_forgets_a_removed_backends_credit() -> None:
 
 def test_least_inflight_weighs_load_per_unit_of_weight() -> None:
     heavy, light = Cand("heavy", inflight=4, weight=4), Cand("light", inflight=2, weight=1)
-    assert LeastInflight().choose([light, heavy]) is heavy  # 1 per unit against 2
+    policy = LeastInflight()
+    assert policy.choose([light, heavy]) is light  # weights ignored until the router says
+    policy.weighted = True
+    assert policy.choose([light, heavy]) is heavy  # 1 per unit against 2
 
 
 def test_power_of_two_weighs_load_per_unit_of_weight() -> None:
     heavy, light = Cand("heavy", inflight=5, weight=4), Cand("light", inflight=2, weight=1)
     policy = PowerOfTwo(random.Random(0))
+    policy.weighted = True
     assert all(policy.choose([light, heavy]) is heavy for _ in range(20))
     even = Cand("even", inflight=8, weight=4)  # 2 per unit, as light: ties go to the first
     picks = {policy.choose([light, even]).name for _ in range(40)}

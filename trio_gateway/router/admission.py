@@ -167,7 +167,12 @@ class Router:
         if self.find(backend.name) is not None:
             raise ValueError(f"a backend named {backend.name!r} is already routed to")
         self.backends.append(backend)
+        self._reweigh()
         self.wake()
+
+    def _reweigh(self) -> None:
+        """Tell the policy whether weights matter now (`Policy.weighted`)."""
+        self.policy.weighted = any(backend.weight != 1 for backend in self.backends)
 
     def replace(self, old: Backend, new: Backend) -> None:
         """`new` takes `old`'s place in one step (no request finds neither): new requests go
@@ -175,6 +180,7 @@ class Router:
         index = self.backends.index(old)
         self.remove(old)
         self.backends.insert(index, new)
+        self._reweigh()
         self.wake()
 
     def find(self, name: str) -> Backend | None:
@@ -189,6 +195,7 @@ class Router:
         end, and `backend.idle` is set when the last one is released."""
         self.backends.remove(backend)
         self.policy.forget(backend.name)
+        self._reweigh()
         backend.retired = True
         if backend.inflight == 0:
             backend.idle.set()

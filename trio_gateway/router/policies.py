@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Protocol
 
 from trio_gateway.router.prefix_index import PrefixIndex
@@ -36,6 +37,10 @@ class Candidate(Protocol):
 
 
 class Policy(Protocol):
+    # Whether some backend's weight is not 1: set by the router when its table changes, so
+    # that without weights a choice costs what it did before weights existed.
+    weighted: bool
+
     def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
         """Pick one of a non-empty sequence."""
         ...
@@ -48,8 +53,13 @@ class Policy(Protocol):
 class _Stateless:
     """For policies that learn nothing about a backend."""
 
+    weighted = False
+
     def forget(self, backend: str) -> None:
         pass
+
+
+_inflight = attrgetter("inflight")
 
 
 class RoundRobin:
@@ -58,12 +68,12 @@ class RoundRobin:
     which spreads a heavy backend's turns rather than giving them in a row."""
 
     def __init__(self) -> None:
+        self.weighted = False
         self._turn = 0
         self._credit: dict[str, int] = {}
 
     def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
-        first = candidates[0].weight
-        if all(c.weight == first for c in candidates):
+        if not self.weighted:
             chosen = candidates[self._turn % len(candidates)]
             self._turn += 1
             return chosen
@@ -90,6 +100,8 @@ class LeastInflight(_Stateless):
     backends matters."""
 
     def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
+        if not self.weighted:
+            return min(candidates, key=_inflight)
         return min(candidates, key=lambda c: c.inflight / c.weight)
 
 
@@ -104,6 +116,8 @@ class PowerOfTwo(_Stateless):
         if len(candidates) == 1:
             return candidates[0]
         first, second = self._rng.sample(list(candidates), 2)
+        if not self.weighted:
+            return first if first.inflight <= second.inflight else second
         # Load per unit of weight, compared without a division.
         return first if first.inflight * second.weight <= second.inflight * first.weight else second
 
@@ -174,6 +188,14 @@ class CacheAware:
         self.on_record = on_record
         self._clock = clock
         self._fallback = PowerOfTwo(rng)
+
+    @property
+    def weighted(self) -> bool:
+        return self._fallback.weighted
+
+    @weighted.setter
+    def weighted(self, value: bool) -> None:
+        self._fallback.weighted = value  # only the fallback weighs (module docstring)
 
     def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
         hashes = key.hashes(self.options.block_chars)
