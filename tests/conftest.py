@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,8 @@ class RecordingEngine:
     def __init__(self, inner: MockEngine) -> None:
         self.inner = inner
         self.name = inner.name
+        self.url = inner.url
+        self.on_available: Callable[[], None] | None = None
         self.models = inner.models
         self.capacity = inner.capacity
         self.available = inner.available

@@ -439,10 +439,9 @@ class Gateway:
     async def _run_backend(
         self, backend: Backend, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        if hasattr(backend.engine, "on_available"):
-            # A worker's fresh hello (an upstream answering again): capacity for the queue,
-            # and an open breaker goes half-open at once rather than after its cooldown.
-            backend.engine.on_available = partial(self.router.backend_reconnected, backend)
+        # A worker's fresh hello (an upstream answering again): capacity for the queue, and
+        # an open breaker goes half-open at once rather than after its cooldown.
+        backend.engine.on_available = partial(self.router.backend_reconnected, backend)
         with trio.CancelScope() as backend.scope:
             if backend.retired:  # drained before it even started
                 task_status.started()

@@ -83,8 +83,7 @@ def backend_label(engine: Engine, configured: str | None = None) -> str:
     """
     if configured is not None:
         return configured
-    url = getattr(engine, "url", None)
-    return url if isinstance(url, str) else engine.name
+    return engine.url if engine.url is not None else engine.name
 
 
 class BackendSeries:

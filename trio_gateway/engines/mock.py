@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import trio
 
@@ -29,10 +30,13 @@ from trio_gateway.generation import Chunk, GenerationRequest
 
 class MockEngine:
     name = "mock"
+    url: str | None = None  # in process
     capacity: int | None = None  # it queues past max_num_seqs itself
     available = True
     streams_unary = True
     keeps_session_history = True
+    # Never called: the mock is available from the start and stays so.
+    on_available: Callable[[], None] | None = None
 
     def __init__(
         self,

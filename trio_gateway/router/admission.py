@@ -186,7 +186,7 @@ class Router:
     def find(self, name: str) -> Backend | None:
         """By the engine's name (a worker's id once it said hello) or its address."""
         for backend in self.backends:
-            if name in (backend.name, getattr(backend.engine, "url", None)):
+            if name in (backend.name, backend.engine.url):
                 return backend
         return None
 

@@ -35,6 +35,7 @@ from trio_gateway.backend_urls import redact
 from trio_gateway.backends_config import served_names
 from trio_gateway.config import UPSTREAM_MAX_INFLIGHT
 from trio_gateway.engines.upstream.client import (
+    KEEPALIVE_EXPIRY,
     UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamError,
@@ -62,9 +63,6 @@ MODELS_BODY_LIMIT = 4 * 1024 * 1024
 # After `[DONE]`, how long to wait for the end of the body (the chunked terminator) so the
 # connection can go back to the pool; a normal upstream sends both in one write.
 DRAIN_TIMEOUT = 1.0
-# Below the 5 s idle timeout of uvicorn (vLLM) and cpp-httplib (llama.cpp): reusing a
-# connection the server is closing at that moment fails the request before any response.
-KEEPALIVE_EXPIRY = 4.0
 
 
 def _context_lengths(models: list[object]) -> dict[str, int]:

@@ -7,6 +7,14 @@ whether an event finished a choice, usage, an in-band error, and a token count. 
 are plain deltas, recognised by byte scans; only events that may hold one of those facts
 are parsed as JSON (a scan can only send an event to the parser, never decide a fact).
 
+The byte scans are a fast path beside the general decoder (`openai/sse.py`'s `SSEDecoder`),
+never a second parser: `plain_deltas` takes a read whole only when the decoder is between
+events and the read is nothing but `data: {...}` lines each ended by a blank line, with \n
+line ends only, where the decoder would find exactly those events with nothing to read in
+them. Every other read (the role event, a finish, usage, an error, an event split across
+reads, \r\n line ends, comments) goes through the decoder, and its events through the
+same scans before any is parsed.
+
 What the relay changes: the model's name, when the client asked for an alias (the
 `"model":"..."` member of each event, a byte replace: model_alias.py); it drops the
 upstream's `data: [DONE]` (the gateway writes its own, after an error event when the stream
@@ -40,7 +48,8 @@ def plain_deltas(data: bytes) -> int:
     no fact the gateway reads (the common read: one or more token deltas), else 0.
 
     A raw newline cannot occur inside JSON, so newlines frame the events exactly: each
-    event is one `data: ` line and a blank line. Then the markers `_needs_parse` looks for
+    event is one `data: ` line and a blank line (a \r anywhere is a line end to the
+    decoder: such a read is left to it). Then the markers `_needs_parse` looks for
     are counted over the whole read at once, in C, instead of event by event.
     """
     events = data.count(b"\n\n")
@@ -50,6 +59,7 @@ def plain_deltas(data: bytes) -> int:
         or not data.startswith(b"data: {")
         or data.count(b"\n") != 2 * events
         or data.count(b"\n\ndata: {") != events - 1
+        or 0x0D in data  # an int: one memchr
         or _needs_parse(data)
     ):
         return 0

@@ -72,7 +72,7 @@ def _describe(backend: Backend) -> dict[str, Any]:
     engine = backend.engine
     return {
         "id": backend.name,
-        "url": getattr(engine, "url", None),
+        "url": engine.url,
         "weight": backend.weight,
         "models": list(backend.models),
         "available": engine.available,
