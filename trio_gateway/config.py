@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from trio_gateway.backend_urls import (
     UPSTREAM_SCHEMES,
@@ -192,6 +193,11 @@ class GatewayConfig:
     log_level: str = setting("info", "debug, info, warning, error or critical")
     log_format: str = setting("text", "text, or json: one object per line")
     log_prompts: bool = setting(False, "put prompt and completion text in the request's end line")
+    otlp_endpoint: str = setting(
+        "",
+        "an OTLP/HTTP collector (http://HOST:4318) to export a span per request to; none: "
+        "no tracing (a client's traceparent is still passed on)",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -282,6 +288,13 @@ class GatewayConfig:
                 check_backend_url(url)
             except BadURL as error:
                 raise ConfigError(f"workers: {error}") from None
+        if self.otlp_endpoint:
+            parts = urlsplit(self.otlp_endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"otlp_endpoint: expected http(s)://HOST[:PORT][/PATH], "
+                    f"got {self.otlp_endpoint!r}"
+                )
         try:
             check_unique(self.backend_specs())
         except BackendsError as error:

@@ -315,6 +315,10 @@ class OpenAIUpstream:
                 (b"x-request-id", (request.trace_id or request.request_id).encode("latin-1")),
             ]
         )
+        if request.traceparent is not None:  # checked where it came in: ASCII, no CR/LF
+            headers.append((b"traceparent", request.traceparent.encode()))
+            if request.tracestate is not None:
+                headers.append((b"tracestate", request.tracestate.encode()))
         relayed = _Emitter(send)
         failure: GatewayError | None = None
         try:
