@@ -17,6 +17,12 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 WORKER_SCHEMES = ("ws",)
 UPSTREAM_SCHEMES = ("http", "https")
 BACKEND_SCHEMES = WORKER_SCHEMES + UPSTREAM_SCHEMES
+# `dns+SCHEME://NAME:PORT/...`: NAME resolved again and again, one backend per address
+# (discovery/). Only where the gateway configures backends (`--worker`, `[[backends]]`), not
+# `POST /admin/workers` nor a worker's `--upstream`, which dial one address.
+DNS_PREFIX = "dns+"
+DISCOVERED_SCHEMES = tuple(DNS_PREFIX + scheme for scheme in BACKEND_SCHEMES)
+CONFIGURED_SCHEMES = BACKEND_SCHEMES + DISCOVERED_SCHEMES
 
 _FORMS = {
     "ws": "ws://HOST:PORT[/PATH]",
@@ -36,17 +42,29 @@ def check_backend_url(url: str, schemes: Collection[str] = BACKEND_SCHEMES) -> s
     """`url` itself when it is a backend the gateway can dial, else `BadURL`.
 
     Accepted: `ws://HOST:PORT[/PATH]` (no user info: the worker token goes in a header)
-    and `http(s)://HOST[:PORT][/PATH]` (user info allowed), without query or fragment.
+    and `http(s)://HOST[:PORT][/PATH]` (user info allowed), without query or fragment; where
+    `schemes` has them, the same prefixed with `dns+`, whose host is a name to resolve and
+    whose port is required (an address has no port of its own to fall back on).
     """
     every = " or ".join(
-        " ".join(filter(None, (_KINDS[scheme], _FORMS[scheme]))) for scheme in schemes
+        " ".join(filter(None, (_KINDS.get(scheme, ""), _form(scheme)))) for scheme in schemes
     )
     parts = _split(url, every)
     if parts.scheme not in schemes:
         raise BadURL(f"{_shown(url)}: expected {every}")
-    expected = _FORMS[parts.scheme]
+    discovered = parts.scheme.startswith(DNS_PREFIX)
+    if discovered:
+        parts = parts._replace(scheme=parts.scheme.removeprefix(DNS_PREFIX))
+    expected = _form(parts.scheme)
     _check_host(url, parts, expected)
     port = _port(url, parts)
+    if discovered:
+        if port is None:
+            raise BadURL(
+                f"{_shown(url)}: a dns+ backend needs its port: {_form(DNS_PREFIX + parts.scheme)}"
+            )
+        if "[" in parts.netloc:
+            raise BadURL(f"{_shown(url)}: a dns+ backend names a host to resolve, not an address")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise BadURL(f"{_shown(url)}: a backend URL has no query or fragment")
     if parts.scheme == "ws":
@@ -57,6 +75,20 @@ def check_backend_url(url: str, schemes: Collection[str] = BACKEND_SCHEMES) -> s
                 f"{_shown(url)}: a worker URL has no user info (give the token with --worker-token)"
             )
     return url
+
+
+def is_discovered(url: str) -> bool:
+    """Whether `url` names a DNS name to resolve into several backends (`dns+...`)."""
+    return url.startswith(DNS_PREFIX)
+
+
+def _form(scheme: str) -> str:
+    if scheme.startswith(DNS_PREFIX):
+        base = scheme.removeprefix(DNS_PREFIX)
+        return DNS_PREFIX + _FORMS[base].replace("HOST[:PORT]", "NAME:PORT").replace(
+            "HOST:PORT", "NAME:PORT"
+        )
+    return _FORMS[scheme]
 
 
 def check_session_store_url(url: str) -> str:

@@ -12,8 +12,12 @@ at each reload, so that a rotated key is a changed entry. The key stays out of e
 Aliases: `served name -> backend name`. A client asks for the served name; the request goes
 to the backend under its own name, and the answer (and `/v1/models`) says the served name
 again. An aliased backend name is served only under its aliases, so that `/v1/models` lists
-each model once. A discovered backend (DNS, later) would expand one entry into several
-addresses that share everything here but the URL; nothing below assumes one address.
+each model once.
+
+A `dns+` entry is discovered: its name resolves to several addresses, each a member backend
+(`discovery/members.py::member_spec`) that shares everything here but its URL and its own
+name (`ENTRY/ADDRESS:PORT`), and remembers its entry (`member_of`), whose name stays its
+metrics label. A reload diffs entries, never members; the resolver decides the members.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from trio_gateway.backend_urls import WORKER_SCHEMES, BadURL, check_backend_url, masked, redact
+from trio_gateway.backend_urls import (
+    CONFIGURED_SCHEMES,
+    DNS_PREFIX,
+    WORKER_SCHEMES,
+    BadURL,
+    check_backend_url,
+    is_discovered,
+    masked,
+    redact,
+)
 
 # Keys an entry may have; anything else is a typo the operator wants to hear about.
 BACKEND_KEYS = (
@@ -61,10 +74,19 @@ class BackendSpec:
     # The key read from `api_key_env` or `api_key_file` (`resolve_keys`); never shown.
     api_key: str = field(default="", repr=False)
     from_flags: bool = False  # a `--worker` URL: the global key and token apply
+    # A member of a `dns+` entry: that entry's name (its metrics label), and the name it
+    # resolved, kept as the Host header (and the TLS server name) of the member's address.
+    member_of: str = ""
+    host_name: str = ""
 
     @property
     def is_worker(self) -> bool:
-        return self.url.split("://", 1)[0] in WORKER_SCHEMES
+        return _scheme(self.url) in WORKER_SCHEMES
+
+    @property
+    def discovered(self) -> bool:
+        """A `dns+` entry: the gateway routes to its members, not to it."""
+        return is_discovered(self.url)
 
     @property
     def declares_models(self) -> bool:
@@ -229,7 +251,7 @@ def _parse_entry(index: int, entry: object) -> BackendSpec:
     name = _text(entry, "name", where, required=True)
     url = _text(entry, "url", where, required=True)
     try:
-        check_backend_url(url)
+        check_backend_url(url, CONFIGURED_SCHEMES)
     except BadURL as error:
         raise BackendsError(f"{where}.url: {error}") from None
     api_key_env = _text(entry, "api_key_env", where)
@@ -241,7 +263,7 @@ def _parse_entry(index: int, entry: object) -> BackendSpec:
     models = _names(entry, "models", where)
     aliases = _table(entry, "aliases", where, str)
     lengths = _table(entry, "max_model_len", where, int)
-    is_worker = url.split("://", 1)[0] in WORKER_SCHEMES
+    is_worker = _scheme(url) in WORKER_SCHEMES
     if is_worker and aliases:
         raise BackendsError(
             f"{where}.aliases: only an http(s) upstream takes aliases; "
@@ -275,6 +297,11 @@ def _parse_entry(index: int, entry: object) -> BackendSpec:
         aliases=aliases,
         max_model_len=lengths,
     )
+
+
+def _scheme(url: str) -> str:
+    """The scheme of what is dialled: `dns+ws://...` dials a worker."""
+    return url.split("://", 1)[0].removeprefix(DNS_PREFIX)
 
 
 def _text(entry: dict[str, Any], key: str, where: str, *, required: bool = False) -> str:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from trio_gateway.backend_urls import (
+    CONFIGURED_SCHEMES,
     UPSTREAM_SCHEMES,
     BadURL,
     check_backend_url,
@@ -171,6 +172,11 @@ class GatewayConfig:
         "requests in flight per OpenAI-compatible upstream (set its --max-num-seqs); "
         "more wait in the gateway's queue",
     )
+    dns_refresh_s: float = setting(
+        5.0,
+        "how often a dns+ backend's name is resolved again (Envoy's STRICT_DNS default): "
+        "addresses that appear are added, those that vanish drained",
+    )
     queue_size: int = setting(1024, "requests waiting when every backend is full; then 429")
     queue_timeout_s: float = setting(30.0, "longest wait in that queue before a 429")
     breaker_threshold: int = setting(5, "consecutive backend failures that open its breaker")
@@ -243,6 +249,8 @@ class GatewayConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}: must not be negative, got {getattr(self, name)}")
+        if self.dns_refresh_s <= 0:
+            raise ConfigError(f"dns_refresh_s: must be above 0, got {self.dns_refresh_s}")
         if self.mock_itl_ms == 0:
             raise ConfigError("mock_itl_ms: must be above 0 (it is the engine's step time)")
         if not self.model:
@@ -283,7 +291,7 @@ class GatewayConfig:
             raise ConfigError("processes: several processes need a fixed port, not port 0")
         for url in self.workers:
             try:
-                check_backend_url(url)
+                check_backend_url(url, CONFIGURED_SCHEMES)
             except BadURL as error:
                 raise ConfigError(f"workers: {error}") from None
         if self.otlp_endpoint:

@@ -19,6 +19,9 @@ from trio_gateway.backends_config import (
     specs_from_urls,
 )
 from trio_gateway.config import ConfigError, GatewayConfig
+from trio_gateway.discovery.members import dns_name, member_specs
+from trio_gateway.discovery.resolver import Resolver, SystemResolver
+from trio_gateway.discovery.watch import DnsWatch
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer import prompt_token_count
 from trio_gateway.engines.protocol import Engine
@@ -88,10 +91,12 @@ def describe_backends(config: GatewayConfig) -> str:
 
 def describe_spec(spec: BackendSpec, config: GatewayConfig) -> str:
     named = "" if spec.from_flags else f"{spec.name}: "
+    every = f", resolved every {config.dns_refresh_s:g} s" if spec.discovered else ""
     if spec.is_worker:
-        return f"{named}worker {redact(spec.url)}"
+        return f"{named}worker {redact(spec.url)}{every and f' ({every[2:]})'}"
     slots = spec.capacity or config.max_inflight or config.upstream_max_inflight
-    return f"{named}upstream {redact(spec.url)} (at most {slots} in flight)"
+    each = " each" if spec.discovered else ""
+    return f"{named}upstream {redact(spec.url)} (at most {slots} in flight{each}{every})"
 
 
 def engine_for_spec(spec: BackendSpec, config: GatewayConfig) -> Engine:
@@ -104,13 +109,19 @@ def engine_for_spec(spec: BackendSpec, config: GatewayConfig) -> Engine:
         from trio_gateway.engines.ws_client import RemoteWorker
 
         token = spec.api_key or config.worker_token
-        return RemoteWorker(spec.url, token=token or None, window=config.credit_window)
+        return RemoteWorker(
+            spec.url,
+            token=token or None,
+            window=config.credit_window,
+            host_name=spec.host_name or None,
+        )
     from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
     return OpenAIUpstream(
         spec.url,
         api_key=spec.api_key or config.upstream_api_key or None,
-        name=None if spec.from_flags else spec.name,
+        name=None if spec.from_flags and not spec.member_of else spec.name,
+        host_name=spec.host_name or None,
         models=spec.backend_models(),
         aliases=spec.alias_map(),
         max_inflight=spec.capacity or config.upstream_max_inflight,
@@ -133,11 +144,13 @@ class Gateway:
         tracing: RequestTracing | None = None,
         *,
         engine_factory: EngineFactory | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         """`engines` replace the configured backends (tests); `engine_factory` makes the
-        engine of each configured backend (default `engine_for_spec`). `tracing`: where
-        request spans go; None builds the OTLP exporter when `otlp_endpoint` is set, at
-        start (its thread belongs to the running gateway)."""
+        engine of each configured backend (default `engine_for_spec`); `resolver` resolves
+        the `dns+` entries' names (default the system's; tests give their own). `tracing`:
+        where request spans go; None builds the OTLP exporter when `otlp_endpoint` is set,
+        at start (its thread belongs to the running gateway)."""
         self.config = config
         self.tracing = tracing
         self.metrics = GatewayMetrics()
@@ -154,13 +167,21 @@ class Gateway:
             breaker_cooldown=config.breaker_cooldown_s,
         )
         self._make_engine: EngineFactory = engine_factory or partial(engine_for_spec, config=config)
-        # The configured backends by name: what a reload diffs against.
+        self.resolver: Resolver = resolver or SystemResolver()
+        # The configured entries by name, `dns+` ones included: what a reload diffs against.
+        self._entries: dict[str, BackendSpec] = {}
+        # The routed backends they made, by name: a static entry's, a `dns+` entry's members.
         self._configured: dict[str, tuple[BackendSpec, Backend]] = {}
+        # The resolution loop of each `dns+` entry (`_watch`), by the entry's name.
+        self._watches: dict[str, trio.CancelScope] = {}
         if engines is not None:
             for engine in engines:
                 self.router.add(engine)
         elif config.backend_specs():
             for spec in config.backend_specs():
+                self._entries[spec.name] = spec
+                if spec.discovered:
+                    continue  # its members come with its first resolution, at start
                 backend = self._backend_for(spec)
                 self.router.insert(backend)
                 self._configured[spec.name] = (spec, backend)
@@ -292,6 +313,9 @@ class Gateway:
         if self.tracing is not None:
             await nursery.start(self.tracing.run)
         self._nursery = nursery
+        for spec in self._entries.values():
+            if spec.discovered:
+                await nursery.start(self._watch, spec)
         if multiprocess_dir() is not None:
             nursery.start_soon(self._refresh_gauges_every, GAUGE_REFRESH_S)
 
@@ -317,14 +341,17 @@ class Gateway:
     def remove_engine(self, name: str) -> bool:
         """Stop routing to a backend and stop its engine; its streams end as `unavailable`.
         A configured backend removed so comes back at the next reload if the file still
-        names it: the file is what a reload makes true."""
+        names it: the file is what a reload makes true (a `dns+` member, at the next change
+        of its entry's addresses)."""
         backend = self.router.find(name)
         if backend is None:
             return False
         self.router.remove(backend)
-        for spec_name, (_, configured) in list(self._configured.items()):
+        for spec_name, (spec, configured) in list(self._configured.items()):
             if configured is backend:
                 del self._configured[spec_name]
+                if not spec.member_of:
+                    del self._entries[spec_name]
         if backend.scope is not None:
             backend.scope.cancel()
         return True
@@ -333,21 +360,36 @@ class Gateway:
 
     def _backend_for(self, spec: BackendSpec) -> Backend:
         """A configured backend, not routed yet. A `--worker` URL keeps the engine's own
-        name (a worker's id once it said hello); a `[[backends]]` entry is its name."""
+        name (a worker's id once it said hello); a `[[backends]]` entry is its name. A
+        `dns+` member is labelled by its entry's name but known by its engine's: its member
+        name for an upstream, its worker id for a worker (`discovery/members.py`)."""
         engine = self._make_engine(spec)
-        return self.router.backend_for(
+        if spec.member_of:
+            label: str | None = spec.member_of
+        else:
+            label = None if spec.from_flags else spec.name
+        backend = self.router.backend_for(
             engine,
-            label=None if spec.from_flags else spec.name,
+            label=label,
             capacity=spec.capacity,
             weight=spec.weight,
             # An upstream declares its models itself; a worker's hello is filtered here.
             allowed=frozenset(spec.models) if spec.is_worker and spec.models else None,
             max_model_len=spec.context_lengths(),
         )
+        backend.member = bool(spec.member_of)
+        return backend
 
     @property
     def configured(self) -> tuple[BackendSpec, ...]:
-        return tuple(spec for spec, _ in self._configured.values())
+        """The entries as configured (a `dns+` entry once, not its members)."""
+        return tuple(self._entries.values())
+
+    def members(self, entry: str) -> tuple[Backend, ...]:
+        """The routed members of the `dns+` entry named `entry`."""
+        return tuple(
+            backend for spec, backend in self._configured.values() if spec.member_of == entry
+        )
 
     async def reload_backends(self, specs: Sequence[BackendSpec]) -> BackendsDiff:
         """Make the routed backends what `specs` say, diffed by name, without cutting a
@@ -359,24 +401,123 @@ class Gateway:
             return diff
         log.info("reloading backends: %s", diff.summary())
         for spec in diff.removed:
+            self._drop_entry(self._entries.pop(spec.name))
+        for spec in diff.added:
+            await self._add_entry(spec)
+        async with trio.open_nursery() as replacing:
+            for spec in diff.changed:
+                old = self._entries[spec.name]
+                self._entries[spec.name] = spec
+                if spec.discovered and old.discovered:
+                    # The new watch's first resolution replaces each member in place.
+                    self._unwatch(spec.name)
+                    replacing.start_soon(self._start_watch, spec)
+                elif spec.discovered or old.discovered:  # a kind changed: drain, then start
+                    self._drop_entry(old)
+                    replacing.start_soon(self._add_entry, spec)
+                else:
+                    replacing.start_soon(self._replace, spec)
+        # Keep the file's order, which round_robin and least_inflight's ties follow.
+        order = {spec.name: index for index, spec in enumerate(specs)}
+        self._entries = dict(
+            sorted(self._entries.items(), key=lambda item: order.get(item[0], len(order)))
+        )
+        self._configured = dict(
+            sorted(
+                self._configured.items(),
+                key=lambda item: order.get(item[1][0].member_of or item[0], len(order)),
+            )
+        )
+        return diff
+
+    async def _add_entry(self, spec: BackendSpec) -> None:
+        self._entries[spec.name] = spec
+        if spec.discovered:
+            await self._start_watch(spec)
+        elif not await self._add_backend(spec):
+            del self._entries[spec.name]  # not configured: the next reload tries again
+
+    def _drop_entry(self, spec: BackendSpec) -> None:
+        """Drain what `spec` made: its backend, or its watch and every member."""
+        if not spec.discovered:
+            _, backend = self._configured.pop(spec.name)
+            self._retire(backend)
+            return
+        self._unwatch(spec.name)
+        for name, (member, backend) in list(self._configured.items()):
+            if member.member_of == spec.name:
+                del self._configured[name]
+                self._retire(backend)
+
+    async def _add_backend(self, spec: BackendSpec) -> bool:
+        """Route to a new configured backend and start it; False when it failed to."""
+        backend = self._backend_for(spec)
+        self.router.insert(backend)
+        self._configured[spec.name] = (spec, backend)
+        try:
+            started = await self._start(backend)
+        except BaseException:  # cancelled while starting: leave nothing half-routed
+            started = False
+            raise
+        finally:
+            if not started:
+                self._unroute(spec.name, backend)
+        return started
+
+    def _unroute(self, name: str, backend: Backend) -> None:
+        if backend in self.router.backends:
+            self.router.remove(backend)
+        if self._configured.get(name, (None, None))[1] is backend:
+            del self._configured[name]
+
+    # -- `dns+` entries: their members follow what the name resolves to ----------------
+
+    async def _start_watch(self, spec: BackendSpec) -> None:
+        await self.nursery.start(self._watch, spec)
+
+    def _unwatch(self, entry: str) -> None:
+        scope = self._watches.pop(entry, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _watch(
+        self, spec: BackendSpec, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Resolve `spec`'s name every `--dns-refresh-s` and make its members what it
+        says (`DnsWatch`), until the entry is reloaded away or the gateway stops."""
+        failures = self.metrics.dns_resolution_failures.labels(spec.name)
+        watch = DnsWatch(
+            spec.name,
+            dns_name(spec.url),
+            self.resolver,
+            partial(self._apply_members, spec),
+            refresh_s=self.config.dns_refresh_s,
+            on_failure=failures.inc,
+        )
+        with trio.CancelScope() as scope:
+            self._watches[spec.name] = scope
+            try:
+                await watch.run(task_status=task_status)
+            finally:
+                if self._watches.get(spec.name) is scope:
+                    del self._watches[spec.name]
+
+    async def _apply_members(self, entry: BackendSpec, addresses: frozenset[str]) -> None:
+        """Make `entry`'s members one per address: an address that appeared is added, one
+        that vanished drained (its streams finish, then its engine stops, as a backend a
+        reload removed), one whose entry changed replaced in place."""
+        current = tuple(
+            spec for spec, _ in self._configured.values() if spec.member_of == entry.name
+        )
+        diff = diff_backends(current, member_specs(entry, addresses))
+        for spec in diff.removed:
             _, backend = self._configured.pop(spec.name)
             self._retire(backend)
         for spec in diff.added:
-            backend = self._backend_for(spec)
-            self.router.insert(backend)
-            self._configured[spec.name] = (spec, backend)
-            if not await self._start(backend):
-                self.router.remove(backend)  # not configured: the next reload tries again
-                del self._configured[spec.name]
+            await self._add_backend(spec)
         async with trio.open_nursery() as replacing:
             for spec in diff.changed:
                 replacing.start_soon(self._replace, spec)
-        # Keep the file's order, which round_robin and least_inflight's ties follow.
-        order = {spec.name: index for index, spec in enumerate(specs)}
-        self._configured = dict(
-            sorted(self._configured.items(), key=lambda item: order.get(item[0], len(order)))
-        )
-        return diff
 
     async def reload(self, load: Callable[[], GatewayConfig]) -> BackendsDiff | None:
         """SIGHUP's work: read the settings again (`load`: the same file, environment and
@@ -413,8 +554,12 @@ class Gateway:
         if not await self._start(new):
             return  # the old definition serves on; the next reload tries again
         if not new.engine.available:
-            with trio.move_on_after(REPLACE_WAIT_S):
-                await new.up.wait()
+            try:
+                with trio.move_on_after(REPLACE_WAIT_S):
+                    await new.up.wait()
+            except BaseException:  # cancelled (its watch reloaded away): the old one serves on
+                self._retire(new)
+                raise
             if not new.engine.available:
                 log.warning(
                     "backend %s: the new definition is not up after %g s; routing to it anyway",
@@ -442,6 +587,10 @@ class Gateway:
         """Out of the routing table now; its engine stops once its last request ended."""
         if backend in self.router.backends:
             self.router.remove(backend)
+        elif not backend.retired:  # started, never routed
+            backend.retired = True
+            if backend.inflight == 0:
+                backend.idle.set()
         self.nursery.start_soon(self._stop_when_idle, backend)
 
     async def _stop_when_idle(self, backend: Backend) -> None:

@@ -207,6 +207,13 @@ class GatewayMetrics:
             "Session store calls that failed or timed out (affinity fell back to local).",
             registry=r,
         )
+        self.dns_resolution_failures = Counter(
+            PREFIX + "dns_resolution_failures_total",
+            "Resolutions of a dns+ backend's name that failed, timed out or found no address "
+            "(its last known addresses were kept). `backend` is the entry's configured name.",
+            ["backend"],
+            registry=r,
+        )
         self.prefix_sharing_errors = Counter(
             PREFIX + "prefix_sharing_errors_total",
             "Redis calls sharing routed prefixes between replicas that failed or timed out "

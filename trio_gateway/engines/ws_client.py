@@ -97,6 +97,8 @@ class RemoteWorker:
     ping_timeout: float = 5.0
     backoff_max: float = 5.0
     worker_id: str | None = None
+    # The name `url`'s address was resolved from (a `dns+` member): the handshake's Host.
+    host_name: str | None = None
     models: tuple[str, ...] = ()
     capacity: int | None = None
     available: bool = False
@@ -198,7 +200,7 @@ class RemoteWorker:
                     ws = await wrap_client_stream(
                         nursery,
                         stream,
-                        f"{url.hostname}:{port}",
+                        f"{self.host_name or url.hostname}:{port}",
                         url.path or "/",
                         extra_headers=headers,
                         max_message_size=MAX_MESSAGE_BYTES,

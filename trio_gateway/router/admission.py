@@ -45,8 +45,12 @@ class Backend:
     max_inflight: int | None = None
     # The scope of the engine's background work in the gateway's nursery.
     scope: trio.CancelScope | None = None
-    # The configured name (`[[backends]]`): stable, unlike a worker's id after its hello.
+    # The configured name (`[[backends]]`): stable, unlike a worker's id after its hello;
+    # its metrics label (`metrics.py::backend_label`).
     label: str | None = None
+    # One address of a `dns+` entry: its members share `label`, so each is known by its
+    # engine's name instead (a member name `ENTRY/ADDRESS:PORT`, or a worker's id).
+    member: bool = False
     weight: int = 1  # its share of the traffic, for the policies that weigh (policies.py)
     # Models it may serve, of those the engine lists (None: all); and context lengths the
     # configuration gives, over the engine's own.
@@ -60,7 +64,9 @@ class Backend:
 
     @property
     def name(self) -> str:
-        return self.label if self.label is not None else self.engine.name
+        if self.label is None or self.member:
+            return self.engine.name
+        return self.label
 
     @property
     def capacity(self) -> int | None:

@@ -104,6 +104,7 @@ class OpenAIUpstream:
         ssl_context: ssl.SSLContext | None = None,
         max_inflight: int = UPSTREAM_MAX_INFLIGHT,
         aliases: Mapping[str, str] | None = None,
+        host_name: str | None = None,
     ) -> None:
         # Called when the upstream answers again: the router lets queued requests look again.
         self.on_available: Callable[[], None] | None = None
@@ -138,6 +139,7 @@ class OpenAIUpstream:
         self._explicit_models = bool(models)
         self._api_key = api_key
         self._ssl_context = ssl_context
+        self._host_name = host_name  # a `dns+` member's name, for Host and TLS (pool.py)
         self._pool: UpstreamPool | None = None
         self._probed = trio.Event()
         self._sleep: trio.CancelScope | None = None
@@ -169,6 +171,7 @@ class OpenAIUpstream:
             keepalive_expiry=KEEPALIVE_EXPIRY,
             max_idle=MAX_IDLE_CONNECTIONS,
             ssl_context=context,
+            host_name=self._host_name,
         )
         try:
             self._pool = pool

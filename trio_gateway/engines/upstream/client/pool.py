@@ -123,7 +123,10 @@ class UpstreamPool:
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
         max_idle: int = 64,
         ssl_context: ssl.SSLContext | None = None,
+        host_name: str | None = None,
     ) -> None:
+        """`host_name`: the name the server knows itself by, when `base_url` dials one of
+        its addresses (a `dns+` member): the `Host` header and the TLS server name."""
         url = urlsplit(base_url)
         if (
             url.scheme not in ("http", "https")
@@ -139,6 +142,9 @@ class UpstreamPool:
         self.port = url.port or default_port
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.origin = f"{url.scheme}://{host}:{self.port}"
+        self.server_name = host_name or self.host
+        if host_name:
+            host = host_name
         authority = host if self.port == default_port else f"{host}:{self.port}"
         self._host_header = authority.encode("ascii" if authority.isascii() else "idna")
         self.connect_timeout = connect_timeout
@@ -284,7 +290,7 @@ class UpstreamPool:
                 if self._ssl is None:
                     return Connection(tcp, tcp.socket)
                 tls = trio.SSLStream(
-                    tcp, self._ssl, server_hostname=self.host, https_compatible=True
+                    tcp, self._ssl, server_hostname=self.server_name, https_compatible=True
                 )
                 try:
                     await tls.do_handshake()
