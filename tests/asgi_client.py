@@ -16,6 +16,7 @@ import orjson
 import trio
 
 from trio_gateway.config import GatewayConfig
+from trio_gateway.discovery.resolver import Resolver
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.gateway import EngineFactory, Gateway
 from trio_gateway.http.application import GatewayApp
@@ -159,8 +160,15 @@ async def running_gateway(
     engines: list[Engine] | None = None,
     tracing: RequestTracing | None = None,
     engine_factory: EngineFactory | None = None,
+    resolver: Resolver | None = None,
 ) -> AsyncIterator[Harness]:
-    gateway = Gateway(config or GatewayConfig(), engines, tracing, engine_factory=engine_factory)
+    gateway = Gateway(
+        config or GatewayConfig(),
+        engines,
+        tracing,
+        engine_factory=engine_factory,
+        resolver=resolver,
+    )
     app = GatewayApp(gateway)
     lifespan_send, lifespan_inbox = trio.open_memory_channel[Message](math.inf)
     replies_send, replies = trio.open_memory_channel[Message](math.inf)
