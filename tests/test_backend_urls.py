@@ -4,6 +4,7 @@ backend that redials nothing for ever."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,12 @@ import trio
 from tests.asgi_client import running_gateway
 from tests.conftest import chat
 from trio_gateway.backend_urls import (
+    CONFIGURED_SCHEMES,
     UPSTREAM_SCHEMES,
     BadURL,
     check_backend_url,
     check_session_store_url,
+    is_discovered,
 )
 from trio_gateway.config import ConfigError, GatewayConfig, WorkerConfig, load_config
 
@@ -153,3 +156,50 @@ def test_check_backend_url_masks_a_password_and_limits_schemes() -> None:
     with pytest.raises(BadURL, match="OpenAI-compatible"):
         check_backend_url("ws://127.0.0.1:9001", UPSTREAM_SCHEMES)
     assert check_session_store_url("redis://:pw@cache:6379/2") == "redis://:pw@cache:6379/2"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "dns+ws://trio-gateway-worker:9001",
+        "dns+http://vllm:8000/v1",
+        "dns+https://user:pw@vllm.ns.svc.cluster.local:8443/v1",
+    ],
+)
+def test_dns_urls_are_taken_where_backends_are_configured(url: str) -> None:
+    assert check_backend_url(url, CONFIGURED_SCHEMES) == url
+    assert is_discovered(url)
+    config = load_config(environ={}, overrides={"workers": [url]})
+    assert config.workers == (url,)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("dns+http://vllm/v1", "a dns+ backend needs its port: dns+http://NAME:PORT/PATH"),
+        ("dns+ws://trio-gateway-worker", "needs its port: dns+ws://NAME:PORT[/PATH]"),
+        ("dns+http://[::1]:8000/v1", "names a host to resolve, not an address"),
+        ("dns+redis://cache:6379", "expected"),
+        ("dns+ws://token@w:9001", "no user info"),
+    ],
+)
+def test_a_bad_dns_url_is_one_line(url: str, message: str) -> None:
+    with pytest.raises(BadURL, match=re.escape(message)) as raised:
+        check_backend_url(url, CONFIGURED_SCHEMES)
+    assert "\n" not in str(raised.value) and "pw" not in str(raised.value)
+
+
+def test_dns_urls_only_where_backends_are_configured() -> None:
+    """`POST /admin/workers` and a worker's `--upstream` dial one address: no dns+ there."""
+    assert not is_discovered("ws://w:9001")
+    with pytest.raises(BadURL, match="expected"):
+        check_backend_url("dns+ws://w:9001")
+    with pytest.raises(ConfigError, match="^upstream: "):
+        load_config(WorkerConfig, environ={}, overrides={"upstream": "dns+http://vllm:8000/v1"})
+
+
+def test_the_refresh_interval_is_a_positive_setting() -> None:
+    assert GatewayConfig().dns_refresh_s == 5.0
+    for bad in (0.0, -1.0):
+        with pytest.raises(ConfigError, match="^dns_refresh_s: must be above 0"):
+            GatewayConfig(dns_refresh_s=bad)

@@ -647,3 +647,21 @@ async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(
         with pytest.raises(UpstreamConnectError, match="timed out after 3 s"):
             await get(pool)
         assert trio.current_time() - start == pytest.approx(3.0)
+
+
+async def test_a_dns_member_dials_its_address_as_the_name_it_was_resolved_from(
+    server: RawServer, ca: trustme.CA
+) -> None:
+    """A `dns+https` member dials one pod's address, but the certificate is the Service's
+    name's and so is the Host the server expects."""
+    server.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("vllm.test").configure_cert(server.tls)  # the name only, not 127.0.0.1
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    async with UpstreamPool(server.url, ssl_context=client, host_name="vllm.test") as pool:
+        assert await get(pool, "/v1/models") == (200, b"hello")
+    head, _ = server.peers[0].requests[0]
+    assert f"host: vllm.test:{server.port}\r\n".encode() in head.lower()
+    async with UpstreamPool(server.url, ssl_context=client) as pool:  # by address: refused
+        with pytest.raises(UpstreamConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await get(pool)
