@@ -1,50 +1,14 @@
+"""Fixtures and plugins shared by every lane (unit, trio, system)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import trio
 
-from tests.redis_server import start_redis
-from trio_gateway.engines.mock import MockEngine
-from trio_gateway.generation import Chunk, GenerationRequest
+from tests.support.redis_server import start_redis
 
-pytest_plugins = ["tests.llamacpp_server"]
-
-
-class RecordingEngine:
-    """Wraps an engine and records how each `generate` ended: the lifecycle tests' witness."""
-
-    def __init__(self, inner: MockEngine) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.models = inner.models
-        self.capacity = inner.capacity
-        self.available = inner.available
-        self.streams_unary = inner.streams_unary
-        self.context_lengths = inner.context_lengths
-        self.endings: list[str] = []
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.inner.run(task_status=task_status)
-
-    async def generate(
-        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
-    ) -> None:
-        try:
-            await self.inner.generate(request, send)
-        except trio.Cancelled:
-            self.endings.append("cancelled")
-            raise
-        except BaseException as error:
-            self.endings.append(type(error).__name__)
-            raise
-        self.endings.append("finished")
-
-
-def chat(content: str = "hello", **extra: Any) -> dict[str, Any]:
-    return {"model": "mock", "messages": [{"role": "user", "content": content}], **extra}
+pytest_plugins = ["tests.support.llamacpp_server"]
 
 
 @pytest.fixture

@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 import trio
 import trio.testing
 
-from trio_gateway.generation import Chunk, GenerationRequest
+from tests.support.fake_engine import FakeEngine
 from trio_gateway.openai.errors import APIError
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.breaker import BreakerState
 from trio_gateway.router.policies import LeastInflight, RoundRobin
-
-
-@dataclass(eq=False)
-class FakeEngine:
-    name: str
-    models: tuple[str, ...] = ("m",)
-    capacity: int | None = 1
-    available: bool = True
-    streams_unary: bool = True
-    context_lengths: dict[str, int] = field(default_factory=dict)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
-    async def generate(
-        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
-    ) -> None:
-        await send.send(Chunk("x", finish_reason="stop"))
 
 
 @dataclass(eq=False)

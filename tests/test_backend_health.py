@@ -14,9 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.asgi_client import Harness, running_gateway
-from tests.conftest import chat
-from tests.worker_harness import gateway_on_worker
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.bodies import chat
+from tests.support.worker_harness import gateway_on_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.upstream.errors import (
     connection_failed,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.asgi_client import running_gateway
-from tests.conftest import chat
+from tests.support.asgi_client import running_gateway
+from tests.support.bodies import chat
 from trio_gateway.backend_urls import (
     UPSTREAM_SCHEMES,
     BadURL,

@@ -17,9 +17,9 @@ import orjson
 import pytest
 import trio
 
-from tests.asgi_client import Exchange, Harness, running_gateway
-from tests.conftest import chat
-from tests.test_real_sockets import serving
+from tests.support.asgi_client import Exchange, Harness, running_gateway
+from tests.support.bodies import chat
+from tests.support.serving import serving
 from trio_gateway.config import GatewayConfig
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.asgi import Message

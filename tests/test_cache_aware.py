@@ -10,9 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.asgi_client import running_gateway
-from tests.test_admission import FakeEngine
-from tests.worker_harness import InMemoryWorker, running_worker
+from tests.support.asgi_client import running_gateway
+from tests.support.fake_engine import FakeEngine
+from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.router.admission import Router
 from trio_gateway.router.policies import CacheAware, CacheAwareOptions, make_policy

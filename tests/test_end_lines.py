@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from tests.asgi_client import running_gateway
-from tests.conftest import chat
+from tests.support.asgi_client import running_gateway
+from tests.support.bodies import chat
 from trio_gateway.cli import serve
 from trio_gateway.config import GatewayConfig
 from trio_gateway.http.application import create_app

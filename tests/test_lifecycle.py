@@ -6,8 +6,9 @@ import orjson
 import pytest
 import trio
 
-from tests.asgi_client import Harness, running_gateway
-from tests.conftest import RecordingEngine, chat
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.bodies import chat
+from tests.support.recording_engine import RecordingEngine
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Chunk, GenerationRequest

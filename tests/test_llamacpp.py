@@ -24,10 +24,10 @@ import orjson
 import pytest
 import trio
 
-from tests.asgi_client import Exchange
-from tests.llamacpp_server import MODEL_ALIAS
-from tests.test_lossless import TOOLS
-from tests.test_real_sockets import serving
+from tests.support.asgi_client import Exchange
+from tests.support.llamacpp_server import MODEL_ALIAS
+from tests.support.serving import serving
+from tests.support.tools import TOOLS
 from trio_gateway.config import GatewayConfig, WorkerConfig
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.engines.ws_client import RemoteWorker

@@ -9,9 +9,10 @@ import pytest
 import trio
 import trio.testing
 
-from tests.asgi_client import running_gateway
-from tests.conftest import RecordingEngine, chat
-from tests.worker_harness import InMemoryWorker, running_worker
+from tests.support.asgi_client import running_gateway
+from tests.support.bodies import chat
+from tests.support.recording_engine import RecordingEngine
+from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Chunk, GenerationRequest

@@ -6,7 +6,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 
-from tests.asgi_client import running_gateway
+from tests.support.asgi_client import running_gateway
 from trio_gateway.loop_health import count_tasks, sample_event_loop_lag
 from trio_gateway.metrics import GatewayMetrics
 

@@ -21,24 +21,14 @@ import orjson
 import pytest
 import trio
 
-from tests.test_real_sockets import in_thread, serving
+from tests.support.serving import in_thread, serving
+from tests.support.tools import TOOLS
 from trio_gateway.config import GatewayConfig, WorkerConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.engines.ws_client import RemoteWorker
 from trio_gateway.gateway import Gateway
 from trio_gateway.worker.server import WorkerServer
-
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "search",
-            "description": "Look something up",
-            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
-        },
-    }
-]
 
 
 @dataclass

@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.asgi_client import Exchange, running_gateway
-from tests.test_mock_engine import Collector, events, generate, request, running
-from tests.worker_harness import InMemoryWorker, running_worker
+from tests.support.asgi_client import Exchange, running_gateway
+from tests.support.engine_driver import Collector, events, generate, request, running
+from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig, WorkerConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Endpoint, GenerationRequest, MockOptions

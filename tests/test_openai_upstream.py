@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.upstream_server import expected_text, running_upstream
+from tests.support.upstream_server import expected_text, running_upstream
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest

@@ -8,9 +8,9 @@ import struct
 import trio
 from trio.testing import MockClock
 
-from tests.asgi_client import running_gateway
-from tests.conftest import chat
-from tests.worker_harness import InMemoryWorker, running_worker
+from tests.support.asgi_client import running_gateway
+from tests.support.bodies import chat
+from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.router.prefix_sharing import (
     PrefixSharing,

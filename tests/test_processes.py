@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.test_shutdown_process import _drain_pipe, gateway_command, post, read_response
+from tests.support.gateway_process import drain_pipe, gateway_command, post, read_response
 from trio_gateway.processes import child_argv, stop_when_orphaned
 
 BODY = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "x"}]}
@@ -57,7 +57,7 @@ async def supervised(*flags: str) -> AsyncIterator[Supervised]:
         )
         try:
             children += await _wait_for_children(process, 2)
-            nursery.start_soon(_drain_pipe, process.stderr)
+            nursery.start_soon(drain_pipe, process.stderr)
             yield Supervised(process, port, children)
         finally:
             if process.returncode is None:

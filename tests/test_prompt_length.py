@@ -10,9 +10,9 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from tests.asgi_client import running_gateway
-from tests.upstream_server import running_upstream
-from tests.worker_harness import InMemoryWorker, running_worker
+from tests.support.asgi_client import running_gateway
+from tests.support.upstream_server import running_upstream
+from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock_answer import prompt_token_count
 from trio_gateway.engines.upstream.engine import OpenAIUpstream

@@ -6,26 +6,24 @@ Every wait here is bounded with `trio.fail_after`; nothing sleeps to let time pa
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import openai
 import pytest
 import trio
-from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
-from tests.conftest import RecordingEngine, chat
-from trio_gateway.cli import hypercorn_config, install_error_bodies
+from tests.support.bodies import chat
+from tests.support.recording_engine import RecordingEngine
+from tests.support.serving import in_thread, serving
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.gateway import Gateway
 from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp
-
-T = TypeVar("T")
 
 
 class Served:
@@ -40,27 +38,6 @@ class Served:
 
 
 @asynccontextmanager
-async def serving(gateway: Gateway) -> AsyncIterator[str]:
-    """`gateway` on hypercorn as `trio-gateway serve` runs it, on an ephemeral loopback port;
-    yields its base URL and stops it on exit."""
-    hc = hypercorn_config(gateway.config)
-    hc.bind = ["127.0.0.1:0"]
-    socket_writes.install()
-    install_error_bodies()
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        binds = await nursery.start(
-            lambda task_status: serve(
-                GatewayApp(gateway), hc, shutdown_trigger=stop.wait, task_status=task_status
-            )
-        )
-        try:
-            yield binds[0]
-        finally:
-            stop.set()
-
-
-@asynccontextmanager
 async def served_gateway(**settings: Any) -> AsyncIterator[Served]:
     config = GatewayConfig(port=1, **settings)
     engine = RecordingEngine(
@@ -69,11 +46,6 @@ async def served_gateway(**settings: Any) -> AsyncIterator[Served]:
     gateway = Gateway(config, [engine])
     async with serving(gateway) as url:
         yield Served(url, gateway, engine)
-
-
-async def in_thread(fn: Callable[[], T]) -> T:
-    with trio.fail_after(30):
-        return await trio.to_thread.run_sync(fn)
 
 
 async def test_openai_sdk_streams_and_calls_unary() -> None:
@@ -229,8 +201,6 @@ async def test_idle_keep_alive_connection_is_closed_by_the_server(
 
 def test_hypercorn_can_load_the_app_object() -> None:
     from hypercorn.utils import load_application
-
-    from trio_gateway.http.application import GatewayApp
 
     wrapped = load_application("trio_gateway.app:app", 0)
     assert isinstance(wrapped.app, GatewayApp)

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import trio
 
-from tests.test_real_sockets import serving
+from tests.support.serving import serving
 from trio_gateway.config import GatewayConfig
 from trio_gateway.gateway import Gateway
 

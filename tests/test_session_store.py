@@ -11,10 +11,10 @@ import socket
 
 import trio
 
-from tests.asgi_client import running_gateway
-from tests.conftest import chat
-from tests.redis_server import start_redis
-from tests.worker_harness import InMemoryWorker, running_worker
+from tests.support.asgi_client import running_gateway
+from tests.support.bodies import chat
+from tests.support.redis_server import start_redis
+from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.sessions.store import RedisSessionStore
 

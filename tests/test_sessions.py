@@ -7,9 +7,9 @@ import math
 import trio
 import trio.testing
 
-from tests.asgi_client import Harness, running_gateway
-from tests.conftest import chat
-from tests.worker_harness import InMemoryWorker, gateway_on_worker, running_worker
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.bodies import chat
+from tests.support.worker_harness import InMemoryWorker, gateway_on_worker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.sessions.table import SessionTable

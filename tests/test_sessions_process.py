@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import trio
 
-from tests.test_real_sockets import serving
-from tests.test_workers_process import worker_process
+from tests.support.serving import serving
+from tests.support.worker_process import worker_process
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.ws_client import RemoteWorker
 from trio_gateway.gateway import Gateway

@@ -8,8 +8,8 @@ import orjson
 import pytest
 import trio
 
-from tests.asgi_client import running_gateway
-from tests.conftest import chat
+from tests.support.asgi_client import running_gateway
+from tests.support.bodies import chat
 from trio_gateway.config import GatewayConfig
 from trio_gateway.lifecycle.shutdown import Phase, ShutdownPhases
 

@@ -3,54 +3,23 @@ keep-alive connection that must not hold the exit. Every wait is bounded."""
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import trio
 
+from tests.support.gateway_process import (
+    drain_pipe,
+    gateway_command,
+    post,
+    read_port,
+    read_response,
+)
+
 STREAM_SECONDS = 2.0  # 20 tokens at 100 ms
-
-
-def gateway_command(*flags: str) -> list[str]:
-    exe = Path(sys.executable).parent / "trio-gateway"
-    return [str(exe), "serve", "--port", "0", *flags]
-
-
-async def read_port(process: trio.Process) -> int:
-    assert process.stderr is not None
-    seen = b""
-    with trio.fail_after(20):
-        while (match := re.search(rb"Running on http://127\.0\.0\.1:(\d+)", seen)) is None:
-            data = await process.stderr.receive_some()
-            assert data, f"the gateway exited early: {seen.decode(errors='replace')}"
-            seen += data
-    return int(match.group(1))
-
-
-def post(port: int, body: dict[str, object]) -> bytes:
-    payload = json.dumps(body).encode()
-    return (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n"
-    ).encode() + payload
-
-
-async def read_response(stream: trio.SocketStream) -> bytes:
-    """Everything until the server's chunked terminator or its close."""
-    received = b""
-    while not received.endswith(b"0\r\n\r\n"):
-        data = await stream.receive_some()
-        if not data:
-            break
-        received += data
-    return received
 
 
 async def test_sigterm_drains_twenty_streams_and_exits_zero() -> None:
@@ -69,7 +38,7 @@ async def test_sigterm_drains_twenty_streams_and_exits_zero() -> None:
         try:
             port = await read_port(process)
             # Keep reading the log so the pipe never fills.
-            nursery.start_soon(_drain_pipe, process.stderr)
+            nursery.start_soon(drain_pipe, process.stderr)
             body = {
                 "model": "mock",
                 "stream": True,
@@ -116,9 +85,3 @@ async def test_sigterm_drains_twenty_streams_and_exits_zero() -> None:
     assert exit_code == 0
     # The streams had ~1.5 s left at SIGTERM; exit within their length + 1 s.
     assert exited_after < STREAM_SECONDS + 1
-
-
-async def _drain_pipe(pipe: trio.abc.ReceiveStream | None) -> None:
-    assert pipe is not None
-    while await pipe.receive_some():
-        pass

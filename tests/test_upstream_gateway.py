@@ -8,8 +8,8 @@ from contextlib import asynccontextmanager
 import orjson
 import trio
 
-from tests.asgi_client import Harness, running_gateway
-from tests.upstream_server import MockUpstream, running_upstream
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.upstream_server import MockUpstream, running_upstream
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
 CHAT = "/v1/chat/completions"

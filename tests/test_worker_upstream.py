@@ -15,9 +15,9 @@ from contextlib import asynccontextmanager
 import trio
 import trio.testing
 
-from tests.asgi_client import Harness, running_gateway
-from tests.upstream_server import MockUpstream, expected_text, running_upstream
-from tests.worker_harness import InMemoryWorker
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.upstream_server import MockUpstream, expected_text, running_upstream
+from tests.support.worker_harness import InMemoryWorker
 from trio_gateway.config import WorkerConfig
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.generation import Chunk

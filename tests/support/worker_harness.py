@@ -19,7 +19,7 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from tests.asgi_client import Harness, running_gateway
+from tests.support.asgi_client import Harness, running_gateway
 from trio_gateway.config import GatewayConfig, WorkerConfig
 from trio_gateway.engines.ws_client import RemoteWorker
 from trio_gateway.worker.server import WorkerServer
