@@ -16,10 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-
-from trio_gateway.metrics import GatewayMetrics, forget_process, multiprocess_dir
+from tests.support.metric_samples import samples, value
 
 TIMEOUT_S = 30.0
 REPO = Path(__file__).resolve().parent.parent
@@ -124,20 +121,6 @@ def recorder(metrics_dir: Path, requests: int, up: int, phase: str) -> Iterator[
         process.communicate(timeout=TIMEOUT_S)
 
 
-def samples(exposition: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(exposition)
-        for sample in family.samples
-    }
-
-
-def value(
-    scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    return scraped[("trio_gateway_" + name, frozenset(labels.items()))]
-
-
 def test_a_scrape_sums_every_process_and_forgets_exited_ones(tmp_path: Path) -> None:
     with (
         recorder(tmp_path, requests=2, up=1, phase="running") as first,
@@ -195,18 +178,3 @@ def test_setting_the_directory_after_import_fails_loudly(tmp_path: Path) -> None
         "    print(error)\n"
     )
     assert "set after prometheus_client was imported" in run_python(late, metrics_dir=None)
-
-
-def test_one_process_exposes_its_own_registry() -> None:
-    assert multiprocess_dir() is None  # the suite runs single-process
-    metrics = GatewayMetrics()
-    metrics.request_ended("mock", "chat", False, None)
-    metrics.inflight.labels("mock").inc()
-    metrics.backend_up.labels("mock").set(1)
-    forget_process(os.getpid())  # nothing to forget
-    exposition = metrics.exposition()
-    assert exposition == generate_latest(metrics.registry)
-    scraped = samples(exposition.decode())
-    assert value(scraped, "inflight_requests", model="mock") == 1
-    assert value(scraped, "backend_up", backend="mock") == 1
-    assert not [key for key in scraped if any(label == "pid" for label, _ in key[1])]

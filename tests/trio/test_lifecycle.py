@@ -319,28 +319,6 @@ async def test_over_capacity_is_429_and_a_queued_client_that_leaves_frees_its_pl
         assert harness.metric("trio_gateway_queued_requests", model="mock") == 0
 
 
-async def test_admin_workers_api(autojump_clock: trio.testing.MockClock) -> None:
-    async with running_gateway() as harness:
-        listed = await harness.request("GET", "/admin/workers")
-        assert [w["id"] for w in listed.json()["workers"]] == ["mock"]
-        added = await harness.request("POST", "/admin/workers", {"url": "ws://127.0.0.1:9"})
-        assert added.status == 201
-        assert added.json()["available"] is False  # nothing listens there: quarantined
-        again = await harness.request("POST", "/admin/workers", {"url": "ws://127.0.0.1:9"})
-        assert again.status == 409
-        bad = await harness.request("POST", "/admin/workers", {"url": "ftp://x"})
-        assert bad.status == 400
-        listed = await harness.request("GET", "/admin/workers")
-        assert len(listed.json()["workers"]) == 2
-        removed = await harness.request("DELETE", "/admin/workers/ws://127.0.0.1:9")
-        assert removed.status == 200
-        assert (await harness.request("DELETE", "/admin/workers/nope")).status == 404
-        listed = await harness.request("GET", "/admin/workers")
-        assert [w["id"] for w in listed.json()["workers"]] == ["mock"]
-        ok = await harness.request("POST", CHAT, chat(max_tokens=2))
-        assert ok.status == 200
-
-
 class WholeAnswerEngine(RecordingEngine):
     """An engine that, like an OpenAI upstream, answers a unary request whole, late."""
 

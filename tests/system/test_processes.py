@@ -15,12 +15,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 
-import pytest
 import trio
 import trio.testing
 
 from tests.support.gateway_process import drain_pipe, gateway_command, post, read_response
-from trio_gateway.processes import child_argv, stop_when_orphaned
 
 BODY = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "x"}]}
 
@@ -113,15 +111,6 @@ def successes(exposition: bytes) -> float:
     )
 
 
-def test_children_run_the_same_settings_as_one_process_on_a_shared_port() -> None:
-    argv = child_argv(["serve", "--processes", "4", "--port", "9000"])
-    assert argv[-6:] == [
-        *("--processes", "1", "--reuse-port", "true"),
-        *("--supervisor-pid", str(os.getpid())),
-    ]
-    assert argv[argv.index("--port") : argv.index("--port") + 2] == ["--port", "9000"]
-
-
 async def test_two_children_serve_and_metrics_are_summed_whichever_answers() -> None:
     async with supervised() as served:
         with trio.fail_after(60):
@@ -183,18 +172,6 @@ async def test_a_child_told_to_stop_stops_the_set_cleanly() -> None:
             assert await served.process.wait() == 0
         for pid in served.children:
             assert not _alive(pid)
-
-
-async def test_a_child_stops_once_its_supervisor_is_gone(
-    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
-) -> None:
-    parents = iter([4242] * 5 + [1])  # reparented to init after five checks
-    monkeypatch.setattr(os, "getppid", lambda: next(parents))
-    reasons: list[str] = []
-    started = trio.current_time()
-    await stop_when_orphaned(reasons.append, 4242, interval=1.0)
-    assert reasons == ["the supervisor is gone"]
-    assert trio.current_time() - started == 5.0
 
 
 async def test_a_child_that_dies_stops_the_others_and_the_supervisor_fails() -> None:

@@ -7,10 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import trio
 
-from tests.support.asgi_client import running_gateway
-from tests.support.bodies import chat
+from tests.support.backend_url_cases import BAD_URLS, GOOD_URLS
 from trio_gateway.backend_urls import (
     UPSTREAM_SCHEMES,
     BadURL,
@@ -18,72 +16,6 @@ from trio_gateway.backend_urls import (
     check_session_store_url,
 )
 from trio_gateway.config import ConfigError, GatewayConfig, WorkerConfig, load_config
-
-CHAT = "/v1/chat/completions"
-
-BAD_URLS = [
-    "http://",
-    "http://127.0.0.1:notaport/v1",
-    "https://:8000/v1",
-    "http://127.0.0.1:0/v1",
-    "http://127.0.0.1:65536/v1",
-    "ws://",
-    "ws://:9001",
-    "ws://127.0.0.1",  # a worker's port is not implied
-    "ws://127.0.0.1:99999",
-    "ws://user:secret@127.0.0.1:9001",
-    "wss://127.0.0.1:9001",
-    "ftp://127.0.0.1/v1",
-    "127.0.0.1:9001",
-    "http://127.0.0.1:8001/v1?x=1",
-    "http://127.0.0.1 :8001/v1",
-    "http://[::1/v1",
-    "http://exa<mple/v1",
-]
-
-GOOD_URLS = [
-    "ws://127.0.0.1:9001",
-    "ws://worker-0.workers:9001/",
-    "ws://[::1]:9001/plane",
-    "http://127.0.0.1:8001/v1",
-    "http://vllm/v1",
-    "https://api.example.com/v1",
-    "http://user:pass@[::1]:8001/v1",
-]
-
-
-@pytest.mark.parametrize("url", [*BAD_URLS, ""])
-async def test_admin_api_refuses_a_bad_url_with_400(url: str) -> None:
-    async with running_gateway() as harness:
-        with trio.fail_after(10):
-            answer = await harness.request("POST", "/admin/workers", {"url": url})
-            assert answer.status == 400, answer.json()
-            error = answer.json()["error"]
-            assert error["type"] == "invalid_request_error"
-            assert error["param"] == "url"
-            assert error["code"] == "invalid_url"
-            assert isinstance(error["message"], str) and error["message"]
-            listed = await harness.request("GET", "/admin/workers")
-            assert [w["id"] for w in listed.json()["workers"]] == ["mock"]
-
-
-async def test_admin_api_refuses_a_body_without_url() -> None:
-    async with running_gateway() as harness:
-        with trio.fail_after(10):
-            for body in ({"url": 9001}, {}, ["ws://127.0.0.1:9001"]):
-                answer = await harness.request("POST", "/admin/workers", body)
-                assert answer.status == 400
-                assert answer.json()["error"]["param"] == "url"
-
-
-async def test_unknown_model_stays_404_after_a_refused_hostless_worker() -> None:
-    async with running_gateway() as harness:
-        with trio.fail_after(10):
-            refused = await harness.request("POST", "/admin/workers", {"url": "ws://"})
-            assert refused.status == 400
-            unknown = await harness.request("POST", CHAT, chat(model="nope"))
-            assert unknown.status == 404
-            assert unknown.json()["error"]["code"] == "model_not_found"
 
 
 @pytest.mark.parametrize("url", BAD_URLS)

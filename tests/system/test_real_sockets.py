@@ -22,8 +22,6 @@ from tests.support.serving import in_thread, serving
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.gateway import Gateway
-from trio_gateway.http import socket_writes
-from trio_gateway.http.application import GatewayApp
 
 
 class Served:
@@ -197,11 +195,3 @@ async def test_idle_keep_alive_connection_is_closed_by_the_server(
                         break  # the server closed the idle connection
                     received += data
         assert received.startswith(b"HTTP/1.1 200")
-
-
-def test_hypercorn_can_load_the_app_object() -> None:
-    from hypercorn.utils import load_application
-
-    wrapped = load_application("trio_gateway.app:app", 0)
-    assert isinstance(wrapped.app, GatewayApp)
-    assert TCPServer.protocol_send is socket_writes.fast_protocol_send

@@ -1,12 +1,9 @@
-"""Replicas tell each other what they routed: the record codec, the republish throttle, and
-two `PrefixSharing`s on one real redis-server (bounded waits, loopback only)."""
+"""Replicas tell each other what they routed, through one real redis-server (bounded waits,
+loopback only); the record codec and the throttle: tests/unit/test_prefix_sharing_records.py."""
 
 from __future__ import annotations
 
-import struct
-
 import trio
-from trio.testing import MockClock
 
 from tests.support.asgi_client import running_gateway
 from tests.support.bodies import chat
@@ -14,38 +11,9 @@ from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.router.prefix_sharing import (
     PrefixSharing,
-    Republishing,
-    decode_records,
-    encode_records,
 )
 
 CHAT = "/v1/chat/completions"
-
-
-def test_records_round_trip() -> None:
-    records = [("w1", [1, 2, 2**64 - 1]), ("ws://10.0.0.7:9000", []), ("é", [7])]
-    assert decode_records(encode_records(records)) == records
-
-
-def test_a_malformed_tail_is_dropped_not_raised() -> None:
-    good = encode_records([("w1", [1, 2])])
-    truncated = encode_records([("w2", [3, 4, 5])])[:-3]
-    assert decode_records(good + truncated) == [("w1", [1, 2])]
-    bad_name = struct.pack(">HH", 2, 0) + b"\xff\xfe"
-    assert decode_records(good + bad_name) == [("w1", [1, 2])]
-    assert decode_records(b"\x00") == []
-
-
-def test_a_hot_prefix_is_told_once_per_interval() -> None:
-    told = Republishing(capacity=2, after_s=30.0)
-    assert told.due("w1", [1, 2], now=0.0)
-    assert not told.due("w1", [1, 2], now=10.0)
-    assert told.due("w2", [1, 2], now=10.0)  # another backend: its own record
-    assert told.due("w1", [1, 2], now=31.0)
-    assert not told.due("w1", [], now=0.0)  # nothing to tell
-    # Bounded: the least recently told is forgotten first.
-    assert told.due("w3", [9], now=32.0)
-    assert told.due("w2", [1, 2], now=33.0)
 
 
 async def test_two_replicas_learn_what_the_other_routed(redis_url: str) -> None:
@@ -98,17 +66,6 @@ async def test_no_redis_leaves_routing_alone_and_counts_errors() -> None:
         with trio.fail_after(5):
             await failing.wait()
         nursery.cancel_scope.cancel()
-
-
-def test_publishing_is_bounded_without_a_flush() -> None:
-    async def main() -> None:
-        sharing = PrefixSharing("redis://127.0.0.1:1/0", apply=lambda *a: None, knows=bool)
-        for i in range(10_000):
-            sharing.publish("w1", [i])
-        assert len(sharing._pending) == 4096
-        assert sharing._pending[-1] == ("w1", [9999])
-
-    trio.run(main, clock=MockClock(autojump_threshold=0))
 
 
 async def test_two_cache_aware_replicas_send_a_prefix_to_the_same_worker(redis_url: str) -> None:

@@ -20,7 +20,6 @@ import trio
 import trio.testing
 
 from tests.support.upstream_server import expected_text, running_upstream
-from trio_gateway.engines.protocol import Engine
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
 from trio_gateway.openai.errors import APIError
@@ -105,12 +104,6 @@ def check_final(chunks: list[Chunk], finish_reason: str, prompt_tokens: int | No
 
 
 # -- streams ------------------------------------------------------------------------------
-
-
-async def test_it_is_an_engine() -> None:
-    engine: Engine = OpenAIUpstream("http://127.0.0.1:1/v1")
-    assert engine.capacity is None
-    assert engine.available is False
 
 
 async def test_chat_stream() -> None:
@@ -600,16 +593,6 @@ async def test_availability_follows_the_models_probe() -> None:
             await until(engine, lambda: engine.models == ("m-1", "m-3"))
             upstream.models_status = 500
             await until(engine, lambda: not engine.available)
-
-
-def test_names() -> None:
-    assert OpenAIUpstream("http://127.0.0.1:8001/v1/").name == "http://127.0.0.1:8001/v1"
-    assert OpenAIUpstream("http://u:p@host:8001/v1").name == "http://host:8001/v1"
-    assert OpenAIUpstream("http://host/v1", name="vllm-a").name == "vllm-a"
-    engine = OpenAIUpstream("http://host/v1", api_key="sk-hidden")
-    assert "sk-hidden" not in repr(engine)
-    with pytest.raises(ValueError):
-        OpenAIUpstream("ws://host/v1")
 
 
 # -- a kept-alive connection closed by the server as it is reused --------------------------

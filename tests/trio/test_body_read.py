@@ -5,8 +5,8 @@ is still arriving must neither end the drain under it nor let it start streaming
 drain; the body-read deadline (408) and the declared `Content-Length` (413 before reading)
 keep a slow or huge upload from holding a connection, or the drain, for ever.
 
-In memory on MockClock first (the body fed in parts by hand), then on a real socket where
-what matters is the bytes hypercorn puts on the wire. Every wait is bounded.
+In memory on MockClock (the body fed in parts by hand); on a real socket:
+tests/system/test_body_read_sockets.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import trio
 
 from tests.support.asgi_client import Exchange, Harness, running_gateway
 from tests.support.bodies import chat
-from tests.support.serving import serving
 from trio_gateway.config import GatewayConfig
-from trio_gateway.gateway import Gateway
 from trio_gateway.http.asgi import Message
 from trio_gateway.lifecycle.flight import SHUTDOWN, Flight
 from trio_gateway.lifecycle.ledger import InFlightLedger
@@ -288,104 +286,4 @@ async def test_the_deadline_grows_with_the_declared_length(
         assert trio.current_time() == pytest.approx(64.0, abs=0.01)  # 2 s per MiB
 
 
-def test_body_read_timeout_setting() -> None:
-    default = GatewayConfig()
-    assert default.body_read_timeout_s == 5.0
-    assert default.body_read_timeout(1000) == 5.0  # the floor
-    assert default.body_read_timeout(None) == 8.0  # chunked: 2 s per MiB of the 4 MiB limit
-    assert default.body_read_timeout(3 * MIB) == 6.0
-    assert default.body_read_timeout(99 * MIB) == 8.0  # refused anyway: never above the limit
-    assert GatewayConfig(body_read_timeout_s=30).body_read_timeout(MIB) == 30.0
-    assert GatewayConfig(body_read_timeout_s=0).body_read_timeout(MIB) == math.inf
-
-
 # --- the same on a real socket ----------------------------------------------------------------
-
-
-async def raw_exchange(port: int, raw: bytes, *, trickle_s: float | None = None) -> bytes:
-    """Write `raw` (then a byte every `trickle_s`), read until the server closes."""
-    with trio.fail_after(10):
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream, trio.open_nursery() as nursery:
-            await stream.send_all(raw)
-
-            async def dribble() -> None:
-                assert trickle_s is not None
-                while True:
-                    await trio.sleep(trickle_s)
-                    try:
-                        await stream.send_all(b" ")
-                    except trio.BrokenResourceError:
-                        return
-
-            if trickle_s is not None:
-                nursery.start_soon(dribble)
-            received = b""
-            try:
-                while data := await stream.receive_some():
-                    received += data
-            except trio.BrokenResourceError:  # a reset after the answer
-                pass
-            nursery.cancel_scope.cancel()
-            return received
-
-
-def post_head(length: int | str) -> bytes:
-    return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-        b"Content-Type: application/json\r\nContent-Length: %s\r\n\r\n" % str(length).encode()
-    )
-
-
-def status_and_body(received: bytes) -> tuple[int, dict[str, str], bytes]:
-    """The one response in `received`, its body de-chunked."""
-    head, _, rest = received.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    if headers.get("transfer-encoding") != "chunked":
-        return int(status_line.split()[1]), headers, rest
-    body = b""
-    while True:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            break
-        body, rest = body + rest[:size], rest[size + 2 :]
-    return int(status_line.split()[1]), headers, body
-
-
-async def test_real_socket_huge_content_length_is_answered_413() -> None:
-    gateway = Gateway(GatewayConfig(port=1))
-    async with serving(gateway) as url:
-        port = int(url.rsplit(":", 1)[1])
-        received = await raw_exchange(port, post_head(99999999999))
-        status, headers, body = status_and_body(received)
-        assert status == 413
-        assert headers["connection"] == "close"
-        assert orjson.loads(body)["error"]["code"] == "request_too_large"
-
-
-async def test_real_socket_slow_body_is_answered_408_and_closed() -> None:
-    gateway = Gateway(GatewayConfig(port=1, body_read_timeout_s=1))
-    async with serving(gateway) as url:
-        port = int(url.rsplit(":", 1)[1])
-        started = trio.current_time()
-        received = await raw_exchange(port, post_head(len(BODY)) + b"{", trickle_s=0.1)
-        assert 1 <= trio.current_time() - started < 3
-        status, headers, body = status_and_body(received)
-        assert status == 408
-        assert headers["connection"] == "close"
-        assert orjson.loads(body)["error"]["code"] == "request_timeout"
-        assert gateway.metrics.registry.get_sample_value(READING) == 0
-
-
-async def test_real_socket_unfinished_headers_are_closed_by_the_keep_alive_timer() -> None:
-    """Not ours: hypercorn's idle timer runs until a request's headers are in (5 s by default,
-    `keep_alive_timeout_s`; 1 s here), then closes the connection without a word."""
-    gateway = Gateway(GatewayConfig(port=1, keep_alive_timeout_s=1))
-    async with serving(gateway) as url:
-        port = int(url.rsplit(":", 1)[1])
-        started = trio.current_time()
-        received = await raw_exchange(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
-        assert received == b""
-        assert 1 <= trio.current_time() - started < 2

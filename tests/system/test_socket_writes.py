@@ -1,8 +1,9 @@
 """The non-blocking first try in front of hypercorn's write path (`http/socket_writes.py`).
 
-Unit tests drive `fast_protocol_send` on a socketpair with hypercorn's own path recorded;
-the last test serves a real hypercorn on an ephemeral loopback port to a client that stops
-reading, so the kernel buffer fills and the rest must go through hypercorn's path intact.
+Most tests drive `fast_protocol_send` on a real socketpair with hypercorn's own path
+recorded; the last ones serve a real hypercorn on an ephemeral loopback port, one to a client
+that stops reading, so the kernel buffer fills and the rest must go through hypercorn's path
+intact (the version check of `install`: tests/unit/test_socket_writes_install.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from hypercorn.trio import serve
 from hypercorn.trio.tcp_server import TCPServer
 
 from trio_gateway.http import socket_writes
-from trio_gateway.http.socket_writes import WRITTEN_FOR
 
 
 @dataclass
@@ -154,29 +154,6 @@ async def test_other_events_and_tls_streams_take_hypercorns_path(slow_path: list
     await socket_writes.fast_protocol_send(server, RawData(b"x"))  # type: ignore[arg-type]
     await socket_writes.fast_protocol_send(server, Closed())  # type: ignore[arg-type]
     assert slow_path == [RawData(b"x"), Closed()]
-
-
-def pinned(hypercorn: str, h11: str) -> Any:
-    return lambda name: {"hypercorn": hypercorn, "h11": h11}[name]
-
-
-def test_install_is_idempotent_and_only_for_the_hypercorn_it_was_written_for(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(TCPServer, "protocol_send", socket_writes._hypercorn_protocol_send)
-    monkeypatch.setattr(H11Protocol, "stream_send", socket_writes._hypercorn_stream_send)
-    for other in (pinned("0.99.0", socket_writes.H11_WRITTEN_FOR), pinned(WRITTEN_FOR, "0.17.0")):
-        monkeypatch.setattr(socket_writes, "version", other)
-        assert socket_writes.install() is False
-        assert TCPServer.protocol_send is socket_writes._hypercorn_protocol_send
-        assert H11Protocol.stream_send is socket_writes._hypercorn_stream_send
-    monkeypatch.setattr(
-        socket_writes, "version", pinned(WRITTEN_FOR, socket_writes.H11_WRITTEN_FOR)
-    )
-    assert socket_writes.install() is True
-    assert socket_writes.install() is True
-    assert TCPServer.protocol_send is socket_writes.fast_protocol_send
-    assert H11Protocol.stream_send is socket_writes.fast_stream_send
 
 
 @asynccontextmanager

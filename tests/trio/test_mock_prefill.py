@@ -15,7 +15,7 @@ import trio.testing
 from tests.support.asgi_client import Exchange, running_gateway
 from tests.support.engine_driver import Collector, events, generate, request, running
 from tests.support.worker_harness import InMemoryWorker, running_worker
-from trio_gateway.config import GatewayConfig, WorkerConfig
+from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Endpoint, GenerationRequest, MockOptions
 from trio_gateway.openai.errors import APIError
@@ -166,19 +166,6 @@ async def test_a_request_refused_with_a_400_leaves_the_cache_alone(
         with pytest.raises(APIError):
             await engine.generate(request(LONG, n=129), Collector().send)
     assert len(engine.prefix_cache) == 0
-
-
-def test_the_settings_build_the_cache_and_the_prefill_rate() -> None:
-    for kind in (GatewayConfig, WorkerConfig):
-        config = kind(
-            mock_prefix_block_tokens=32,
-            mock_prefix_cache_blocks=10,
-            mock_prefill_ms_per_1k_tokens=2.0,
-        )
-        engine = MockEngine.from_settings(config)
-        cache = engine.prefix_cache
-        assert (cache.block_tokens, cache.capacity_blocks) == (32, 10)
-        assert engine.prefill_s_per_token == pytest.approx(2e-6)
 
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"

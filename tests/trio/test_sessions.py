@@ -1,8 +1,7 @@
-"""Sessions: the table alone, then the gateway's reaper on MockClock, then two workers."""
+"""Sessions: the gateway's reaper on MockClock, then two in-memory workers (the table alone:
+tests/unit/test_session_table.py)."""
 
 from __future__ import annotations
-
-import math
 
 import trio
 import trio.testing
@@ -12,43 +11,8 @@ from tests.support.bodies import chat
 from tests.support.worker_harness import InMemoryWorker, gateway_on_worker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
-from trio_gateway.sessions.table import SessionTable
 
 CHAT = "/v1/chat/completions"
-
-
-def test_table_expiry_order_and_in_flight_postponement() -> None:
-    table = SessionTable()
-    a = table.open("a", "w1", 10, now=0)
-    b = table.open("b", "w2", 5, now=0)
-    assert table.next_expiry() == 5
-    table.begin(b)  # busy: cannot expire
-    assert table.next_expiry() == 10
-    assert table.pop_expired(now=9) == []
-    table.end(b, now=8)  # idle again: 5 s from now
-    assert table.next_expiry() == 10
-    assert [s.session_id for s in table.pop_expired(now=13)] == ["a", "b"]
-    assert len(table) == 0 and table.next_expiry() == math.inf
-    assert a.worker == "w1"
-
-
-def test_table_stale_entries_and_removal() -> None:
-    table = SessionTable()
-    session = table.open("s", "w", 10, now=0)
-    table.begin(session)
-    table.end(session, now=4)  # the first entry (10) is stale now; the live one is 14
-    assert table.pop_expired(now=10) == []
-    assert table.next_expiry() == 14
-    assert table.remove("s") is session
-    assert table.pop_expired(now=100) == [] and table.next_expiry() == math.inf
-
-
-def test_table_many_timeouts() -> None:
-    table = SessionTable()
-    for i, timeout in enumerate([30, 10, 20, 5, 25]):
-        table.open(f"s{i}", "w", timeout, now=0)
-    order = [s.session_id for s in table.pop_expired(now=100)]
-    assert order == ["s3", "s1", "s2", "s4", "s0"]
 
 
 def mock_of(harness: Harness) -> MockEngine:

@@ -19,12 +19,10 @@ import trustme
 
 from trio_gateway.engines.upstream.client import (
     KEEPALIVE_EXPIRY,
-    MAX_LINE,
     UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamPool,
     UpstreamProtocolError,
-    _ChunkedBody,
 )
 
 BOUND = 5.0  # seconds any single wait may take before the test fails
@@ -216,31 +214,6 @@ async def test_a_chunked_body_split_anywhere(server: RawServer) -> None:
     async with UpstreamPool(server.url) as pool:
         assert await get(pool) == (200, b"hello world")
         assert pool.idle_connections == 1
-
-
-def test_the_chunked_decoder_at_every_split() -> None:
-    wire = chunk(b"data: a\n\n") + chunk(b"x" * 300) + b"0\r\nA: 1\r\nB: 2\r\n\r\n"
-    expected = b"data: a\n\n" + b"x" * 300
-    for cut in range(len(wire) + 1):
-        decoder = _ChunkedBody()
-        out = decoder.feed(wire[:cut]) + decoder.feed(wire[cut:])
-        assert out == expected and decoder.done and not decoder.extra, cut
-    decoder = _ChunkedBody()
-    out = b"".join(decoder.feed(wire[i : i + 1]) for i in range(len(wire)))
-    assert out == expected and decoder.done
-    decoder = _ChunkedBody()
-    decoder.feed(wire + b"HTTP/1.1")
-    assert decoder.done and decoder.extra
-
-
-@pytest.mark.parametrize(
-    "wire",
-    [b"zz\r\n", b"+5\r\nhello\r\n", b"5\r\nhelloXY", b"5\r\nhello\n", b"1" * (MAX_LINE + 1)],
-    ids=["not-hex", "signed", "no-crlf", "bare-lf", "over-long"],
-)
-def test_the_chunked_decoder_rejects(wire: bytes) -> None:
-    with pytest.raises(UpstreamProtocolError):
-        _ChunkedBody().feed(wire)
 
 
 async def test_an_sse_stream_one_read_at_a_time(server: RawServer) -> None:
@@ -582,19 +555,6 @@ async def test_the_connection_lost_mid_response(
             async with pool.stream("GET", "/") as response:
                 await response.read(100)
         assert pool.stale_retries == 0
-
-
-def test_bad_arguments() -> None:
-    for url in ("ftp://host", "http://", "http://host/v1", "http://user:pw@host", "http://h?q"):
-        with pytest.raises(ValueError, match="origin"):
-            UpstreamPool(url)
-    pool = UpstreamPool("http://[::1]:8080")
-    assert pool.origin == "http://[::1]:8080"
-    for header in (b"Host", b"Content-Length", b"transfer-encoding"):
-        with pytest.raises(ValueError, match="sets the"):
-            pool.stream("GET", "/", [(header, b"x")])
-    with pytest.raises(ValueError, match="not a valid HTTP request"):
-        pool.stream("GET", "/", [(b"x-injected", b"a\r\nb: c")])
 
 
 # -- TLS -------------------------------------------------------------------------------------

@@ -19,13 +19,11 @@ from tests.support.bodies import chat
 from tests.support.worker_harness import gateway_on_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.upstream.errors import (
-    connection_failed,
     inband_error,
-    malformed,
     status_error,
 )
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.openai.errors import APIError, internal_error, unavailable
+from trio_gateway.openai.errors import APIError, unavailable
 from trio_gateway.router.admission import Backend
 from trio_gateway.router.breaker import BreakerState
 
@@ -110,41 +108,6 @@ async def test_injected_mock_errors_do_not_open_the_breaker(
         assert backend.breaker.failures == 0
         good = await harness.request("POST", CHAT, chat(stream=True, max_tokens=3))
         assert good.status == 200 and len(good.tokens()) == 3
-
-
-REQUESTS_OWN = {
-    "in-band error, code 500": inband_error({"error": {"message": "boom", "code": 500}}),
-    "in-band content filter": inband_error(
-        {"error": {"message": "flagged", "type": "content_filter", "code": 400}}
-    ),
-    "in-band error without a code": inband_error({"message": "length"}),
-    "llama.cpp in-band line": inband_error({"code": 500, "message": "ctx full"}),
-    "upstream 400": status_error("u", 400, b'{"error": {"message": "bad"}}'),
-    "upstream 404": status_error("u", 404, b"no such model"),
-    "upstream 429": status_error("u", 429, b"slow down"),
-}
-
-BACKEND_FAULTS = {
-    "connection refused": unavailable("Could not connect.", retryable=False),
-    "connection lost": connection_failed("u", "reset", retryable=False),
-    "upstream 500": status_error("u", 500, b"oops"),
-    "upstream 502": status_error("u", 502, b""),
-    "upstream 503": status_error("u", 503, b""),
-    "upstream 504": status_error("u", 504, b""),
-    "upstream rejects the gateway's key": status_error("u", 401, b""),
-    "unreadable answer": malformed("u", "garbage"),
-    "engine failure": internal_error(),
-}
-
-
-@pytest.mark.parametrize("error", REQUESTS_OWN.values(), ids=REQUESTS_OWN.keys())
-def test_a_requests_own_failure_is_not_a_backend_fault(error: APIError) -> None:
-    assert error.backend_fault is False
-
-
-@pytest.mark.parametrize("error", BACKEND_FAULTS.values(), ids=BACKEND_FAULTS.keys())
-def test_an_unreachable_or_broken_backend_is_a_fault(error: APIError) -> None:
-    assert error.backend_fault is True
 
 
 @pytest.mark.parametrize("before", [0, 2])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
@@ -16,7 +15,7 @@ from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.logs import JsonFormatter, RequestIdFilter, TextFormatter, request_id_var
+from trio_gateway.logs import request_id_var
 
 CHAT = "/v1/chat/completions"
 
@@ -106,21 +105,3 @@ async def test_log_prompts_adds_the_text(
     end = next(r for r in caplog.records if r.name == "trio_gateway.requests")
     assert "tell me" in end.prompt  # type: ignore[attr-defined]
     assert end.completion == response.json()["choices"][0]["message"]["content"]  # type: ignore[attr-defined]
-
-
-def test_json_and_text_formats_carry_the_request_id() -> None:
-    record = logging.LogRecord(
-        "trio_gateway.requests", logging.INFO, __file__, 1, "request end", None, None
-    )
-    record.model = "mock"
-    record.status = "success"
-    token = request_id_var.set("rid-7")
-    try:
-        RequestIdFilter().filter(record)
-    finally:
-        request_id_var.reset(token)
-    line = json.loads(JsonFormatter().format(record))
-    assert line["request_id"] == "rid-7" and line["model"] == "mock"
-    assert line["message"] == "request end" and line["level"] == "info"
-    text = TextFormatter().format(record)
-    assert "[rid-7]" in text and "model=mock" in text and "status=success" in text

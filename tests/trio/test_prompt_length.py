@@ -11,11 +11,9 @@ import trio
 import trio.testing
 
 from tests.support.asgi_client import running_gateway
-from tests.support.upstream_server import running_upstream
 from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock_answer import prompt_token_count
-from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -87,20 +85,3 @@ async def test_a_worker_hosting_the_mock_is_checked_at_the_gateway(
     assert over.json()["error"]["code"] == "context_length_exceeded"
     assert at.status == 200
     assert server.engine.active == 0
-
-
-async def test_an_upstreams_prompt_is_left_to_the_upstream() -> None:
-    # 64 tokens by its `max_model_len`; "y" * 400 is 100 of the mock's tokens, but the
-    # upstream tokenizes its own way (here: one word, one token) and takes it.
-    async with running_upstream(models=["up-a"], context_lengths={"up-a": 64}) as upstream:
-        engine = OpenAIUpstream(upstream.url)
-        async with running_gateway(engines=[engine]) as harness:
-            with trio.fail_after(10):
-                await engine.wait_probes(1)
-                response = await harness.request(
-                    "POST",
-                    CHAT,
-                    {"model": "up-a", "messages": [{"role": "user", "content": "y" * 400}]},
-                )
-    assert response.status == 200
-    assert len(upstream.generations) == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_gateway.cli import run_until_stopped, serve, startup_failure
+from trio_gateway.cli import run_until_stopped, serve
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.gateway import Gateway
@@ -145,11 +145,3 @@ async def test_a_failing_startup_is_one_log_line_and_a_startup_error(
     failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.getMessage() for r in failures] == ["startup failed: no engine today"]
     assert not failures[0].exc_info  # the traceback only at debug level
-
-
-def test_startup_failure_finds_our_message_in_a_group() -> None:
-    group = ExceptionGroup("x", [ExceptionGroup("y", [StartupError("cannot listen on a:1")])])
-    assert startup_failure(group) == "cannot listen on a:1"
-    assert startup_failure(ExceptionGroup("x", [OSError(98, "in use")])) == (
-        "cannot start: [Errno 98] in use"
-    )
