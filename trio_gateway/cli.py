@@ -105,7 +105,7 @@ def install_error_bodies() -> bool:
 
 
 async def forward_signals(shutdown: GracefulShutdown) -> None:
-    """SIGTERM or SIGINT starts the drain; a second one cuts it short (DESIGN §5)."""
+    """SIGTERM or SIGINT starts the drain; a second one cuts it short (docs/architecture.md §6)."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             shutdown.request_stop(signal.Signals(signum).name)
@@ -282,8 +282,8 @@ def check_config(args: argparse.Namespace) -> int:
 def exit_without_teardown(code: int) -> None:
     """Exit once everything has been said and closed, skipping the interpreter's teardown.
 
-    Finalising the imported modules takes 150-300 ms here: time a rolling deploy waits on
-    a process that has already drained, closed its connections and flushed its logs.
+    Finalising the imported modules is time a rolling deploy waits on a process that has
+    already drained, closed its connections and flushed its logs (measured in the README).
     """
     logging.shutdown()
     sys.stdout.flush()

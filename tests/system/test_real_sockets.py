@@ -177,7 +177,8 @@ async def test_accepted_sockets_have_tcp_nodelay(monkeypatch: pytest.MonkeyPatch
 async def test_idle_keep_alive_connection_is_closed_by_the_server(
     method: str, path: str, body: bytes | None
 ) -> None:
-    """The quart-trio keep-alive bug (DESIGN §6) leaves idle connections open forever."""
+    """The quart-trio keep-alive bug (docs/architecture.md §7) leaves idle connections open
+    forever."""
     async with served_gateway(keep_alive_timeout_s=0.2) as served:
         host, port = served.url.removeprefix("http://").split(":")
         stream = await trio.open_tcp_stream(host, int(port))

@@ -1,4 +1,5 @@
-"""The worker request plane codec (DESIGN §4): text frame ⇄ dataclass, and its errors."""
+"""The worker request plane codec (docs/architecture.md §3): text frame ⇄ dataclass, and its
+errors."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ serves the whole batch. A sequence with its own `itl` (fault injection) keeps it
 
 The engine runs on its own clock: when the caller is late, `step` performs every step that
 was due (catch-up), as a GPU would have while the event loop was busy. That is what lets the
-gateway coalesce several tokens into one write under load (DESIGN §6).
+gateway coalesce several tokens into one write under load (docs/architecture.md §7).
 
 What a step says is the sequence's `answer`'s business (`MockAnswer`): the scheduler asks it
 to `render` the next step, offers that to `emit`, and `commit`s it only once taken.

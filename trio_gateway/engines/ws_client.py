@@ -1,4 +1,7 @@
-"""A remote worker as an engine: one WebSocket, many requests multiplexed on it (DESIGN §4).
+"""A remote worker as an engine: one WebSocket, many requests multiplexed on it.
+
+The worker plane as a whole (handshake, frames, credits, cancel, reconnect) is
+docs/architecture.md §3.
 
 `run` dials the worker, checks its `hello`, reads frames and hands each to its request's
 inbox, and redials with backoff when the connection goes; while it is down the worker is

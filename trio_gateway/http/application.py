@@ -110,7 +110,7 @@ async def _refuse_framing(receive: Receive, send: Send, limit: int) -> None:
 
 
 def _keep_alive_safe(receive: Receive, send: Send) -> tuple[Receive, Send]:
-    """Work around the quart-trio + hypercorn keep-alive bug (DESIGN §6).
+    """Work around the quart-trio + hypercorn keep-alive bug (docs/architecture.md §7).
 
     hypercorn queues `http.disconnect` once a response completes; quart-trio then cancels
     its request nursery while hypercorn, inside our final `send`, starts the connection's

@@ -36,7 +36,8 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
 
 def create_control_app(gateway: Gateway) -> QuartTrio:
     app = QuartTrio("trio_gateway")
-    app.config["RESPONSE_TIMEOUT"] = None  # DESIGN §6: quart's 60 s default kills streams
+    # quart's 60 s default would cut a streamed body after a minute (docs/architecture.md §7).
+    app.config["RESPONSE_TIMEOUT"] = None
     created = int(time.time())
 
     @app.get("/v1/models")

@@ -1,7 +1,7 @@
 """`/v1/chat/completions` and `/v1/completions` as a lean ASGI handler.
 
-These two routes carry nearly every byte, so they skip the web framework (DESIGN §1 and §6:
-quart costs 10-25 % of throughput and +60 % memory per open stream here). The handler
+These two routes carry nearly every byte, so they skip the web framework, whose per-request
+and per-stream cost is measured in the README (docs/architecture.md §1.1). The handler
 validates, opens a flight in the gateway's nursery and writes what the engine produces;
 it never runs engine code itself.
 """

@@ -1,17 +1,17 @@
 """hypercorn's trio write path with a non-blocking first try.
 
 For every write, hypercorn's `TCPServer.protocol_send` takes a `trio.Lock`, opens a shielded
-`CancelScope` and goes through `SocketStream.send_all` (a context manager, a conflict
-detector and a checkpoint). A token stream is nothing but small writes: profiled at c=64,
-that path was over half of the gateway's CPU and its Python part cost more than the
-`send` system call itself. When no write is in progress, the kernel's send buffer almost
-always has room for one SSE event, so `fast_protocol_send` writes it with one non-blocking
-`os.write` and returns. Only what the kernel does not take (a client reading slowly) goes
-through hypercorn's own path, which waits for the socket under its lock and shield; a
-write in progress keeps the lock, so the order of bytes never changes.
+`CancelScope` and goes through `SocketStream.send_all` (a context manager, a conflict detector
+and a checkpoint). A token stream is nothing but small writes, so that per-write Python cost,
+more than the `send` system call itself, dominates the gateway's CPU (the profile and what the
+fast path saved are in the README). When no write is in progress, the kernel's send buffer
+almost always has room for one SSE event, so `fast_protocol_send` writes it with one
+non-blocking `os.write` and returns. Only what the kernel does not take (a client reading
+slowly) goes through hypercorn's own path, which waits for the socket under its lock and
+shield; a write in progress keeps the lock, so the order of bytes never changes.
 
-Before that, each body write goes through h11's `Connection.send`, whose state machine and
-writer are a few microseconds per event for what is, in the middle of a chunked body, only
+Before that, each body write goes through h11's `Connection.send`, a state machine and a
+writer run on every event for what is, in the middle of a chunked body, only
 `size CRLF data CRLF`: `fast_stream_send` frames such a chunk itself (what h11's chunked
 writer writes, byte for byte) and leaves every other event, and every other framing, to
 hypercorn and h11.

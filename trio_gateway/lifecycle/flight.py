@@ -1,9 +1,10 @@
 """A flight: one request's engine work, in its own cancel scope, in the gateway's nursery.
 
-The scope is the handle (DESIGN §2): a disconnect, the inactivity timeout or shutdown cancel
-it with a reason, and leaving it is the only way the engine work ends. The engine task runs
-under a nursery the gateway owns, not the ASGI handler's, so the handler stays free to
-write the end of the stream after the engine is gone.
+The scope is the handle: a disconnect, the inactivity timeout or shutdown cancel it with a
+reason, and leaving it is the only way the engine work ends. The engine task runs under a
+nursery the gateway owns, not the ASGI handler's, so the handler stays free to write the end
+of the stream after the engine is gone. Where the scope opens and closes, and who cancels
+it: docs/architecture.md, first screen and §1.4.
 """
 
 from __future__ import annotations
@@ -229,9 +230,10 @@ async def _generate_on(
 async def _watch(receive: Receive, flight: Flight) -> None:
     """Watch the client's connection and the engine's silence, in one task per flight.
 
-    hypercorn only reports a gone client to a task waiting on `receive()` (DESIGN §6). The
-    inactivity deadline is re-armed from `flight.waiting_since` only when it expires, so
-    the writer pays one attribute store per write, not a cancel scope.
+    hypercorn only reports a gone client to a task waiting on `receive()`
+    (docs/architecture.md §7). The inactivity deadline is re-armed from
+    `flight.waiting_since` only when it expires, so the writer pays one attribute store per
+    write, not a cancel scope.
     """
     while True:
         now = trio.current_time()

@@ -2,7 +2,8 @@
 
 The engine's silence is timed by the flight's watcher (`flight.waiting_since`). Whatever
 is already queued is taken with the first chunk (`receive_nowait` until
-`WouldBlock`), so under load one response write carries several tokens (DESIGN §2.4).
+`WouldBlock`), so under load one response write carries several tokens (docs/architecture.md
+§1.7).
 """
 
 from __future__ import annotations

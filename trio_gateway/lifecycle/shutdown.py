@@ -1,4 +1,4 @@
-"""Three-phase graceful shutdown (DESIGN §5): drain, then cut with a frame, then stop.
+"""Three-phase graceful shutdown (docs/architecture.md §6): drain, then cut with a frame, then stop.
 
 `ShutdownPhases` is the pure state machine (running → draining → stopping → stopped), so its
 rules are testable without signals or sockets. `GracefulShutdown` is the trio orchestration:

@@ -1,4 +1,5 @@
-"""OpenAI-shaped errors, and the one taxonomy of how a request can end (DESIGN §2.6)."""
+"""OpenAI-shaped errors, and the one taxonomy of how a request can end (docs/architecture.md
+§1.8)."""
 
 from __future__ import annotations
 

@@ -14,13 +14,13 @@ values that another process can compute the same way (BLAKE2b, not Python's `has
 is salted per process), so replicas can tell each other what they routed.
 
 Per backend an LRU of block hashes, each with the time it was last recorded, bounded by
-`capacity_blocks_per_backend` and expiring after `ttl_s`: memory is at most backends x
-capacity entries (about 120 bytes each). A record touches its blocks from the last to the
-first, so a prefix's first blocks, the ones most prompts share, are evicted last; together
-with the chaining this keeps each backend's blocks prefix-closed (a block is held only if
-every block before it is), which is what lets `match` find a backend's matched length by
-bisection. Pure code: callers pass `now` (one clock for every call, never going backwards;
-an earlier `now` counts as the latest seen).
+`capacity_blocks_per_backend` and expiring after `ttl_s`: memory is at most backends x capacity
+entries (their size is in the README, *Routing*). A record touches its blocks from the last to
+the first, so a prefix's first blocks, the ones most prompts share, are evicted last; together
+with the chaining this keeps each backend's blocks prefix-closed (a block is held only if every
+block before it is), which is what lets `match` find a backend's matched length by bisection.
+Pure code: callers pass `now` (one clock for every call, never going backwards; an earlier
+`now` counts as the latest seen).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Sessions on the gateway (DESIGN §5): open on a worker before the first generation (fail
-fast), route later requests to that worker, close after the last one, reap idle ones.
+"""Sessions on the gateway (docs/architecture.md §5): open on a worker before the first
+generation (fail fast), route later requests to that worker, close after the last one, reap
+idle ones.
 
 One reaper task sleeps until the next expiry (its deadline moves when the table changes); it
 never polls. The worker is told the timeout plus `WORKER_GRACE_S`, so the gateway closes first.

@@ -1,4 +1,6 @@
-"""The worker request plane's messages (DESIGN §4), as a pure codec: text frame ⇄ dataclass.
+"""The worker request plane's messages, as a pure codec: text frame ⇄ dataclass.
+
+The plane as a whole is docs/architecture.md §3.
 
 One WebSocket per gateway-worker pair carries many requests; every per-request message has
 an `id`. The `error` frame carries the error's OpenAI type as `error_type`, since `type`

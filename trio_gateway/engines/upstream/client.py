@@ -1,13 +1,13 @@
 """A lean streaming HTTP/1.1 client for one upstream origin (vLLM, llama.cpp), on trio streams.
 
-httpx was ~30 % of the gateway's CPU relaying SSE at 256 streams: five async generators and
-h11 on every socket read, and httpcore's pool walking every connection on every request. Here
-a body read is one `await stream.receive_some()` and one pass of a small decoder; the pool is
-a stack of idle connections, so nothing is O(connections).
+httpx cost the gateway too much CPU relaying SSE (the figures are in the README): five async
+generators and h11 on every socket read, and httpcore's pool walking every connection on
+every request. Here a body read is one `await stream.receive_some()` and one pass of a
+small decoder; the pool is a stack of idle connections, so nothing is O(connections).
 
 h11 writes the request and parses the response head (the part where its strictness pays);
-the body is framed by the decoders below. h11 costs ~7 µs per chunked read against ~1 µs for
-`_ChunkedBody`, on a path that runs once per SSE event (benchmarks/upstream_client.py). A
+the body is framed by the decoders below: h11's chunked reader costs several times
+`_ChunkedBody`'s, on a path that runs once per SSE event (benchmarks/upstream_client.py). A
 fresh `h11.Connection` serves each request, so reuse is decided here with h11's own rules:
 the request was sent, the body read to its end with nothing after it, HTTP/1.1, and no
 `Connection: close` on either side.
