@@ -19,7 +19,7 @@ from pathlib import Path
 from tests.support.metric_samples import samples, value
 
 TIMEOUT_S = 30.0
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # One gateway process's worth of traffic: argv is requests, backend up (0|1), phase.
 RECORDER = """

@@ -37,7 +37,7 @@ from trio_gateway.config import (
 from trio_gateway.metrics import GatewayMetrics
 from trio_gateway.worker.metrics import WorkerMetrics
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "trio-gateway.json"
 K8S = ROOT / "deploy" / "k8s"
 DOCKERFILE = ROOT / "Dockerfile"
