@@ -4,12 +4,14 @@ and no test module importing another (what two test modules share is a helper)."
 from __future__ import annotations
 
 import ast
+from functools import cache
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 LANES = ("unit", "trio", "system")
 
 
+@cache
 def python_files() -> list[Path]:
     return sorted(path for path in TESTS.rglob("*.py") if "__pycache__" not in path.parts)
 
@@ -20,6 +22,7 @@ def is_test_module(name: str) -> bool:
     return last.startswith("test_") or last == "conftest"
 
 
+@cache
 def imported_modules(path: Path) -> list[str]:
     """Every module `path` imports, relative imports resolved against its package."""
     package = ".".join(path.relative_to(TESTS.parent).with_suffix("").parts[:-1])
