@@ -30,12 +30,13 @@ from trio_gateway.config import (
     add_config_flags,
     config_from_args,
 )
+from trio_gateway.errors import ErrorKind, GatewayError
 from trio_gateway.gateway import describe_backends
 from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.logs import configure_logging
-from trio_gateway.openai.errors import APIError
+from trio_gateway.openai.errors import encode_error
 from trio_gateway.processes import (
     StartupError,
     check_can_listen,
@@ -76,7 +77,8 @@ async def _send_error_body(self: H11Protocol, status_code: int) -> None:
     """hypercorn's `H11Protocol._send_error_response` with an OpenAI-shaped body instead of
     an empty one; like hypercorn's, it closes the connection after."""
     message, code = PROTOCOL_ERRORS.get(status_code, (HTTPStatus(status_code).phrase, None))
-    body = APIError(status_code, message, "invalid_request_error", None, code).encode()
+    error = GatewayError(ErrorKind.VALIDATION, message, code=code, status_override=status_code)
+    body = encode_error(error)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", b"%d" % len(body)),

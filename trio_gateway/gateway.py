@@ -12,12 +12,12 @@ from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer import prompt_token_count
 from trio_gateway.engines.protocol import Engine
+from trio_gateway.errors import model_not_found, unavailable
 from trio_gateway.generation import GenerationRequest
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown, Phase
 from trio_gateway.loop_health import count_tasks, sample_event_loop_lag
 from trio_gateway.metrics import GatewayMetrics, multiprocess_dir
-from trio_gateway.openai.errors import model_not_found, unavailable
 from trio_gateway.openai.schemas import check_max_tokens, check_prompt_length
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.policies import CacheAware, make_policy

@@ -22,7 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from trio_gateway.openai.errors import APIError
+from trio_gateway.errors import GatewayError
 
 PREFIX = "trio_gateway_"
 
@@ -209,14 +209,14 @@ class GatewayMetrics:
         model: str,
         endpoint: str,
         stream: bool,
-        error: APIError | None,
+        error: GatewayError | None,
     ) -> None:
         self.requests.labels(
             model,
             endpoint,
             "stream" if stream else "unary",
             "success" if error is None else "error",
-            "none" if error is None else error.error_type,
+            "none" if error is None else error.kind.value,
         ).inc()
 
     def exposition(self) -> bytes:

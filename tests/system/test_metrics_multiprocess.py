@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 RECORDER = """
 import os, sys
 from trio_gateway.metrics import GatewayMetrics
-from trio_gateway.openai.errors import unavailable
+from trio_gateway.errors import unavailable
 
 requests, up, phase = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 metrics = GatewayMetrics()

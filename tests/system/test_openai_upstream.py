@@ -21,8 +21,9 @@ import trio.testing
 
 from tests.support.upstream_server import expected_text, running_upstream
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
+from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
-from trio_gateway.openai.errors import APIError
+from trio_gateway.openai.errors import error_body, http_status
 from trio_gateway.openai.schemas import parse_generation_request
 from trio_gateway.openai.sse import completion_text
 
@@ -60,9 +61,9 @@ async def generate(engine: OpenAIUpstream, request: GenerationRequest) -> list[C
 
 async def generate_error(
     engine: OpenAIUpstream, request: GenerationRequest
-) -> tuple[APIError, list[Chunk]]:
+) -> tuple[GatewayError, list[Chunk]]:
     send, receive = trio.open_memory_channel[Chunk](math.inf)
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         await engine.generate(request, send)
     send.close()
     return caught.value, [chunk async for chunk in receive]
@@ -213,7 +214,7 @@ async def test_stream_without_finish_reason_is_internal() -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, chunks = await generate_error(engine, make_request(model="no-finish"))
-    assert (error.status, error.error_type) == (500, "internal")
+    assert (http_status(error), error.kind.value) == (500, "internal")
     assert error.message == (
         f"The upstream {engine.name} sent a stream that ended without a finish_reason."
     )
@@ -235,7 +236,7 @@ async def test_a_unary_answer_to_a_stream_request_is_malformed() -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, chunks = await generate_error(engine, make_request(model="unary"))
-    assert (error.error_type, chunks) == ("internal", [])
+    assert (error.kind.value, chunks) == ("internal", [])
     assert "a unary answer to a streaming request" in error.message
 
 
@@ -244,7 +245,7 @@ async def test_finished_streams_leave_the_connection_reusable() -> None:
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             await engine.wait_probes(1)  # one connection at a time from here on
             for model in ("up-a", "no-usage", "usage-with-finish", "fail-400", "up-a"):
-                with contextlib.suppress(APIError):
+                with contextlib.suppress(GatewayError):
                     await generate(engine, make_request(model=model))
             await generate(engine, make_request(stream=False))
     ports = [r.client_port for r in upstream.requests]
@@ -273,6 +274,22 @@ async def test_concurrent_streams_share_the_client() -> None:
 
 
 # -- errors -------------------------------------------------------------------------------
+
+
+def described(error: GatewayError) -> tuple[object, ...]:
+    """What the client sees of an error, its kind, and whether it may be retried or counts
+    against the backend."""
+    body = error_body(error)["error"]
+    return (
+        http_status(error),
+        body["message"],
+        body["type"],
+        body["param"],
+        body["code"],
+        error.kind.value,
+        error.retryable,
+        error.counts_against_backend,
+    )
 
 
 @pytest.mark.parametrize(
@@ -306,7 +323,7 @@ async def test_upstream_client_errors_stay_client_errors(
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, chunks = await generate_error(engine, make_request(model=model))
     assert chunks == []
-    assert error == APIError(status, message, type_, param, code, error_type, retryable=False)
+    assert described(error) == (status, message, type_, param, code, error_type, False, False)
 
 
 @pytest.mark.parametrize("status", [502, 503, 504])
@@ -314,7 +331,7 @@ async def test_upstream_unavailable_statuses_are_retryable(status: int) -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, _ = await generate_error(engine, make_request(model=f"fail-{status}"))
-    assert (error.status, error.error_type, error.retryable) == (503, "unavailable", True)
+    assert (http_status(error), error.kind.value, error.retryable) == (503, "unavailable", True)
     assert f"upstream says {status}" in error.message
 
 
@@ -322,7 +339,7 @@ async def test_upstream_500_is_internal() -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, _ = await generate_error(engine, make_request(model="fail-500"))
-    assert (error.status, error.error_type, error.retryable) == (500, "internal", False)
+    assert (http_status(error), error.kind.value, error.retryable) == (500, "internal", False)
     assert error.message == "upstream says 500"
 
 
@@ -330,7 +347,7 @@ async def test_upstream_429_is_overload_and_retryable() -> None:
     with trio.fail_after(10):
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, _ = await generate_error(engine, make_request(model="fail-429"))
-    assert (error.status, error.error_type, error.retryable) == (429, "overload", True)
+    assert (http_status(error), error.kind.value, error.retryable) == (429, "overload", True)
     assert error.message == "upstream says 429"
 
 
@@ -347,7 +364,7 @@ async def test_rejected_gateway_key_is_internal_and_never_logged(
             await engine.wait_probes(2)
             assert engine.available is False
             error, _ = await generate_error(engine, make_request())
-    assert (error.status, error.error_type, error.retryable) == (500, "internal", True)
+    assert (http_status(error), error.kind.value, error.retryable) == (500, "internal", True)
     assert "credentials" in error.message
     assert secret not in error.message
     assert secret not in repr(engine)
@@ -364,7 +381,7 @@ async def test_connection_refused_is_unavailable_and_retryable() -> None:
             assert not engine.models
             error, chunks = await generate_error(engine, make_request())
     assert chunks == []
-    assert (error.status, error.error_type, error.retryable) == (503, "unavailable", True)
+    assert (http_status(error), error.kind.value, error.retryable) == (503, "unavailable", True)
 
 
 async def test_upstream_going_away_turns_the_engine_unavailable() -> None:
@@ -378,7 +395,7 @@ async def test_upstream_going_away_turns_the_engine_unavailable() -> None:
             # The upstream is gone; the engine runs on.
             probes = engine.probes
             error, _ = await generate_error(engine, make_request())
-            assert (error.error_type, error.retryable) == ("unavailable", True)
+            assert (error.kind.value, error.retryable) == ("unavailable", True)
             assert engine.available is False
             with trio.fail_after(2):  # it probes at once, not at its next refresh in 30 s
                 await engine.wait_probes(probes + 1)
@@ -426,7 +443,7 @@ async def test_inband_error_frame(
         async with running_upstream() as upstream, running_engine(upstream.url) as engine:
             error, chunks = await generate_error(engine, make_request(model=model))
     assert text_of(chunks) == expected_text(before)
-    assert error == APIError(status, message, type_, param, code, error_type, retryable=False)
+    assert described(error) == (status, message, type_, param, code, error_type, False, False)
 
 
 async def test_connection_lost_mid_stream() -> None:
@@ -435,9 +452,9 @@ async def test_connection_lost_mid_stream() -> None:
             error, chunks = await generate_error(engine, make_request(model="drop"))
             early, nothing = await generate_error(engine, make_request(model="drop-early"))
     assert text_of(chunks) == "t0 t1 "
-    assert (error.status, error.error_type, error.retryable) == (503, "unavailable", False)
+    assert (http_status(error), error.kind.value, error.retryable) == (503, "unavailable", False)
     assert nothing == []
-    assert (early.status, early.error_type, early.retryable) == (503, "unavailable", True)
+    assert (http_status(early), early.kind.value, early.retryable) == (503, "unavailable", True)
 
 
 async def test_generate_needs_run() -> None:
@@ -445,7 +462,7 @@ async def test_generate_needs_run() -> None:
         async with running_upstream() as upstream:
             engine = OpenAIUpstream(upstream.url)
             error, _ = await generate_error(engine, make_request())
-            assert (error.error_type, error.retryable) == ("unavailable", True)
+            assert (error.kind.value, error.retryable) == ("unavailable", True)
             async with trio.open_nursery() as nursery:
                 await nursery.start(engine.run)
                 assert engine.running
@@ -454,19 +471,19 @@ async def test_generate_needs_run() -> None:
             assert not engine.running
             assert engine.available is False
             error, _ = await generate_error(engine, make_request())
-            assert (error.error_type, error.retryable) == ("unavailable", True)
+            assert (error.kind.value, error.retryable) == ("unavailable", True)
     assert len(upstream.generations) == 1
 
 
 async def test_stopping_the_engine_ends_its_streams_as_unavailable() -> None:
     """What the gateway's `remove_engine` relies on: cancelling `run` closes the client, and
     a stream in flight on it fails at once as `unavailable`, not retryable (it had begun)."""
-    errors: list[APIError] = []
+    errors: list[GatewayError] = []
 
     async def one(engine: OpenAIUpstream, send: trio.MemorySendChannel[Chunk]) -> None:
         try:
             await engine.generate(make_request(model="slow"), send)
-        except APIError as error:
+        except GatewayError as error:
             errors.append(error)
 
     with trio.fail_after(10):
@@ -480,7 +497,7 @@ async def test_stopping_the_engine_ends_its_streams_as_unavailable() -> None:
                 engine_scope.cancel_scope.cancel()
             with trio.fail_after(0.5):
                 await upstream.wait_until(lambda: upstream.generations[0].disconnected)
-    assert [(e.error_type, e.retryable) for e in errors] == [("unavailable", False)]
+    assert [(e.kind.value, e.retryable) for e in errors] == [("unavailable", False)]
 
 
 # -- cancellation and backpressure --------------------------------------------------------

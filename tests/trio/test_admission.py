@@ -10,9 +10,10 @@ import trio
 import trio.testing
 
 from tests.support.fake_engine import FakeEngine
-from trio_gateway.openai.errors import APIError
+from trio_gateway.errors import GatewayError
+from trio_gateway.openai.errors import error_body, http_status, openai_type
 from trio_gateway.router.admission import Backend, Router
-from trio_gateway.router.breaker import BreakerState
+from trio_gateway.router.breaker import BreakerState, Verdict
 from trio_gateway.router.policies import LeastInflight, RoundRobin
 
 
@@ -33,16 +34,16 @@ def state_of(backend: Backend) -> BreakerState:
     return backend.breaker.state
 
 
-Outcome = tuple[Backend | APIError, float]
+Outcome = tuple[Backend | GatewayError, float]
 
 
 async def acquire_into(
     router: Router, model: str, outcomes: list[Outcome], exclude: Sequence[str] = ()
 ) -> None:
-    """Acquire, recording what came back (a backend or the APIError) and when."""
+    """Acquire, recording what came back (a backend or the GatewayError) and when."""
     try:
         backend = await router.acquire(model, exclude)
-    except APIError as error:
+    except GatewayError as error:
         outcomes.append((error, trio.current_time()))
     else:
         outcomes.append((backend, trio.current_time()))
@@ -115,9 +116,9 @@ async def test_remove() -> None:
     assert router.find("a") is None
     assert [b.name for b in router.backends] == ["b"]
     assert not router.knows("m")
-    with pytest.raises(APIError) as info:
+    with pytest.raises(GatewayError) as info:
         router.try_acquire("m")
-    assert info.value.status == 404
+    assert http_status(info.value) == 404
 
 
 async def test_models_lists_each_once_in_order() -> None:
@@ -175,7 +176,7 @@ async def test_release_decrements_and_frees_the_slot() -> None:
     backend = router.try_acquire("m")
     assert backend is not None
     assert router.try_acquire("m") is None
-    router.release(backend, None)
+    router.release(backend, Verdict.NONE)
     assert backend.inflight == 0
     assert state_of(backend) is BreakerState.CLOSED
     assert router.try_acquire("m") is backend
@@ -225,17 +226,17 @@ async def test_full_backend_spills_to_another() -> None:
 @pytest.mark.parametrize("engines", [(), (FakeEngine("a", ("other",)),)])
 async def test_unknown_model_is_404(engines: tuple[FakeEngine, ...]) -> None:
     router = router_with(*engines)
-    with pytest.raises(APIError) as info:
+    with pytest.raises(GatewayError) as info:
         router.try_acquire("nope")
     error = info.value
-    assert error.status == 404
-    assert error.code == "model_not_found"
+    assert http_status(error) == 404
+    assert error_body(error)["error"]["code"] == "model_not_found"
     assert error.param == "model"
-    assert error.error_type == "not_found"
+    assert error.kind.value == "not_found"
     assert "`nope`" in error.message
-    with pytest.raises(APIError) as again:
+    with pytest.raises(GatewayError) as again:
         await router.acquire("nope")
-    assert again.value.status == 404
+    assert http_status(again.value) == 404
     assert router.queued == 0
 
 
@@ -243,18 +244,18 @@ async def test_known_model_all_unavailable_is_503() -> None:
     router = router_with(
         FakeEngine("a", available=False), FakeEngine("b", available=False, capacity=None)
     )
-    with pytest.raises(APIError) as info:
+    with pytest.raises(GatewayError) as info:
         router.try_acquire("m")
     error = info.value
-    assert error.status == 503
-    assert error.code == "unavailable"
-    assert error.type == "unavailable"
-    assert error.error_type == "unavailable"
+    assert http_status(error) == 503
+    assert error_body(error)["error"]["code"] == "unavailable"
+    assert openai_type(error) == "unavailable"
+    assert error.kind.value == "unavailable"
     assert error.retryable is False
     assert "'m'" in error.message
-    with pytest.raises(APIError) as again:
+    with pytest.raises(GatewayError) as again:
         await router.acquire("m")  # 503 at once: nothing to wait for
-    assert again.value.status == 503
+    assert http_status(again.value) == 503
     assert router.queued == 0
 
 
@@ -263,9 +264,9 @@ async def test_unavailable_even_when_full_is_503_not_queued() -> None:
     backend = router.try_acquire("m")
     assert backend is not None
     backend.engine.available = False  # type: ignore[misc]
-    with pytest.raises(APIError) as info:
+    with pytest.raises(GatewayError) as info:
         router.try_acquire("m")
-    assert info.value.status == 503
+    assert http_status(info.value) == 503
 
 
 async def test_the_only_backend_open_is_routed_to_anyway(
@@ -275,13 +276,13 @@ async def test_the_only_backend_open_is_routed_to_anyway(
     router = router_with(FakeEngine("a", capacity=None), breaker_threshold=1)
     backend = router.try_acquire("m")
     assert backend is not None
-    router.release(backend, False)
+    router.release(backend, Verdict.BACKEND_FAULT)
     assert state_of(backend) is BreakerState.OPEN
     assert not backend.breaker.allows(trio.current_time())
     assert router.routable("m") and router.serves_any()
     assert router.try_acquire("m") is backend
     assert state_of(backend) is BreakerState.OPEN  # not a probe: the cooldown runs on
-    router.release(backend, True)
+    router.release(backend, Verdict.SUCCESS)
     assert state_of(backend) is BreakerState.CLOSED
 
 
@@ -295,7 +296,7 @@ async def test_panic_spreads_over_every_open_backend(
     for name in ("a", "b"):
         backend = router.try_acquire("m", only=name)
         assert backend is not None
-        router.release(backend, False)
+        router.release(backend, Verdict.BACKEND_FAULT)
         assert state_of(backend) is BreakerState.OPEN
     got = [router.try_acquire("m") for _ in range(4)]
     assert [b.name for b in got if b is not None] == ["a", "b", "a", "b"]
@@ -314,10 +315,10 @@ async def test_panic_waits_for_room_and_never_picks_a_disconnected_backend(
     assert router.try_acquire("m") is None  # a is full: queue for it
     a.engine.available = False  # type: ignore[misc]
     assert not router.routable("m") and not router.serves_any()
-    with pytest.raises(APIError) as info:
+    with pytest.raises(GatewayError) as info:
         router.try_acquire("m")
-    assert info.value.status == 503
-    assert info.value.error_type == "unavailable"
+    assert http_status(info.value) == 503
+    assert info.value.kind.value == "unavailable"
 
 
 async def test_a_healthy_backend_that_is_full_is_waited_for_rather_than_panic(
@@ -354,7 +355,7 @@ async def test_breaker_open_backend_is_skipped_for_a_healthy_one() -> None:
     a = router.find("a")
     assert a is not None
     a.inflight += 1
-    router.release(a, False)
+    router.release(a, Verdict.BACKEND_FAULT)
     assert state_of(a) is BreakerState.OPEN
     for _ in range(3):
         got = router.try_acquire("m")
@@ -372,9 +373,9 @@ async def test_exclude_skips_backends() -> None:
     assert got is not None and got.name == "c"
     got = router.try_acquire("m", exclude={"a", "b", "nonexistent"})
     assert got is None  # c is full: could serve later
-    with pytest.raises(APIError) as info:
+    with pytest.raises(GatewayError) as info:
         router.try_acquire("m", exclude=["a", "b", "c"])
-    assert info.value.status == 503  # known model, nothing left to try
+    assert http_status(info.value) == 503  # known model, nothing left to try
     assert router.find("a") is not None
     assert [b.inflight for b in router.backends] == [0, 1, 1]
 
@@ -410,7 +411,7 @@ async def test_acquire_queues_until_a_release(autojump_clock: trio.testing.MockC
         assert outcomes == []
         assert held.inflight == 1
         released_at = trio.current_time()
-        router.release(held, True)
+        router.release(held, Verdict.SUCCESS)
         assert held.inflight == 0
     assert len(outcomes) == 1
     got, at = outcomes[0]
@@ -429,11 +430,11 @@ async def test_exclude_holds_while_queued(autojump_clock: trio.testing.MockClock
     async with trio.open_nursery() as nursery:
         nursery.start_soon(acquire_into, router, "m", outcomes, ["b"])
         await trio.testing.wait_all_tasks_blocked()
-        router.release(b, None)  # the excluded one frees up: still waiting
+        router.release(b, Verdict.NONE)  # the excluded one frees up: still waiting
         await trio.testing.wait_all_tasks_blocked()
         assert router.queued == 1
         assert b.inflight == 0
-        router.release(a, None)
+        router.release(a, Verdict.NONE)
     assert [o[0] for o in outcomes] == [a]
     assert (a.inflight, b.inflight) == (1, 0)
 
@@ -452,7 +453,7 @@ async def test_each_release_lets_one_waiter_through(
         assert router.queued == 3
         for served in range(1, 4):
             await trio.sleep(1.0)
-            router.release(held, True)
+            router.release(held, Verdict.SUCCESS)
             await trio.testing.wait_all_tasks_blocked()
             assert len(outcomes) == served
             assert router.queued == 3 - served
@@ -471,7 +472,7 @@ async def test_waiter_that_loses_the_race_keeps_waiting(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(acquire_into, router, "m", outcomes)
         await trio.testing.wait_all_tasks_blocked()
-        router.release(held, True)
+        router.release(held, Verdict.SUCCESS)
         barger = router.try_acquire("m")  # takes the slot before the waiter runs
         assert barger is held
         await trio.testing.wait_all_tasks_blocked()
@@ -479,7 +480,7 @@ async def test_waiter_that_loses_the_race_keeps_waiting(
         assert router.queued == 1
         await trio.sleep(10.0)
         released_at = trio.current_time()
-        router.release(held, True)
+        router.release(held, Verdict.SUCCESS)
     assert outcomes == [(held, released_at)]
     assert held.inflight == 1
 
@@ -495,14 +496,14 @@ async def test_queue_full_is_429(autojump_clock: trio.testing.MockClock) -> None
         await trio.testing.wait_all_tasks_blocked()
         assert router.queued == 2
         start = trio.current_time()
-        with pytest.raises(APIError) as info:
+        with pytest.raises(GatewayError) as info:
             await router.acquire("m")
         assert trio.current_time() == start  # refused at once
         error = info.value
-        assert error.status == 429
-        assert error.error_type == "overload"
-        assert error.type == "overload"
-        assert error.code == "overload"
+        assert http_status(error) == 429
+        assert error.kind.value == "overload"
+        assert openai_type(error) == "overload"
+        assert error_body(error)["error"]["code"] == "overload"
         assert "queue is full (2 requests waiting)" in error.message
         assert error.message.endswith("Retry later.")
         assert router.queued == 2
@@ -513,9 +514,9 @@ async def test_queue_full_is_429(autojump_clock: trio.testing.MockClock) -> None
 async def test_queue_size_zero_refuses_any_wait(autojump_clock: trio.testing.MockClock) -> None:
     router = router_with(FakeEngine("a"), queue_size=0)
     assert (await router.acquire("m")).inflight == 1
-    with pytest.raises(APIError) as info:
+    with pytest.raises(GatewayError) as info:
         await router.acquire("m")
-    assert info.value.status == 429
+    assert http_status(info.value) == 429
     assert router.queued == 0
 
 
@@ -526,12 +527,12 @@ async def test_queue_timeout_is_429_after_exactly_the_timeout(
     held = router.try_acquire("m")
     assert held is not None
     start = trio.current_time()
-    with pytest.raises(APIError) as info:
+    with pytest.raises(GatewayError) as info:
         await router.acquire("m")
     assert trio.current_time() - start == 7.5
     error = info.value
-    assert error.status == 429
-    assert error.error_type == "overload"
+    assert http_status(error) == 429
+    assert error.kind.value == "overload"
     assert error.message == "No capacity within 7.5 s. Retry later."
     assert router.queued == 0
     assert held.inflight == 1
@@ -552,8 +553,8 @@ async def test_queue_timeout_not_reset_by_fruitless_wakeups(
             router.wake()  # nothing freed: the waiter looks and goes back to waiting
     assert len(outcomes) == 1
     error, at = outcomes[0]
-    assert isinstance(error, APIError)
-    assert error.status == 429
+    assert isinstance(error, GatewayError)
+    assert http_status(error) == 429
     assert at - start == 10.0
 
 
@@ -583,7 +584,7 @@ async def test_cancelled_waiter_leaves_the_queue_at_once(
         assert trio.current_time() == cancelled_at
     assert results == ["cancelled"]
     assert held.inflight == 1  # no slot taken
-    router.release(held, None)
+    router.release(held, Verdict.NONE)
     assert held.inflight == 0
     assert router.try_acquire("m") is held  # and the freed slot is really free
 
@@ -602,7 +603,7 @@ async def test_cancelled_waiter_does_not_block_the_next(
         nursery.start_soon(acquire_into, router, "m", outcomes)
         await trio.testing.wait_all_tasks_blocked()
         assert router.queued == 1  # the place was given back
-        router.release(held, True)
+        router.release(held, Verdict.SUCCESS)
     assert [o[0] for o in outcomes] == [held]
 
 
@@ -662,8 +663,8 @@ async def test_waiter_gets_503_when_its_backends_go_away(
         router.wake()
     assert len(outcomes) == 1
     error = outcomes[0][0]
-    assert isinstance(error, APIError)
-    assert error.status == 503
+    assert isinstance(error, GatewayError)
+    assert http_status(error) == 503
     assert router.queued == 0
 
 
@@ -677,14 +678,14 @@ async def test_failures_open_the_breaker_after_threshold(
     for n in range(1, 3):
         backend = router.try_acquire("m")
         assert backend is not None
-        router.release(backend, False)
+        router.release(backend, Verdict.BACKEND_FAULT)
         assert backend.breaker.failures == n
         assert state_of(backend) is BreakerState.CLOSED
         assert backend.inflight == 0
     backend = router.try_acquire("m")
     assert backend is not None
     failed_at = trio.current_time()
-    router.release(backend, False)
+    router.release(backend, Verdict.BACKEND_FAULT)
     assert state_of(backend) is BreakerState.OPEN
     assert backend.breaker.open_until == failed_at + 10.0
     assert not backend.breaker.allows(trio.current_time())
@@ -694,13 +695,13 @@ async def test_success_verdict_resets_failures() -> None:
     router = router_with(FakeEngine("a", capacity=None), breaker_threshold=2)
     backend = router.try_acquire("m")
     assert backend is not None
-    router.release(backend, False)
+    router.release(backend, Verdict.BACKEND_FAULT)
     assert backend.breaker.failures == 1
     assert router.try_acquire("m") is backend
-    router.release(backend, True)
+    router.release(backend, Verdict.SUCCESS)
     assert backend.breaker.failures == 0
     assert router.try_acquire("m") is backend
-    router.release(backend, None)  # no verdict: neither counts nor resets
+    router.release(backend, Verdict.NONE)  # no verdict: neither counts nor resets
     assert backend.breaker.failures == 0
     assert state_of(backend) is BreakerState.CLOSED
 
@@ -718,7 +719,7 @@ async def test_half_open_probe_success_closes(autojump_clock: trio.testing.MockC
     full.inflight = 1
     backend = router.try_acquire("m")
     assert backend is not None and backend.name == "a"
-    router.release(backend, False)
+    router.release(backend, Verdict.BACKEND_FAULT)
     assert state_of(backend) is BreakerState.OPEN
     await trio.sleep(4.9)
     assert router.try_acquire("m") is None
@@ -727,7 +728,7 @@ async def test_half_open_probe_success_closes(autojump_clock: trio.testing.MockC
     assert probe is backend
     assert state_of(backend) is BreakerState.HALF_OPEN
     assert router.try_acquire("m") is None  # one probe at a time
-    router.release(probe, True)
+    router.release(probe, Verdict.SUCCESS)
     assert state_of(backend) is BreakerState.CLOSED
     assert router.try_acquire("m") is backend
     assert router.try_acquire("m") is backend
@@ -739,15 +740,15 @@ async def test_half_open_probe_failure_reopens(autojump_clock: trio.testing.Mock
     backend = router.try_acquire("m")
     assert backend is not None
     backend.inflight += 1
-    router.release(backend, False)
-    router.release(backend, False)
+    router.release(backend, Verdict.BACKEND_FAULT)
+    router.release(backend, Verdict.BACKEND_FAULT)
     assert state_of(backend) is BreakerState.OPEN
     await trio.sleep(5.0)
     probe = router.try_acquire("m")
     assert probe is backend
     await trio.sleep(2.0)
     failed_at = trio.current_time()
-    router.release(probe, False)
+    router.release(probe, Verdict.BACKEND_FAULT)
     assert state_of(backend) is BreakerState.OPEN
     assert backend.breaker.open_until == failed_at + 5.0
     assert not backend.breaker.allows(trio.current_time())
@@ -759,11 +760,11 @@ async def test_abandoned_probe_lets_another_probe_go(
     router = router_with(FakeEngine("a", capacity=None), breaker_threshold=1, breaker_cooldown=1.0)
     backend = router.try_acquire("m")
     assert backend is not None
-    router.release(backend, False)
+    router.release(backend, Verdict.BACKEND_FAULT)
     await trio.sleep(1.0)
     probe = router.try_acquire("m")
     assert probe is backend
-    router.release(probe, None)
+    router.release(probe, Verdict.NONE)
     assert state_of(backend) is BreakerState.HALF_OPEN
     assert backend.inflight == 0
     assert router.try_acquire("m") is backend
@@ -781,11 +782,13 @@ async def test_failure_verdict_wakes_waiter_to_other_backend(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(acquire_into, router, "m", outcomes)
         await trio.testing.wait_all_tasks_blocked()
-        router.release(a, False)  # a's breaker opens: the waiter must not land there
+        router.release(
+            a, Verdict.BACKEND_FAULT
+        )  # a's breaker opens: the waiter must not land there
         await trio.testing.wait_all_tasks_blocked()
         assert outcomes == []
         assert router.queued == 1
-        router.release(b, True)
+        router.release(b, Verdict.SUCCESS)
     assert [o[0] for o in outcomes] == [b]
     assert a.inflight == 0
     assert state_of(a) is BreakerState.OPEN
@@ -803,7 +806,7 @@ async def test_a_queued_request_looks_again_when_a_cooldown_ends(
     )
     b = router.try_acquire("m", only="b")
     assert b is not None
-    router.release(b, False)  # one failure: b's breaker opens for 10 s
+    router.release(b, Verdict.BACKEND_FAULT)  # one failure: b's breaker opens for 10 s
     opened_at = trio.current_time()
     a = router.try_acquire("m")
     assert a is not None and a.name == "a"  # a is now full

@@ -22,8 +22,11 @@ from trio_gateway.engines.upstream.errors import (
     inband_error,
     status_error,
 )
+from trio_gateway.errors import (
+    GatewayError,
+    unavailable,
+)
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.openai.errors import APIError, unavailable
 from trio_gateway.router.admission import Backend
 from trio_gateway.router.breaker import BreakerState
 
@@ -31,7 +34,7 @@ CHAT = "/v1/chat/completions"
 
 # What an engine does with one request: fail with an error after `before` chunks, stall
 # after them ("stall"), or answer ("ok").
-Step = tuple[str, APIError | None, int]
+Step = tuple[str, GatewayError | None, int]
 OK: Step = ("ok", None, 0)
 
 

@@ -10,6 +10,7 @@ from tests.support.fake_engine import FakeEngine
 from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.router.admission import Router
+from trio_gateway.router.breaker import Verdict
 from trio_gateway.router.policies import CacheAware, CacheAwareOptions
 from trio_gateway.router.route_key import RouteKey
 
@@ -46,7 +47,7 @@ async def test_the_router_sends_a_shared_prefix_to_one_backend() -> None:
         backend = router.try_acquire("m", key=request_key)
         assert backend is not None
         homes.add(backend.name)
-        router.release(backend, True)
+        router.release(backend, Verdict.SUCCESS)
     assert len(homes) == 1
     # Another system prompt starts elsewhere (the smallest index).
     other = router.try_acquire("m", key=key(prompt(20, "other")))
@@ -59,7 +60,7 @@ async def test_a_session_pinned_request_teaches_the_index() -> None:
     pinned = router.try_acquire("m", only="b", key=key(text))
     assert pinned is not None and pinned.name == "b"
     assert ca.index.match(key(text).hashes(BLOCK)) == {"b": 10}
-    router.release(pinned, True)
+    router.release(pinned, Verdict.SUCCESS)
     # A request without the session with the same prefix follows it there.
     follower = router.try_acquire("m", key=key(text + " and more"))
     assert follower is not None and follower.name == "b"
@@ -83,7 +84,7 @@ async def test_a_removed_backend_is_forgotten() -> None:
     text = prompt(10)
     backend = router.try_acquire("m", key=key(text))
     assert backend is not None
-    router.release(backend, True)
+    router.release(backend, Verdict.SUCCESS)
     router.remove(backend)
     assert ca.index.size(backend.name) == 0
 
@@ -108,8 +109,8 @@ async def test_a_queued_request_is_routed_by_its_prefix(
         nursery.start_soon(queued)
         await trio.sleep(1)
         assert router.queued == 1
-        router.release(held_b, True)  # both free up before the waiter looks again
-        router.release(held_a, True)
+        router.release(held_b, Verdict.SUCCESS)  # both free up before the waiter looks again
+        router.release(held_a, Verdict.SUCCESS)
     assert got == ["a"]  # where its prefix went, though b freed first
 
 

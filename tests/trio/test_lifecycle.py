@@ -11,8 +11,8 @@ from tests.support.bodies import chat
 from tests.support.recording_engine import RecordingEngine
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
+from trio_gateway.errors import internal_error
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.openai.errors import internal_error
 
 CHAT = "/v1/chat/completions"
 
@@ -154,7 +154,7 @@ async def test_engine_error_mid_stream(autojump_clock: trio.testing.MockClock) -
         events = exchange.events()
         assert events[-1] == "[DONE]"
         assert orjson.loads(events[-2])["error"]["type"] == "internal_error"
-        assert engine.endings == ["APIError"]
+        assert engine.endings == ["GatewayError"]
         assert count(harness, "internal") == 1
         assert_idle(harness, engine)
 

@@ -13,8 +13,9 @@ import trio.testing
 from tests.support.engine_driver import PROMPT, Collector, events, generate, request, running
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer import WORDS, prompt_token_count
+from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Chunk, GenerationRequest, MockOptions
-from trio_gateway.openai.errors import APIError
+from trio_gateway.openai.errors import error_body, http_status, openai_type
 
 
 def words(prompt: str, count: int) -> str:
@@ -254,12 +255,12 @@ async def test_error_after_raises_api_error(autojump_clock: trio.testing.MockClo
     engine = MockEngine(ttft_ms=5, itl_ms=10)
     collector = Collector()
     async with running(engine):
-        with pytest.raises(APIError) as caught:
+        with pytest.raises(GatewayError) as caught:
             await engine.generate(request(mock=MockOptions(error_after=3)), collector.send)
         assert engine.active == 0
-    assert caught.value.status == 500
-    assert caught.value.code == "internal_error"
-    assert caught.value.error_type == "internal"
+    assert http_status(caught.value) == 500
+    assert error_body(caught.value)["error"]["code"] == "internal_error"
+    assert caught.value.kind.value == "internal"
     assert "after 3 tokens" in caught.value.message
     chunks = []
     while True:
@@ -428,10 +429,10 @@ async def test_an_answer_the_mock_cannot_give_is_a_400_before_anything_runs(
     engine = MockEngine()
     collector = Collector()
     async with running(engine):
-        with pytest.raises(APIError) as caught:
+        with pytest.raises(GatewayError) as caught:
             await engine.generate(req, collector.send)
         assert engine.active == 0
-    assert (caught.value.status, caught.value.type, caught.value.param) == (
+    assert (http_status(caught.value), openai_type(caught.value), caught.value.param) == (
         400,
         "invalid_request_error",
         param,
@@ -536,7 +537,7 @@ async def test_error_after_counts_steps_of_every_choice(
     engine = MockEngine()
     collector = Collector()
     async with running(engine):
-        with pytest.raises(APIError, match="after 2 tokens"):
+        with pytest.raises(GatewayError, match="after 2 tokens"):
             await engine.generate(request(n=3, mock=MockOptions(error_after=2)), collector.send)
     chunks = [collector.receive.receive_nowait() for _ in range(2)]
     assert [c.tokens for c in chunks] == [3, 3]

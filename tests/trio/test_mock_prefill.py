@@ -17,8 +17,8 @@ from tests.support.engine_driver import Collector, events, generate, request, ru
 from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
+from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Endpoint, GenerationRequest, MockOptions
-from trio_gateway.openai.errors import APIError
 
 # 4000 characters: 1000 tokens, 62 full blocks of 16 tokens (3968 characters) and 8 tokens
 # after them. A second request finds 992 tokens cached and prefills 8.
@@ -163,7 +163,7 @@ async def test_a_request_refused_with_a_400_leaves_the_cache_alone(
 ) -> None:
     engine = MockEngine()
     async with running(engine):
-        with pytest.raises(APIError):
+        with pytest.raises(GatewayError):
             await engine.generate(request(LONG, n=129), Collector().send)
     assert len(engine.prefix_cache) == 0
 

@@ -11,7 +11,17 @@ from trio_gateway.engines.upstream.errors import (
     malformed,
     status_error,
 )
-from trio_gateway.openai.errors import APIError, internal_error, unavailable
+from trio_gateway.errors import (
+    GatewayError,
+    client_cancelled,
+    internal_error,
+    invalid_request,
+    model_not_found,
+    overloaded,
+    response_timeout,
+    shutting_down,
+    unavailable,
+)
 
 REQUESTS_OWN = {
     "in-band error, code 500": inband_error({"error": {"message": "boom", "code": 500}}),
@@ -23,6 +33,13 @@ REQUESTS_OWN = {
     "upstream 400": status_error("u", 400, b'{"error": {"message": "bad"}}'),
     "upstream 404": status_error("u", 404, b"no such model"),
     "upstream 429": status_error("u", 429, b"slow down"),
+    "no backend to route to": unavailable("No backend.", request_only=True),
+    "the request's own validation": invalid_request("bad", "n"),
+    "unknown model": model_not_found("m"),
+    "queue full": overloaded("full"),
+    "client gone": client_cancelled(),
+    "shutdown": shutting_down(),
+    "silence (judged by the flight)": response_timeout(5),
 }
 
 BACKEND_FAULTS = {
@@ -39,10 +56,10 @@ BACKEND_FAULTS = {
 
 
 @pytest.mark.parametrize("error", REQUESTS_OWN.values(), ids=REQUESTS_OWN.keys())
-def test_a_requests_own_failure_is_not_a_backend_fault(error: APIError) -> None:
-    assert error.backend_fault is False
+def test_a_requests_own_failure_is_not_a_backend_fault(error: GatewayError) -> None:
+    assert error.counts_against_backend is False
 
 
 @pytest.mark.parametrize("error", BACKEND_FAULTS.values(), ids=BACKEND_FAULTS.keys())
-def test_an_unreachable_or_broken_backend_is_a_fault(error: APIError) -> None:
-    assert error.backend_fault is True
+def test_an_unreachable_or_broken_backend_is_a_fault(error: GatewayError) -> None:
+    assert error.counts_against_backend is True

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from trio_gateway.engines.batch_scheduler import NEVER, BatchScheduler, Sequence
+from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Chunk
-from trio_gateway.openai.errors import APIError
+from trio_gateway.openai.errors import error_body, http_status
 
 
 def word(index: int) -> str:
@@ -436,9 +437,9 @@ def test_error_after_sets_error_and_calls_on_done() -> None:
     clock.run_until(100.0)
     assert len(reader.chunks) == 2
     assert all(c.finish_reason is None for c in reader.chunks)
-    assert isinstance(seq.error, APIError)
-    assert seq.error.status == 500
-    assert seq.error.code == "internal_error"
+    assert isinstance(seq.error, GatewayError)
+    assert http_status(seq.error) == 500
+    assert error_body(seq.error)["error"]["code"] == "internal_error"
     assert "after 2 tokens" in seq.error.message
     assert seq.finished is True
     assert reader.done_calls == 1

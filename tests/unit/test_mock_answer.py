@@ -18,8 +18,9 @@ from trio_gateway.engines.mock_answer import (
     prompt_token_count,
     token_text,
 )
+from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest, MockOptions
-from trio_gateway.openai.errors import APIError
+from trio_gateway.openai.errors import http_status, openai_type
 
 # crc32("seed zero 22") is a multiple of len(WORDS): the first choice says
 # "The lazy tokens may scope cleanly its over ...".
@@ -414,10 +415,14 @@ def test_the_request_ends_when_every_choice_has() -> None:
 
 def test_n_is_bounded() -> None:
     assert len(drain(make(n=MAX_N, max_tokens=1))[0].payload.split(b"\n\n")) == 2 * MAX_N + 1
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         make(n=MAX_N + 1)
     error = caught.value
-    assert (error.status, error.type, error.param) == (400, "invalid_request_error", "n")
+    assert (http_status(error), openai_type(error), error.param) == (
+        400,
+        "invalid_request_error",
+        "n",
+    )
     assert error.code == "integer_above_max_value"
 
 
@@ -458,9 +463,9 @@ def test_reasoning_only_finishes_on_its_last_step() -> None:
 
 
 def test_reasoning_is_for_chat_only() -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         make(endpoint="completion", mock=MockOptions(reasoning_tokens=1))
-    assert (caught.value.status, caught.value.param) == (400, "mock.reasoning_tokens")
+    assert (http_status(caught.value), caught.value.param) == (400, "mock.reasoning_tokens")
 
 
 # --- tool calls -----------------------------------------------------------------------------
@@ -564,9 +569,9 @@ def test_a_stop_string_in_the_content_skips_the_tool_calls() -> None:
     ],
 )
 def test_tool_calls_need_tools(options: dict[str, Any], param: str) -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         make(mock=MockOptions(tool_calls=1), **options)
-    assert (caught.value.status, caught.value.type, caught.value.param) == (
+    assert (http_status(caught.value), openai_type(caught.value), caught.value.param) == (
         400,
         "invalid_request_error",
         param,
@@ -644,9 +649,9 @@ def test_logprobs_only_on_content_deltas() -> None:
     ],
 )
 def test_chat_logprobs_are_validated(extra: dict[str, Any], param: str) -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         make(body=extra)
-    assert (caught.value.status, caught.value.param) == (400, param)
+    assert (http_status(caught.value), caught.value.param) == (400, param)
 
 
 @pytest.mark.parametrize("top", [0, 1, 5])
@@ -668,9 +673,9 @@ def test_completion_logprobs(top: int) -> None:
 
 @pytest.mark.parametrize("logprobs", [6, -1, True, 1.5, "2"])
 def test_completion_logprobs_are_validated(logprobs: Any) -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         make(endpoint="completion", body={"logprobs": logprobs})
-    assert (caught.value.status, caught.value.param) == (400, "logprobs")
+    assert (http_status(caught.value), caught.value.param) == (400, "logprobs")
 
 
 # --- the unary body is the stream merged ----------------------------------------------------
@@ -748,9 +753,9 @@ def test_a_refused_step_is_offered_again_unchanged(options: dict[str, Any], stre
 
 
 def test_n_below_one_is_refused() -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         make(n=0)
-    assert (caught.value.status, caught.value.param) == (400, "n")
+    assert (http_status(caught.value), caught.value.param) == (400, "n")
 
 
 def test_ids_come_from_the_x_request_id_when_there_is_one() -> None:

@@ -7,8 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
+from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Endpoint, GenerationRequest, MockOptions
-from trio_gateway.openai.errors import APIError
+from trio_gateway.openai.errors import encode_error, error_body, http_status, openai_type
 from trio_gateway.openai.schemas import (
     CHAT_ROLES,
     MOCK_MAX_MS,
@@ -45,21 +46,21 @@ def reject(
     endpoint: Endpoint = "chat",
     *,
     session_header: str | None = None,
-) -> APIError:
-    with pytest.raises(APIError) as caught:
+) -> GatewayError:
+    with pytest.raises(GatewayError) as caught:
         parse(body, endpoint, session_header=session_header)
     error = caught.value
     assert_400(error, param, code)
     return error
 
 
-def assert_400(error: APIError, param: str | None, code: str | None) -> None:
-    assert error.status == 400
-    assert error.type == "invalid_request_error"
-    assert error.error_type == "validation"
+def assert_400(error: GatewayError, param: str | None, code: str | None) -> None:
+    assert http_status(error) == 400
+    assert openai_type(error) == "invalid_request_error"
+    assert error.kind.value == "validation"
     assert error.param == param
     assert error.code == code
-    body = error.body()
+    body = error_body(error)
     assert body == {
         "error": {
             "message": error.message,
@@ -69,7 +70,7 @@ def assert_400(error: APIError, param: str | None, code: str | None) -> None:
         }
     }
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    assert orjson.loads(error.encode()) == body
+    assert orjson.loads(encode_error(error)) == body
 
 
 # --- parse_json_body ------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def test_json_body_object_is_returned() -> None:
     [b"{", b"", b"not json", b'{"a": 1} trailing', b'{"a": NaN}', b"\xff\xfe", b'{"a": 1e400}'],
 )
 def test_json_body_malformed_is_400(raw: bytes) -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         parse_json_body(raw)
     assert_400(caught.value, None, None)
     assert "could not parse the JSON body" in caught.value.message
@@ -96,14 +97,14 @@ def test_json_body_malformed_is_400(raw: bytes) -> None:
 
 @pytest.mark.parametrize("raw", [b"[]", b'[{"model": "mock"}]', b"null", b"1", b'"text"', b"true"])
 def test_json_body_not_an_object_is_400(raw: bytes) -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         parse_json_body(raw)
     assert_400(caught.value, None, None)
     assert caught.value.message == "The request body must be a JSON object."
 
 
 def test_json_body_malformed_error_has_no_cause() -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         parse_json_body(b"{")
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__ is True
@@ -228,7 +229,7 @@ def test_max_tokens_below_one_is_400(name: str, value: int) -> None:
 @pytest.mark.parametrize("value", [MAX_MODEL_LEN + 1, 10**12])
 def test_max_tokens_above_the_context_length_is_400(name: str, value: int) -> None:
     request = parse(chat_body(**{name: value}))
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         check_max_tokens(request, MAX_MODEL_LEN)
     assert_400(caught.value, name, "integer_above_max_value")
     assert str(MAX_MODEL_LEN) in caught.value.message
@@ -650,9 +651,9 @@ def test_everything_at_once() -> None:
 
 @pytest.mark.parametrize("value", [1, "true", [], {}])
 def test_include_usage_must_be_a_boolean(value: Any) -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         parse(chat_body(stream=True, stream_options={"include_usage": value}))
-    assert caught.value.status == 400
+    assert http_status(caught.value) == 400
     assert caught.value.param == "stream_options.include_usage"
 
 

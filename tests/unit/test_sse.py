@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from trio_gateway.openai.errors import APIError, internal_error, response_timeout
+from trio_gateway.errors import ErrorKind, GatewayError, internal_error, response_timeout
 from trio_gateway.openai.sse import DONE, error_event, frame
 
 
@@ -36,16 +36,20 @@ def test_frame() -> None:
 
 
 @pytest.mark.parametrize(
-    "error",
+    ("error", "type_", "code"),
     [
-        internal_error('boom "quoted"\nnext'),
-        response_timeout(2.5),
-        APIError(500, "n/a", "internal_error", "param-is-dropped", 17),
+        (internal_error('boom "quoted"\nnext'), "internal_error", "internal_error"),
+        (response_timeout(2.5), "response_timeout", "response_timeout"),
+        (
+            GatewayError(ErrorKind.INTERNAL, "n/a", param="param-is-dropped", code=17),
+            "internal_error",
+            17,
+        ),
     ],
 )
-def test_error_event(error: APIError) -> None:
+def test_error_event(error: GatewayError, type_: str, code: str | int) -> None:
     event = one_event(error_event(error))
-    assert event == {"error": {"message": error.message, "type": error.type, "code": error.code}}
+    assert event == {"error": {"message": error.message, "type": type_, "code": code}}
     assert "param" not in event["error"]
 
 

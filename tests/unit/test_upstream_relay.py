@@ -8,7 +8,8 @@ import orjson
 import pytest
 
 from trio_gateway.engines.upstream.relay import StreamRelay, plain_deltas, unary_chunk
-from trio_gateway.openai.errors import APIError
+from trio_gateway.errors import GatewayError
+from trio_gateway.openai.errors import http_status
 from trio_gateway.openai.sse import SSEDecodeError, SSEDecoder, completion_text
 
 
@@ -164,7 +165,7 @@ def test_inband_errors_fail_the_stream_after_what_came_before(error_event: bytes
     before = event(delta(content="x"))
     chunk = relay.feed(before + error_event + event(delta(content="after")))
     assert chunk is not None and chunk.payload == before  # in the same read, still relayed
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         relay.check()
     assert caught.value.message
     assert relay.feed(event(delta(content="later"))) is None
@@ -174,7 +175,7 @@ def test_a_4xx_inband_error_stays_the_clients() -> None:
     relay = StreamRelay("up", forward_usage=False)
     assert relay.feed(event({"error": {"message": "too long", "code": 400}})) is None
     assert relay.failure is not None
-    assert (relay.failure.status, relay.failure.error_type) == (400, "validation")
+    assert (http_status(relay.failure), relay.failure.kind.value) == (400, "validation")
 
 
 def test_a_token_that_spells_error_is_not_an_error() -> None:
@@ -187,15 +188,15 @@ def test_a_token_that_spells_error_is_not_an_error() -> None:
 def test_end_without_finish_is_malformed() -> None:
     relay = StreamRelay("up", forward_usage=False)
     relay.feed(event(delta(content="x")) + DONE)
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         relay.final()
-    assert caught.value.error_type == "internal"
+    assert caught.value.kind.value == "internal"
 
 
 def test_non_json_event_is_malformed() -> None:
     relay = StreamRelay("up", forward_usage=False)
     relay.feed(b'data: {"role": nope\n\n')
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         relay.check()
     assert "not JSON" in caught.value.message
 
@@ -210,7 +211,7 @@ def test_nothing_after_done_counts() -> None:
 def test_an_over_long_event_fails_the_stream() -> None:
     relay = StreamRelay("up", forward_usage=False)
     relay.feed(b"data: " + b"x" * (9 * 1024 * 1024))
-    with pytest.raises(APIError):
+    with pytest.raises(GatewayError):
         relay.check()
 
 
@@ -249,9 +250,9 @@ def test_unary_answer_is_relayed_whole() -> None:
 
 
 def test_unary_error_body_raises() -> None:
-    with pytest.raises(APIError) as caught:
+    with pytest.raises(GatewayError) as caught:
         unary_chunk("up", orjson.dumps({"error": {"message": "nope", "code": 400}}))
-    assert (caught.value.message, caught.value.status) == ("nope", 400)
+    assert (caught.value.message, http_status(caught.value)) == ("nope", 400)
 
 
 def test_plain_reads_are_counted_whole() -> None:

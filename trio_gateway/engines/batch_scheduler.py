@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from trio_gateway.errors import GatewayError, internal_error
 from trio_gateway.generation import Chunk
-from trio_gateway.openai.errors import APIError, internal_error
 
 NEVER = math.inf
 
@@ -55,7 +55,7 @@ class Sequence:
     stall_after: int | None = None  # steps
     generated: int = 0  # steps the reader took
     next_due: float = NEVER
-    error: APIError | None = None
+    error: GatewayError | None = None
     finished: bool = False
 
 
@@ -147,7 +147,7 @@ class BatchScheduler:
                     seq,
                     internal_error(
                         f"mock engine: injected failure after {seq.generated} tokens",
-                        backend_fault=False,  # the request asked for it: the engine is fine
+                        request_only=True,  # the request asked for it: the engine is fine
                     ),
                 )
                 return
@@ -172,7 +172,7 @@ class BatchScheduler:
             seq.on_done()
         return True
 
-    def _fail(self, seq: Sequence, error: APIError) -> None:
+    def _fail(self, seq: Sequence, error: GatewayError) -> None:
         seq.error = error
         seq.finished = True
         seq.on_done()

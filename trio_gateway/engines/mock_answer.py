@@ -36,9 +36,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from trio_gateway.errors import invalid_request
 from trio_gateway.generation import Chunk, GenerationRequest
 from trio_gateway.openai import responses
-from trio_gateway.openai.errors import invalid_request
 
 _VOCABULARY = (
     "The quick brown fox jumps over the lazy dog while a patient engine streams tokens "
@@ -126,7 +126,8 @@ class MockAnswer:
         default_tokens: int = 100,
         created: int | None = None,
     ) -> None:
-        """Raises `APIError` (400) for what the mock cannot answer, before anything starts."""
+        """Raises `GatewayError` (validation) for what the mock cannot answer, before anything
+        starts."""
         self.request = request
         self.chat = request.endpoint == "chat"
         self.stream = request.stream

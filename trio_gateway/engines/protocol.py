@@ -14,7 +14,7 @@ class Engine(Protocol):
     """An engine serves some models and turns requests into chunks.
 
     `generate` writes chunks into the channel the caller hands it, ending with one chunk that
-    carries a `finish_reason`, and returns. It raises `APIError` for a failure the client
+    carries a `finish_reason`, and returns. It raises `GatewayError` for a failure the client
     should see, and stops at once when its caller's cancel scope is cancelled. It never
     closes `send`: the caller owns the channel.
 
@@ -69,7 +69,7 @@ class Engine(Protocol):
 
     async def open_session(self, session_id: str, idle_timeout_s: float) -> None:
         """Make room for a session's state, which then lives `idle_timeout_s` seconds past its last
-        use; raise `APIError` when it cannot (the request fails fast, nothing half-open)."""
+        use; raise `GatewayError` when it cannot (the request fails fast, nothing half-open)."""
         ...
 
     async def close_session(self, session_id: str) -> None:

@@ -31,8 +31,8 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from trio_gateway.errors import ErrorKind, GatewayError, internal_error, unavailable
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.openai.errors import APIError, internal_error, unavailable
 from trio_gateway.worker import protocol
 from trio_gateway.worker.protocol import (
     PROTOCOL_VERSION,
@@ -373,14 +373,27 @@ class RemoteWorker:
             await ws.send_message(protocol.encode(message))
 
 
-def _worker_error(frame: ErrorFrame, *, retryable: bool) -> APIError:
+def _worker_error(frame: ErrorFrame, *, retryable: bool) -> GatewayError:
     if frame.status == 503 or frame.type == "unavailable":
-        return unavailable(frame.message, retryable=retryable, backend_fault=frame.backend_fault)
+        return unavailable(frame.message, retryable=retryable, request_only=not frame.backend_fault)
     if 400 <= frame.status < 500:
-        return APIError(frame.status, frame.message, frame.type, None, frame.code, "validation")
+        return GatewayError(
+            ErrorKind.VALIDATION,
+            frame.message,
+            code=frame.code,
+            status_override=frame.status,
+            type_override=frame.type,
+        )
     if frame.type == "shutdown":
-        return APIError(503, frame.message, "unavailable", None, frame.code, "unavailable")
-    return internal_error(frame.message, backend_fault=frame.backend_fault)
+        return GatewayError(
+            ErrorKind.UNAVAILABLE,
+            frame.message,
+            request_only=True,
+            code=frame.code,
+            status_override=503,
+            type_override="unavailable",
+        )
+    return internal_error(frame.message, request_only=not frame.backend_fault)
 
 
 def _describe(error: BaseException) -> str:

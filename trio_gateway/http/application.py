@@ -9,11 +9,12 @@ import trio
 from quart_trio import QuartTrio
 
 from trio_gateway.config import GatewayConfig, load_config
+from trio_gateway.errors import GatewayError, invalid_request
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.asgi import ClientGone, Message, Receive, Scope, Send, read_body, send_json
 from trio_gateway.http.control import create_control_app
 from trio_gateway.http.inference import INFERENCE_ROUTES, handle_inference
-from trio_gateway.openai.errors import APIError, invalid_request
+from trio_gateway.openai.errors import encode_error
 
 log = logging.getLogger("trio_gateway")
 
@@ -72,12 +73,14 @@ class GatewayApp:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-CONFLICTING_FRAMING = invalid_request(
-    "A request must not have both Content-Length and Transfer-Encoding (RFC 9112 section "
-    "6.1); send one of them.",
-    None,
-    "conflicting_framing",
-).encode()
+CONFLICTING_FRAMING = encode_error(
+    invalid_request(
+        "A request must not have both Content-Length and Transfer-Encoding (RFC 9112 "
+        "section 6.1); send one of them.",
+        None,
+        "conflicting_framing",
+    )
+)
 
 
 def _framed_twice(scope: Scope) -> bool:
@@ -103,7 +106,7 @@ async def _refuse_framing(receive: Receive, send: Send, limit: int) -> None:
         await read_body(receive, limit)
     except ClientGone:
         return
-    except APIError:  # past the limit: answer now, unread bytes or not
+    except GatewayError:  # past the limit: answer now, unread bytes or not
         pass
     headers = ((b"content-length", b"%d" % len(CONFLICTING_FRAMING)), (b"connection", b"close"))
     await send_json(send, 400, CONFLICTING_FRAMING, headers)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from trio_gateway.openai.errors import APIError
+from trio_gateway.errors import ErrorKind, GatewayError
+from trio_gateway.openai.errors import encode_error, http_status
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -36,26 +37,22 @@ def declared_length(scope: Scope) -> int | None:
     return int(value)
 
 
-def body_too_large(limit: int) -> APIError:
-    return APIError(
-        413,
+def body_too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        ErrorKind.VALIDATION,
         f"Request body too large: the limit is {limit} bytes.",
-        "invalid_request_error",
-        None,
-        "request_too_large",
-        "validation",
+        code="request_too_large",
+        status_override=413,
     )
 
 
-def body_read_timed_out(seconds: float) -> APIError:
+def body_read_timed_out(seconds: float) -> GatewayError:
     """408: the body did not arrive in time (the connection is closed after the answer)."""
-    return APIError(
-        408,
+    return GatewayError(
+        ErrorKind.VALIDATION,
         f"The request body did not arrive within {seconds:g} s.",
-        "invalid_request_error",
-        None,
-        "request_timeout",
-        "validation",
+        code="request_timeout",
+        status_override=408,
     )
 
 
@@ -93,6 +90,6 @@ async def send_json(
 
 
 async def send_error(
-    send: Send, error: APIError, headers: Iterable[tuple[bytes, bytes]] = ()
+    send: Send, error: GatewayError, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
-    await send_json(send, error.status, error.encode(), headers)
+    await send_json(send, http_status(error), encode_error(error), headers)

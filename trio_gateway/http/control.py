@@ -16,14 +16,16 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trio_gateway.backend_urls import BadURL, check_backend_url
-from trio_gateway.gateway import Gateway, engine_for_url
-from trio_gateway.http.auth import bearer_token, is_loopback, key_accepted
-from trio_gateway.openai.errors import (
-    APIError,
+from trio_gateway.errors import (
+    ErrorKind,
+    GatewayError,
     invalid_api_key,
     invalid_request,
     model_not_found,
 )
+from trio_gateway.gateway import Gateway, engine_for_url
+from trio_gateway.http.auth import bearer_token, is_loopback, key_accepted
+from trio_gateway.openai.errors import error_body, http_status
 from trio_gateway.openai.responses import models_body
 from trio_gateway.router.admission import Backend
 
@@ -72,16 +74,14 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
             )
             if not allowed:
                 return _api_error(
-                    APIError(
-                        403 if not admin_token else 401,
+                    GatewayError(
+                        ErrorKind.UNAUTHORIZED,
                         "Admin endpoints need the admin token"
                         if admin_token
                         else "Admin endpoints answer only loopback clients when no "
                         "--admin-token is set.",
-                        "invalid_request_error",
-                        None,
-                        "admin_forbidden",
-                        "unauthorized",
+                        code="admin_forbidden",
+                        status_override=403 if not admin_token else 401,
                     )
                 )
         return None
@@ -114,13 +114,12 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         if not gateway.config.reuse_port:
             return None
         return _api_error(
-            APIError(
-                409,
+            GatewayError(
+                ErrorKind.VALIDATION,
                 "This gateway is one of several processes sharing its port (--processes, "
                 f"--reuse-port): this would reach one of them only; {instead}.",
-                "invalid_request_error",
-                None,
-                "shared_port",
+                code="shared_port",
+                status_override=409,
             )
         )
 
@@ -159,13 +158,11 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
         closed = gateway.sessions.close(session_id)
         if closed is None:
             return _api_error(
-                APIError(
-                    404,
+                GatewayError(
+                    ErrorKind.NOT_FOUND,
                     f"No session {session_id!r}.",
-                    "invalid_request_error",
-                    "session_id",
-                    "session_not_found",
-                    "not_found",
+                    param="session_id",
+                    code="session_not_found",
                 )
             )
         # 202: closed once its in-flight requests end.
@@ -195,12 +192,12 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
             return _api_error(invalid_request(f"url: {error}", "url", "invalid_url"))
         if gateway.router.find(url) is not None:
             return _api_error(
-                APIError(
-                    409,
+                GatewayError(
+                    ErrorKind.VALIDATION,
                     f"{url} is already routed to.",
-                    "invalid_request_error",
-                    "url",
-                    "duplicate_worker",
+                    param="url",
+                    code="duplicate_worker",
+                    status_override=409,
                 )
             )
         engine = engine_for_url(url, gateway.config)
@@ -215,13 +212,8 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
             return refusal
         if not gateway.remove_engine(worker_id):
             return _api_error(
-                APIError(
-                    404,
-                    f"No worker {worker_id!r}.",
-                    "invalid_request_error",
-                    None,
-                    "worker_not_found",
-                    "not_found",
+                GatewayError(
+                    ErrorKind.NOT_FOUND, f"No worker {worker_id!r}.", code="worker_not_found"
                 )
             )
         return _json({"removed": worker_id})
@@ -230,7 +222,10 @@ def create_control_app(gateway: Gateway) -> QuartTrio:
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
         kind = "invalid_request_error" if status < 500 else "internal_error"
-        return _api_error(APIError(status, error.description or error.name, kind))
+        message = error.description or error.name
+        return _api_error(
+            GatewayError(ErrorKind.VALIDATION, message, status_override=status, type_override=kind)
+        )
 
     return app
 
@@ -248,5 +243,5 @@ def _describe_backend(backend: Backend) -> dict[str, Any]:
     }
 
 
-def _api_error(error: APIError) -> Response:
-    return _json(error.body(), error.status)
+def _api_error(error: GatewayError) -> Response:
+    return _json(error_body(error), http_status(error))

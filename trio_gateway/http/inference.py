@@ -15,6 +15,15 @@ from typing import Any
 
 import trio
 
+from trio_gateway.errors import (
+    ErrorKind,
+    GatewayError,
+    client_cancelled,
+    draining,
+    internal_error,
+    invalid_api_key,
+    shutting_down,
+)
 from trio_gateway.gateway import Gateway
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
 from trio_gateway.http.asgi import (
@@ -34,14 +43,7 @@ from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Fli
 from trio_gateway.lifecycle.ledger import BodyRead
 from trio_gateway.lifecycle.reader import ChunkReader
 from trio_gateway.logs import request_id_var
-from trio_gateway.openai.errors import (
-    APIError,
-    client_cancelled,
-    draining,
-    internal_error,
-    invalid_api_key,
-    shutting_down,
-)
+from trio_gateway.openai.errors import http_status, openai_type
 from trio_gateway.openai.schemas import parse_generation_request, parse_json_body
 from trio_gateway.openai.sse import DONE, error_event
 
@@ -60,14 +62,12 @@ SSE_HEADERS = [
 ]
 
 
-def _unsupported_media_type(content_type: bytes) -> APIError:
-    return APIError(
-        415,
+def _unsupported_media_type(content_type: bytes) -> GatewayError:
+    return GatewayError(
+        ErrorKind.VALIDATION,
         f"Unsupported Content-Type {content_type.decode('latin-1')!r}: send application/json.",
-        "invalid_request_error",
-        None,
-        "unsupported_media_type",
-        "validation",
+        code="unsupported_media_type",
+        status_override=415,
     )
 
 
@@ -122,9 +122,9 @@ async def handle_inference(
     except ClientGone:
         gateway.metrics.request_ended(model_label, endpoint, stream, client_cancelled())
         return
-    except APIError as error:
+    except GatewayError as error:
         headers = _headers(error, id_header, None)
-        if error.status in (408, 413):  # the rest of the body stays unread: hypercorn closes
+        if http_status(error) in (408, 413):  # the rest of the body stays unread: hypercorn closes
             headers.append((b"connection", b"close"))
         await send_error(send, error, headers)
         label = _model_label(gateway, body)
@@ -144,7 +144,7 @@ async def handle_inference(
     metrics.inflight.labels(request.model).inc()
     metrics.queued.labels(request.model).inc()
     gateway.ledger.add(flight)
-    outcome: APIError | None = client_cancelled()
+    outcome: GatewayError | None = client_cancelled()
     status: int | None = None  # the status the client got, once a response started
     try:
         gateway.nursery.start_soon(
@@ -175,8 +175,8 @@ async def handle_inference(
             metrics.cancellations.labels(flight.cancel_reason).inc()
         if flight.cancel_reason == CLIENT_DISCONNECTED:
             metrics.disconnects.labels(request.model).inc()
-        if outcome is not None and outcome.error_type in ("internal", "unavailable"):
-            log.warning("ended with %s: %s", outcome.type, outcome.message)
+        if outcome is not None and outcome.kind in (ErrorKind.INTERNAL, ErrorKind.UNAVAILABLE):
+            log.warning("ended with %s: %s", openai_type(outcome), outcome.message)
         _log_end(gateway, request, flight, reader, outcome, started_at, status)
 
 
@@ -214,7 +214,7 @@ def _model_label(gateway: Gateway, body: dict[str, Any] | None) -> str:
     return "unknown"
 
 
-def _log_refused(model: str, endpoint: Endpoint, error: APIError, started_at: float) -> None:
+def _log_refused(model: str, endpoint: Endpoint, error: GatewayError, started_at: float) -> None:
     """The end line of a request answered before its flight started (a 4xx, a 503 draining)."""
     if not requests_log.isEnabledFor(logging.INFO):
         return
@@ -222,8 +222,8 @@ def _log_refused(model: str, endpoint: Endpoint, error: APIError, started_at: fl
         "model": model,
         "endpoint": endpoint,
         "worker": None,
-        "status": error.status,
-        "error_type": error.error_type,
+        "status": http_status(error),
+        "error_type": error.kind.value,
         "ttft_s": None,
         "duration_s": round(trio.current_time() - started_at, 6),
         "prompt_tokens": None,
@@ -237,7 +237,7 @@ def _log_end(
     request: GenerationRequest,
     flight: Flight,
     reader: ChunkReader,
-    outcome: APIError | None,
+    outcome: GatewayError | None,
     started_at: float,
     status: int | None,
 ) -> None:
@@ -250,13 +250,13 @@ def _log_end(
     if not requests_log.isEnabledFor(logging.INFO):
         return
     if status is None:
-        status = 200 if outcome is None else outcome.status
+        status = 200 if outcome is None else http_status(outcome)
     fields: dict[str, object] = {
         "model": request.model,
         "endpoint": request.endpoint,
         "worker": flight.worker,
         "status": status,
-        "error_type": "none" if outcome is None else outcome.error_type,
+        "error_type": "none" if outcome is None else outcome.kind.value,
         "ttft_s": None if reader.first_at is None else round(reader.first_at - started_at, 6),
         "duration_s": round(trio.current_time() - started_at, 6),
         "prompt_tokens": reader.prompt_tokens,
@@ -269,13 +269,13 @@ def _log_end(
 
 
 def _headers(
-    error: APIError | None, id_header: tuple[bytes, bytes], flight: Flight | None
+    error: GatewayError | None, id_header: tuple[bytes, bytes], flight: Flight | None
 ) -> list[tuple[bytes, bytes]]:
     """x-request-id always, x-worker-id once routed, retry-after on 429 and 503."""
     headers = [id_header]
     if flight is not None and flight.worker is not None:
         headers.append((b"x-worker-id", flight.worker.encode()))
-    if error is not None and error.status in (429, 503):
+    if error is not None and http_status(error) in (429, 503):
         headers.append((b"retry-after", RETRY_AFTER_S))
     return headers
 
@@ -286,7 +286,7 @@ async def _write_stream(
     flight: Flight,
     reader: ChunkReader,
     id_header: tuple[bytes, bytes],
-) -> tuple[APIError | None, int | None]:
+) -> tuple[GatewayError | None, int | None]:
     """The engine's events as they come, then `[DONE]` (after an error event if it failed);
     returns how it ended and the status the client got (None: no response).
 
@@ -312,12 +312,12 @@ async def _write_stream(
         await send({"type": "http.response.body", "body": payload, "more_body": True})
 
     error = flight.outcome(reader.finish_reason)
-    if error is not None and error.error_type == "cancelled":
+    if error is not None and error.kind is ErrorKind.CANCELLED:
         return error, 200 if started else None  # nobody is listening
     if not started:
         if error is not None and not payload:  # nothing produced: a plain HTTP error
             await send_error(send, error, _headers(error, id_header, flight))
-            return error, error.status
+            return error, http_status(error)
         await start()  # what was produced goes out, then the error event
     tail = DONE if error is None else error_event(error) + DONE
     await send({"type": "http.response.body", "body": payload + tail, "more_body": False})
@@ -330,7 +330,7 @@ async def _write_unary(
     flight: Flight,
     reader: ChunkReader,
     id_header: tuple[bytes, bytes],
-) -> tuple[APIError | None, int | None]:
+) -> tuple[GatewayError | None, int | None]:
     """The engine's whole answer: the payload of its last chunk; returns how it ended and
     the status the client got (None: no response)."""
     body = b""
@@ -342,10 +342,10 @@ async def _write_unary(
     if error is None and not body:
         error = internal_error("The engine finished without an answer.")
     if error is not None:
-        if error.error_type == "cancelled":
+        if error.kind is ErrorKind.CANCELLED:
             return error, None
         await send_error(send, error, _headers(error, id_header, flight))
-        return error, error.status
+        return error, http_status(error)
     headers = [(b"content-type", b"application/json"), *_headers(None, id_header, flight)]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -12,20 +12,22 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
-from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.http.asgi import Receive
-from trio_gateway.openai.errors import (
-    APIError,
+from trio_gateway.errors import (
+    GatewayError,
     client_cancelled,
     internal_error,
     response_timeout,
     shutting_down,
 )
+from trio_gateway.generation import Chunk, GenerationRequest
 from trio_gateway.router.admission import Backend, Router
+from trio_gateway.router.breaker import Verdict
 from trio_gateway.router.route_key import RouteKey
 from trio_gateway.sessions.manager import SessionManager
 
@@ -37,6 +39,10 @@ RESPONSE_TIMEOUT = "response_timeout"
 SHUTDOWN = "shutdown"
 HANDLER_EXIT = "handler_exit"
 
+# The client's connection, as ASGI's `receive`: the flight learns from it only that the
+# client left (an `http.disconnect` message).
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+
 
 @dataclass(eq=False, slots=True)
 class Flight:
@@ -47,7 +53,7 @@ class Flight:
     worker: str | None = None  # the backend serving it, once routed
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancel_reason: str | None = None
-    error: APIError | None = None
+    error: GatewayError | None = None
     done: trio.Event = field(default_factory=trio.Event)
     # Since when the response writer has been waiting on the engine; inf while it writes
     # (a slow client is backpressure, not engine silence).
@@ -62,7 +68,7 @@ class Flight:
             self.cancel_reason = reason
             self.scope.cancel()
 
-    def outcome(self, finish_reason: str | None) -> APIError | None:
+    def outcome(self, finish_reason: str | None) -> GatewayError | None:
         """How the request ended, as the one error the client and the metrics see (or None)."""
         if self.error is not None:
             return self.error
@@ -113,7 +119,7 @@ async def run_flight(
                                 await _route_and_generate(
                                     flight, router, request, chunks, whole_answer_timeout
                                 )
-                        except APIError as error:
+                        except GatewayError as error:
                             flight.error = error
                         except Exception:
                             log.exception(
@@ -142,19 +148,19 @@ async def _route_and_generate(
     """Generate on a backend the router picks; a failure that produced nothing and says so
     (`retryable`) is tried again on another backend, each backend at most once."""
     tried: list[str] = []
-    last_failure: APIError | None = None
+    last_failure: GatewayError | None = None
     key = RouteKey.of(request)  # its prompt hashed once, whatever the retries
     while True:
         try:
             backend = await router.acquire(request.model, exclude=tried, key=key)
-        except APIError:
+        except GatewayError:
             if last_failure is not None:
                 raise last_failure from None  # the last backend's failure says more
             raise
         try:
             await _generate_on(flight, router, backend, request, chunks, whole_answer_timeout)
             return
-        except APIError as error:
+        except GatewayError as error:
             if not error.retryable:
                 raise
             log.warning(
@@ -192,11 +198,11 @@ async def _generate_on(
     whole_answer_timeout: float | None,
 ) -> None:
     """Generate on a backend whose slot is held, then give the slot back with a verdict
-    for its breaker: True on success, False on evidence that the backend is down, None
+    for its breaker: success, a backend fault on evidence that the backend is down, none
     otherwise (neither counts nor resets).
 
-    Evidence is an error marked `backend_fault` where it was made (unreachable, lost,
-    a 5xx status; not a request's own in-band failure, see `APIError`), or a silence: the
+    Evidence is an error that `counts_against_backend` (unreachable, lost, a 5xx status;
+    not a request's own in-band failure, see `GatewayError`), or a silence: the
     inactivity (or whole-answer) timeout firing while this engine held the request. From
     outside, that is what a hung engine looks like, its connection up and its
     pings answered, and only the breaker notices it. The silence timer runs from the
@@ -210,20 +216,21 @@ async def _generate_on(
     if whole_answer_timeout is not None and not backend.engine.streams_unary:
         flight.silence_limit = max(flight.silence_limit, whole_answer_timeout)
     dispatched_at = trio.current_time()
-    verdict: bool | None = None
+    verdict = Verdict.NONE  # unless shown otherwise: the client left, shutdown, ...
     try:
         await backend.engine.generate(request, chunks)
-        verdict = True
-    except APIError as error:
-        verdict = False if error.backend_fault else None
+        verdict = Verdict.SUCCESS
+    except GatewayError as error:
+        if error.counts_against_backend:
+            verdict = Verdict.BACKEND_FAULT
         raise
     finally:
         if (
-            verdict is None
+            verdict is Verdict.NONE
             and flight.cancel_reason == RESPONSE_TIMEOUT
             and trio.current_time() - dispatched_at >= flight.silence_limit / 2
         ):
-            verdict = False
+            verdict = Verdict.BACKEND_FAULT
         router.release(backend, verdict)
 
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
+from trio_gateway.errors import GatewayError, invalid_request
 from trio_gateway.generation import Endpoint, GenerationRequest, MockOptions
-from trio_gateway.openai.errors import APIError, invalid_request
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 # The mock's own bounds: a test knob must not hold a slot for ever or build a huge answer.
@@ -42,7 +42,7 @@ def _is_number(value: Any) -> bool:
     return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
 
 
-def _type_error(param: str, expected: str, value: Any) -> APIError:
+def _type_error(param: str, expected: str, value: Any) -> GatewayError:
     return invalid_request(
         f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)}.",
         param,
@@ -225,7 +225,7 @@ def parse_generation_request(
     *,
     session_header: str | None = None,
 ) -> GenerationRequest:
-    """Validate an OpenAI body. Raises `APIError` (400) on the first problem found.
+    """Validate an OpenAI body. Raises `GatewayError` (400) on the first problem found.
 
     Only what the gateway itself reads is checked; every other field passes through to the
     engine as it is, for the engine to judge. The model's existence and its context length

@@ -9,7 +9,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from trio_gateway.openai.errors import APIError
+from trio_gateway.errors import GatewayError
+from trio_gateway.openai.errors import stream_error_body
 
 DONE = b"data: [DONE]\n\n"
 
@@ -18,9 +19,9 @@ def frame(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
 
-def error_event(error: APIError) -> bytes:
+def error_event(error: GatewayError) -> bytes:
     """The in-band error of a stream whose headers are gone; `[DONE]` must follow it."""
-    return frame(orjson.dumps(error.stream_frame_body()))
+    return frame(orjson.dumps(stream_error_body(error)))
 
 
 class SSEEvent(NamedTuple):

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import trio
 
 from trio_gateway.engines.protocol import Engine
-from trio_gateway.openai.errors import APIError, model_not_found, overloaded, unavailable
-from trio_gateway.router.breaker import BreakerState, CircuitBreaker
+from trio_gateway.errors import GatewayError, model_not_found, overloaded, unavailable
+from trio_gateway.router.breaker import BreakerState, CircuitBreaker, Verdict
 from trio_gateway.router.policies import Policy
 from trio_gateway.router.route_key import NO_KEY, RouteKey
 
@@ -195,7 +195,7 @@ class Router:
         if not self.knows(model):
             raise model_not_found(model)
         raise unavailable(
-            f"No backend serving {model!r} is available right now.", backend_fault=False
+            f"No backend serving {model!r} is available right now.", request_only=True
         )
 
     def _note_panic(self, model: str, panic: bool) -> None:
@@ -238,13 +238,12 @@ class Router:
             self._waiters.remove(waiter)
         raise _overload(f"No capacity within {self.queue_timeout:g} s.")
 
-    def release(self, backend: Backend, verdict: bool | None) -> None:
-        """Give the slot back: `verdict` True for success, False for a backend failure
-        (counts towards its breaker), None when the request ended for another reason."""
+    def release(self, backend: Backend, verdict: Verdict) -> None:
+        """Give the slot back, and the backend's breaker what the request's end says."""
         backend.inflight -= 1
-        if verdict is True:
+        if verdict is Verdict.SUCCESS:
             backend.breaker.on_success()
-        elif verdict is False:
+        elif verdict is Verdict.BACKEND_FAULT:
             backend.breaker.on_failure(trio.current_time())
         else:
             backend.breaker.on_abandoned()
@@ -260,5 +259,5 @@ class Router:
             waiter.event.set()
 
 
-def _overload(message: str) -> APIError:
+def _overload(message: str) -> GatewayError:
     return overloaded(message + " Retry later.")

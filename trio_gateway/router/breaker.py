@@ -5,9 +5,9 @@ closed: requests flow; `threshold` consecutive failures open it. open: no reques
 closes the breaker, its failure opens it again for another cooldown. A backend that comes
 back (a worker's fresh hello) is half-open at once (`on_reconnect`).
 
-What counts as a failure is decided by the caller (`APIError.backend_fault`, the flight's
-verdict); what an open breaker means when every backend of a model is open is the router's
-(panic routing, `Router`): this only keeps the state.
+What counts as a failure is decided by the caller (`GatewayError.counts_against_backend`,
+the flight's `Verdict`); what an open breaker means when every backend of a model is open
+is the router's (panic routing, `Router`): this only keeps the state.
 """
 
 from __future__ import annotations
@@ -19,6 +19,16 @@ class BreakerState(enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
+
+
+class Verdict(enum.Enum):
+    """What the end of a request says about the backend that served it."""
+
+    SUCCESS = "success"  # it answered: the breaker closes, its failures reset
+    BACKEND_FAULT = "backend_fault"  # evidence it is down or broken: counts
+    # Says nothing either way (the client left, shutdown, the request's own failure):
+    # neither counts nor resets, and a probe may be retried.
+    NONE = "none"
 
 
 class CircuitBreaker:

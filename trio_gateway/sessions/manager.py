@@ -12,10 +12,11 @@ import logging
 
 import trio
 
+from trio_gateway.errors import GatewayError, session_lost, unavailable
 from trio_gateway.generation import GenerationRequest
 from trio_gateway.metrics import GatewayMetrics
-from trio_gateway.openai.errors import APIError, session_lost, unavailable
 from trio_gateway.router.admission import Backend, Router
+from trio_gateway.router.breaker import Verdict
 from trio_gateway.router.route_key import RouteKey
 from trio_gateway.sessions.store import SessionStore
 from trio_gateway.sessions.table import Session, SessionTable
@@ -110,14 +111,14 @@ class SessionManager:
             try:
                 with trio.fail_after(CALL_DEADLINE_S):
                     await backend.engine.open_session(session_id, timeout + WORKER_GRACE_S)
-            except (APIError, trio.TooSlowError) as error:
-                self.router.release(backend, None)
-                reason = error.message if isinstance(error, APIError) else "no answer in time"
-                if isinstance(error, APIError) and error.status < 500:
+            except (GatewayError, trio.TooSlowError) as error:
+                self.router.release(backend, Verdict.NONE)
+                reason = error.message if isinstance(error, GatewayError) else "no answer in time"
+                if isinstance(error, GatewayError) and error.kind.is_client_error:
                     raise
                 raise unavailable(f"Could not open session {session_id!r}: {reason}") from None
             except BaseException:
-                self.router.release(backend, None)
+                self.router.release(backend, Verdict.NONE)
                 raise
             session = self.table.open(session_id, backend.name, timeout, trio.current_time())
             self.table.begin(session)
@@ -190,7 +191,7 @@ class SessionManager:
         try:
             with trio.fail_after(CALL_DEADLINE_S):
                 await backend.engine.close_session(session.session_id)
-        except (APIError, trio.TooSlowError) as error:
+        except (GatewayError, trio.TooSlowError) as error:
             # The worker expires its copy itself, WORKER_GRACE_S after ours.
             log.warning(
                 "closing session %s on %s failed: %s", session.session_id, session.worker, error

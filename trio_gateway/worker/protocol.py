@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
+from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.openai.errors import APIError
 from trio_gateway.openai.schemas import parse_generation_request
 
 PROTOCOL_VERSION = 2  # 2: bodies and wire payloads instead of parsed fields and text
@@ -257,7 +257,7 @@ def _decode_request(raw: Any, rid: str) -> GenerationRequest:
     body = _get(raw, "body", dict, rid, where)
     try:
         request = parse_generation_request(body, endpoint, _get(raw, "request_id", str, rid, where))
-    except APIError as error:
+    except GatewayError as error:
         raise ProtocolError(
             f"{where}: a body the gateway should have refused: {error.message}", rid
         ) from None

@@ -24,6 +24,7 @@ from trio_gateway.config import WorkerConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.engines.ws_client import MAX_MESSAGE_BYTES, PROTOCOL_HEADER
+from trio_gateway.errors import ErrorKind, GatewayError, internal_error
 from trio_gateway.generation import Chunk
 from trio_gateway.http.asgi import Receive, Scope, Send
 from trio_gateway.http.auth import bearer_token, key_accepted
@@ -31,7 +32,7 @@ from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, SHUTDOWN, Flight
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.logs import request_id_var
-from trio_gateway.openai.errors import APIError, internal_error
+from trio_gateway.openai.errors import wire_fields
 from trio_gateway.sessions.table import SessionTable
 from trio_gateway.worker import protocol
 from trio_gateway.worker.metrics import WorkerMetrics
@@ -296,7 +297,7 @@ class WorkerServer:
         if self.sessions.get(message.session_id) is None:
             try:
                 await self.engine.open_session(message.session_id, message.timeout)
-            except APIError as error:
+            except GatewayError as error:
                 return SessionReply(message.id, "error", error.message)
             self.sessions.open(message.session_id, "", message.timeout, trio.current_time())
             self.metrics.sessions_active.set(len(self.sessions))
@@ -348,7 +349,7 @@ class WorkerServer:
                 outcome = "finished"
             if flight.cancel_reason == SHUTDOWN:
                 outbox.send_nowait(_error_frame(frame.id, shut_down()))
-        except APIError as error:
+        except GatewayError as error:
             outcome = "error"
             outbox.send_nowait(_error_frame(frame.id, error))
         except trio.Cancelled:
@@ -375,14 +376,14 @@ class WorkerServer:
     ) -> None:
         """Engine → local channel → the connection's outbox, each chunk against one credit."""
         send, receive = trio.open_memory_channel[Chunk](max(1, frame.window))
-        failure: APIError | None = None
+        failure: GatewayError | None = None
 
         async def produce() -> None:
             nonlocal failure
             with send:
                 try:
                     await self.engine.generate(frame.request, send)
-                except APIError as error:
+                except GatewayError as error:
                     failure = error
                 except Exception:
                     log.exception("engine failed on request %s", frame.id)
@@ -443,16 +444,15 @@ async def _send_chunks(ws: WebSocketConnection, chunks: list[ChunkFrame]) -> Non
         await ws.send_message(protocol.encode(Chunks(tuple(chunks))))
 
 
-def shut_down() -> APIError:
-    return APIError(503, "the worker shut down", "shutdown", None, "shutdown", "shutdown")
+def shut_down() -> GatewayError:
+    return GatewayError(ErrorKind.SHUTDOWN, "the worker shut down")
 
 
-def _error_frame(request_id: str, error: APIError) -> ErrorFrame:
-    return ErrorFrame(
-        request_id, error.message, error.type, error.code, error.status, error.backend_fault
-    )
+def _error_frame(request_id: str, error: GatewayError) -> ErrorFrame:
+    status, type_, code = wire_fields(error)
+    return ErrorFrame(request_id, error.message, type_, code, status, error.counts_against_backend)
 
 
-async def _send_error(ws: WebSocketConnection, request_id: str, error: APIError) -> None:
+async def _send_error(ws: WebSocketConnection, request_id: str, error: GatewayError) -> None:
     with contextlib.suppress(ConnectionClosed):
         await ws.send_message(protocol.encode(_error_frame(request_id, error)))

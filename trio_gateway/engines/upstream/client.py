@@ -376,8 +376,9 @@ class UpstreamResponse:
 class StreamContext:
     """`async with pool.stream(...) as response`: a class, not `@asynccontextmanager`.
 
-    On Python 3.11 an exception dataclass with slots (the gateway's `APIError`) cannot cross a
-    generator-based context manager; this one lets every exception through untouched.
+    On Python 3.11 a frozen dataclass exception cannot cross a generator-based context
+    manager (contextlib sets its `__traceback__`); this one lets every exception through
+    untouched, whatever the exception.
     """
 
     __slots__ = (

@@ -35,8 +35,8 @@ from trio_gateway.engines.upstream.client import (
 )
 from trio_gateway.engines.upstream.errors import connection_failed, malformed, status_error
 from trio_gateway.engines.upstream.relay import StreamRelay, unary_chunk
+from trio_gateway.errors import GatewayError, unavailable
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.openai.errors import APIError, unavailable
 
 log = logging.getLogger("trio_gateway.upstream")
 
@@ -284,7 +284,7 @@ class OpenAIUpstream:
             ]
         )
         relayed = _Emitter(send)
-        failure: APIError | None = None
+        failure: GatewayError | None = None
         try:
             async with pool.stream("POST", path, headers, self._payload(request)) as response:
                 # A failure read whole is raised once the response is left, so that its
@@ -298,7 +298,7 @@ class OpenAIUpstream:
                     else:
                         body = await self._read_whole(response)
                         await relayed.emit(unary_chunk(self.name, body))
-                except APIError as error:
+                except GatewayError as error:
                     failure = error
         except UpstreamConnectError as error:
             self._connection_lost(str(error))

@@ -9,13 +9,12 @@ backend's breaker on the client's mistakes); 502/503/504 and connection failures
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from typing import Any
 
 import orjson
 
-from trio_gateway.openai.errors import APIError, internal_error, unavailable
+from trio_gateway.errors import ErrorKind, GatewayError, internal_error, unavailable
 
 log = logging.getLogger("trio_gateway.upstream")
 
@@ -61,17 +60,17 @@ def truncate(text: str) -> str:
     return text
 
 
-def _error_type_for(status: int) -> str:
+def _kind_for(status: int) -> ErrorKind:
     if status == 404:
-        return "not_found"
+        return ErrorKind.NOT_FOUND
     if status == 429:
-        return "overload"
+        return ErrorKind.OVERLOAD
     if 400 <= status < 500:
-        return "validation"
-    return "internal"
+        return ErrorKind.VALIDATION
+    return ErrorKind.INTERNAL
 
 
-def inband_error(body: Any) -> APIError:
+def inband_error(body: Any) -> GatewayError:
     """An error inside a 200 answer (`data: {"error": {...}}`, llama.cpp's `error:` line).
 
     The status is the frame's numeric code when it is one (vLLM and llama.cpp send the HTTP
@@ -86,18 +85,18 @@ def inband_error(body: Any) -> APIError:
     code = _code(fields.get("code"))
     status = code if isinstance(code, int) and 400 <= code <= 599 else 500
     message = _as_str(fields.get("message")) or "The upstream reported an error mid-stream."
-    return APIError(
-        status=status,
-        message=truncate(message),
-        type=_as_str(fields.get("type")) or "internal_error",
+    return GatewayError(
+        _kind_for(status),
+        truncate(message),
+        request_only=True,
         param=_as_str(fields.get("param")),
         code=code,
-        error_type=_error_type_for(status),
-        backend_fault=False,
+        status_override=status,
+        type_override=_as_str(fields.get("type")) or "internal_error",
     )
 
 
-def status_error(name: str, status: int, raw: bytes) -> APIError:
+def status_error(name: str, status: int, raw: bytes) -> GatewayError:
     """The error for an upstream that answered with an error status and this body."""
     fields: dict[str, Any] | None = None
     with contextlib.suppress(orjson.JSONDecodeError):
@@ -115,22 +114,28 @@ def status_error(name: str, status: int, raw: bytes) -> APIError:
         # Not the client's fault: the gateway's own upstream key is wrong. Its message is
         # not quoted (it could echo the key); another backend may do better.
         log.warning("upstream %s rejected the gateway's credentials (%d)", name, status)
-        return dataclasses.replace(
-            internal_error(
-                f"The upstream {name} rejected the gateway's credentials (HTTP {status})."
-            ),
+        return internal_error(
+            f"The upstream {name} rejected the gateway's credentials (HTTP {status}).",
             retryable=True,
         )
     if status == 429:
-        return APIError(429, message, upstream_type or "overload", param, code, "overload", True)
-    if 400 <= status < 500:
-        return APIError(
-            status,
+        return GatewayError(
+            ErrorKind.OVERLOAD,
             message,
-            upstream_type or "invalid_request_error",
-            param,
-            code,
-            "not_found" if status == 404 else "validation",
+            retryable=True,
+            param=param,
+            code=code,
+            status_override=429,
+            type_override=upstream_type or "overload",
+        )
+    if 400 <= status < 500:
+        return GatewayError(
+            ErrorKind.NOT_FOUND if status == 404 else ErrorKind.VALIDATION,
+            message,
+            param=param,
+            code=code,
+            status_override=status,
+            type_override=upstream_type or "invalid_request_error",
         )
     if status in (502, 503, 504):
         return unavailable(
@@ -141,11 +146,11 @@ def status_error(name: str, status: int, raw: bytes) -> APIError:
     return internal_error(f"The upstream {name} answered HTTP {status}.")
 
 
-def malformed(name: str, what: str) -> APIError:
+def malformed(name: str, what: str) -> GatewayError:
     return internal_error(f"The upstream {name} sent {what}.")
 
 
-def connection_failed(name: str, problem: str, *, retryable: bool) -> APIError:
+def connection_failed(name: str, problem: str, *, retryable: bool) -> GatewayError:
     return unavailable(
         f"The connection to the upstream {name} failed ({problem}).", retryable=retryable
     )

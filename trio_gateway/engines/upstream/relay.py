@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 
 from trio_gateway.engines.upstream.errors import inband_error, malformed
+from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Chunk
-from trio_gateway.openai.errors import APIError
 from trio_gateway.openai.sse import SSEDecodeError, SSEDecoder
 
 DONE_VALUE = b"[DONE]"
@@ -78,7 +78,7 @@ class StreamRelay:
         self.tokens = 0  # counted so far, in the chunks handed out
         # The stream's failure (an in-band error, a broken event), raised by `check` once
         # the events before it in the same read were handed on: the client gets those.
-        self.failure: APIError | None = None
+        self.failure: GatewayError | None = None
         self._decoder = SSEDecoder()
 
     def check(self) -> None:
@@ -117,7 +117,7 @@ class StreamRelay:
                     kept.append(event.raw)
                     continue
                 counted, keep = self._read_event(self._loads(value))
-            except APIError as error:
+            except GatewayError as error:
                 self.failure = error
                 break
             tokens += counted
