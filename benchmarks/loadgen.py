@@ -252,8 +252,9 @@ def listening_sockets(port: int) -> int:
 
 
 class LoopbackProcess:
-    """A server as a subprocess on a free loopback port: started once it listens (and, with
-    `http_ready`, once `/ready` says 200), stopped with SIGTERM, then SIGKILL after 10 s."""
+    """A server as a subprocess on a free loopback port (or `port`: a restart on the same
+    address): started once it listens (and, with `http_ready`, once `/ready` says 200),
+    stopped with SIGTERM, then SIGKILL after 10 s."""
 
     def __init__(
         self,
@@ -263,8 +264,9 @@ class LoopbackProcess:
         listeners: int = 1,
         http_ready: bool = False,
         cwd: Path | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
             prefix=f"{name}-", suffix=".log", delete=False
         )
@@ -296,7 +298,7 @@ class LoopbackProcess:
 class GatewayProcess(LoopbackProcess):
     """`trio-gateway serve` (or `worker`) on a free loopback port."""
 
-    def __init__(self, *flags: str, command: str = "serve") -> None:
+    def __init__(self, *flags: str, command: str = "serve", port: int | None = None) -> None:
         exe = Path(sys.executable).parent / "trio-gateway"
         if command == "worker":
             flags = ("--metrics-port", "0", *flags)
@@ -311,6 +313,7 @@ class GatewayProcess(LoopbackProcess):
             name="gateway",
             listeners=listeners,
             http_ready=command == "serve",
+            port=port,
         )
 
 

@@ -26,6 +26,9 @@ the number of words in the prompt. The request's model selects a behaviour:
     flood               64 KiB tokens, no pacing (up to max_tokens, default 400)
     drop                2 tokens, then the connection closes mid-body (no chunk terminator)
     drop-early          response headers, then the connection closes before any event
+    stall               2 tokens, then silence (an hour) with the connection open
+    malformed           1 token, then an event that is not JSON
+    slow-headers        any answer's headers only after SLOW_HEADERS_S (2 s), then as usual
     unary               a JSON completion although a stream was asked for
 
 Every request is recorded (`requests`: method, path, headers, JSON body), with how many
@@ -52,6 +55,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 SLOW_INTERVAL = 0.05
+SLOW_HEADERS_S = 2.0
+STALL_S = 3600.0
 FLOOD_TOKEN = "x" * (64 * 1024)
 
 
@@ -156,6 +161,8 @@ class MockUpstream:
         if model.startswith("fail-"):
             await _fail(send, model)
             return
+        if model == "slow-headers":
+            await trio.sleep(SLOW_HEADERS_S)
         if not body.get("stream"):
             await _json(send, 200, _unary(body, chat), record)
             return
@@ -342,6 +349,10 @@ def _events(body: dict[str, Any], chat: bool) -> list[Any]:
             return [*out, b"error: " + orjson.dumps(frame) + b"\n\n", b"data: [DONE]\n\n"]
         if model == "drop" and i == 2:
             return [*out, _DROP]
+        if model == "stall" and i == 2:
+            return [*out, STALL_S]
+        if model == "malformed" and i == 1:
+            return [*out, b'data: {"id": "up-1", "choices": [oops\n\n', b"data: [DONE]\n\n"]
         last = i == n - 1
         if model == "finish-with-text" and last:
             out.append(_sse(_chunk(body, chat, token_text(i, model), finish)))
