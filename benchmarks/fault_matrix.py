@@ -3,7 +3,7 @@
     python benchmarks/fault_matrix.py [--quick] [--only GROUP[,GROUP]] [--seed 16]
 
 Starts `trio-gateway serve` and `trio-gateway worker` processes (and a fake OpenAI upstream,
-`tests/upstream_server.py`, in this process) on ephemeral 127.0.0.1 ports and tries about
+`tests/support/upstream_server.py`, in this process) on ephemeral 127.0.0.1 ports and tries about
 sixty cases of faults against them, each checked through HTTP only (status, body, SSE frames,
 `/metrics`, `/ready`, `/admin/workers`, exit codes, logs): client disconnects at every
 stage, workers killed, stopped and restarted, upstream failure shapes, SIGTERM variants,
@@ -38,7 +38,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.loadgen import GatewayProcess, environment, free_port, raise_fd_limit, save
-from tests.upstream_server import MockUpstream, running_upstream
+from tests.support.upstream_server import MockUpstream, running_upstream
 
 TOKEN = "s3cret"  # the worker plane's token
 API_KEY = "k1-fault-matrix"
