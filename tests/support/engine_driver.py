@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 import trio
-import trio.testing
 
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest, MockOptions

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import trio
-import trio.testing
 
 from trio_gateway.generation import Chunk, GenerationRequest
 

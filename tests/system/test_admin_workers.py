@@ -4,6 +4,7 @@ for (a real connection refused on 127.0.0.1:9) is quarantined."""
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from tests.support.asgi_client import running_gateway
 from tests.support.bodies import chat

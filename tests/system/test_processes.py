@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager, suppress
 from functools import partial
 
 import trio
-import trio.testing
 
 from tests.support.gateway_process import drain_pipe, gateway_command, post, read_response
 

@@ -4,7 +4,6 @@ gateway's own checks: tests/trio/test_prompt_length.py)."""
 from __future__ import annotations
 
 import trio
-import trio.testing
 
 from tests.support.asgi_client import running_gateway
 from tests.support.upstream_server import running_upstream

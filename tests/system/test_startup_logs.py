@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 import trio
-import trio.testing
 
 from trio_gateway.cli import serve
 from trio_gateway.config import GatewayConfig
