@@ -317,7 +317,6 @@ class WorkerConfig:
     mock_prefix_cache_blocks: int = setting(8192, "")
     mock_prefill_ms_per_1k_tokens: float = setting(0.0, "")
     max_inflight: int = setting(1024, "requests this worker runs at once (told in its hello)")
-    load_interval_s: float = setting(1.0, "seconds between load reports to the gateway")
     drain_timeout_s: float = setting(
         30.0, "after SIGTERM, in-flight requests get this long before they are cut"
     )
@@ -329,7 +328,7 @@ class WorkerConfig:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name}: must be between 0 and 65535")
-        for name in ("mock_itl_ms", "max_inflight", "mock_max_num_seqs", "load_interval_s"):
+        for name in ("mock_itl_ms", "max_inflight", "mock_max_num_seqs"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name}: must be above 0, got {value}")

@@ -93,7 +93,7 @@ async def running_worker(worker_id: str, **settings: object) -> AsyncIterator[Wo
     async with trio.open_nursery() as nursery:
         await nursery.start(server.engine.run)
         await nursery.start(server.shutdown.run)
-        nursery.start_soon(server.reap_sessions)
+        nursery.start_soon(server.sessions.reap)
         yield server
         nursery.cancel_scope.cancel()
 

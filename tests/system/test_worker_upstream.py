@@ -35,7 +35,7 @@ async def worker_over(upstream: MockUpstream, **settings: object) -> AsyncIterat
     async with trio.open_nursery() as nursery:
         await nursery.start(server.engine.run)
         await nursery.start(server.shutdown.run)
-        nursery.start_soon(server.reap_sessions)
+        nursery.start_soon(server.sessions.reap)
         await server.engine.wait_probes(1)
         yield server
         nursery.cancel_scope.cancel()

@@ -13,7 +13,8 @@ from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.generation import Chunk, GenerationRequest
 from trio_gateway.openai.schemas import parse_generation_request
-from trio_gateway.worker.protocol import ChunkFrame, Hello, encode
+from trio_gateway.plane.codec import encode
+from trio_gateway.plane.frames import PROTOCOL_VERSION, ChunkFrame, Generate, Hello
 
 CHAT = "/v1/chat/completions"
 
@@ -135,7 +136,7 @@ async def test_worker_errors_and_bad_frames_fail_only_their_request(
 ) -> None:
     async def fake_worker(request: object) -> None:
         ws = await request.accept()  # type: ignore[attr-defined]
-        await ws.send_message(encode(Hello("fake", ("mock",), 10)))
+        await ws.send_message(encode(Hello("fake", ("mock",), 10, PROTOCOL_VERSION)))
         while True:
             frame = orjson.loads(await ws.get_message())
             if frame["type"] != "generate":
@@ -219,8 +220,6 @@ async def test_a_gateway_vanishing_mid_stream_does_not_take_the_worker_down(
 ) -> None:
     from trio_websocket import wrap_client_stream, wrap_server_stream
 
-    from trio_gateway.worker.protocol import Generate
-
     async with running_worker("w1") as server:
         client_stream, server_stream = trio.testing.memory_stream_pair()
         handled = trio.Event()
@@ -275,7 +274,7 @@ async def test_worker_probes_on_the_metrics_port(autojump_clock: trio.testing.Mo
             async def receive() -> dict[str, object]:
                 return {"type": "http.request", "body": b"", "more_body": False}
 
-            await server._metrics_app({"type": "http", "path": path}, receive, send)  # type: ignore[arg-type]
+            await server.probes({"type": "http", "path": path}, receive, send)  # type: ignore[arg-type]
             status = sent[0]["status"]
             assert isinstance(status, int)
             return status

@@ -31,28 +31,32 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from trio_gateway.errors import ErrorKind, GatewayError, internal_error, unavailable
+from trio_gateway.errors import unavailable
 from trio_gateway.generation import Chunk, GenerationRequest
-from trio_gateway.worker import protocol
-from trio_gateway.worker.protocol import (
+from trio_gateway.plane.codec import ProtocolError, decode, encode
+from trio_gateway.plane.errors import worker_error
+from trio_gateway.plane.frames import (
     PROTOCOL_VERSION,
+    Cancel,
     ChunkFrame,
     Chunks,
+    CloseSession,
+    Credit,
     End,
     ErrorFrame,
+    Generate,
     Hello,
-    Load,
-    ProtocolError,
+    Message,
+    OpenSession,
     SessionReply,
 )
+from trio_gateway.plane.handshake import MAX_MESSAGE_BYTES, opening_headers
 
 log = logging.getLogger("trio_gateway.ws_client")
 
 CANCEL_DEADLINE_S = 1.0
 SESSION_CALL_TIMEOUT_S = 5.0
 HELLO_TIMEOUT_S = 5.0
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-PROTOCOL_HEADER = b"x-trio-gateway-protocol"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +87,6 @@ class _SessionCall:
     reply: SessionReply | None = None
 
 
-@dataclass
-class WorkerLoad:
-    inflight: int = 0
-    queued: int = 0
-
-
 @dataclass(eq=False)
 class RemoteWorker:
     url: str
@@ -104,7 +102,6 @@ class RemoteWorker:
     available: bool = False
     streams_unary: bool = True
     context_lengths: dict[str, int] = field(default_factory=dict)
-    load: WorkerLoad = field(default_factory=WorkerLoad)
     connections: int = 0  # how many times a hello was accepted
     # Called when the worker says hello: the router lets queued requests look again.
     on_available: Callable[[], None] | None = None
@@ -142,12 +139,9 @@ class RemoteWorker:
             backoff = min(backoff * 2, self.backoff_max)
 
     async def _connect_once(self) -> None:
-        headers = [(PROTOCOL_HEADER, str(PROTOCOL_VERSION).encode())]
-        if self.token:
-            headers.append((b"authorization", b"Bearer " + self.token.encode()))
-        async with self.open_connection(headers) as ws:
+        async with self.open_connection(opening_headers(self.token)) as ws:
             with trio.fail_after(HELLO_TIMEOUT_S):
-                hello = protocol.decode(await ws.get_message())
+                hello = decode(await ws.get_message())
             if not isinstance(hello, Hello):
                 raise ProtocolError(f"expected hello, got {type(hello).__name__}")
             if hello.protocol != PROTOCOL_VERSION:
@@ -232,7 +226,7 @@ class RemoteWorker:
     async def _read(self, ws: WebSocketConnection) -> None:
         while True:
             try:
-                message = protocol.decode(await ws.get_message())
+                message = decode(await ws.get_message())
             except ConnectionClosed:
                 return
             except ProtocolError as error:
@@ -255,8 +249,6 @@ class RemoteWorker:
                 if call is not None:
                     call.reply = message
                     call.answered.set()
-            elif isinstance(message, Load):
-                self.load = WorkerLoad(message.inflight, message.queued)
             else:
                 log.warning(
                     "worker %s: unexpected %s frame ignored", self.name, type(message).__name__
@@ -275,7 +267,7 @@ class RemoteWorker:
 
     async def open_session(self, session_id: str, idle_timeout_s: float) -> None:
         reply = await self._session_call(
-            lambda call_id: protocol.OpenSession(call_id, session_id, idle_timeout_s)
+            lambda call_id: OpenSession(call_id, session_id, idle_timeout_s)
         )
         if reply.status != "ok":
             raise unavailable(
@@ -283,10 +275,10 @@ class RemoteWorker:
             )
 
     async def close_session(self, session_id: str) -> None:
-        await self._session_call(lambda call_id: protocol.CloseSession(call_id, session_id))
+        await self._session_call(lambda call_id: CloseSession(call_id, session_id))
 
     async def _session_call(
-        self, make: Callable[[str], protocol.OpenSession | protocol.CloseSession]
+        self, make: Callable[[str], OpenSession | CloseSession]
     ) -> SessionReply:
         ws = self._ws
         if ws is None:
@@ -296,7 +288,7 @@ class RemoteWorker:
         try:
             with trio.fail_after(SESSION_CALL_TIMEOUT_S):
                 try:
-                    await ws.send_message(protocol.encode(make(call_id)))
+                    await ws.send_message(encode(make(call_id)))
                 except ConnectionClosed:
                     raise unavailable(f"Worker {self.name} is gone.") from None
                 await call.answered.wait()
@@ -320,8 +312,8 @@ class RemoteWorker:
         produced = ended = False
         try:
             try:
-                generate = protocol.Generate(rid, request, self.window, request.session_id)
-                await ws.send_message(protocol.encode(generate))
+                generate = Generate(rid, request, self.window, request.session_id)
+                await ws.send_message(encode(generate))
             except ConnectionClosed:
                 ended = True
                 raise unavailable(f"Worker {self.name} is gone.", retryable=True) from None
@@ -347,7 +339,7 @@ class RemoteWorker:
                         return
                     elif isinstance(message, ErrorFrame):
                         ended = True
-                        raise _worker_error(message, retryable=not produced)
+                        raise worker_error(message, retryable=not produced)
                     else:
                         ended = True
                         raise unavailable(
@@ -358,42 +350,19 @@ class RemoteWorker:
                     except trio.WouldBlock:
                         break
                 if unacknowledged >= credit_every:
-                    await self._send_quietly(ws, protocol.Credit(rid, unacknowledged))
+                    await self._send_quietly(ws, Credit(rid, unacknowledged))
                     unacknowledged = 0
         finally:
             del self._streams[rid]
             if not ended and self._ws is ws:
                 with trio.CancelScope(shield=True) as cleanup:
                     cleanup.deadline = trio.current_time() + CANCEL_DEADLINE_S
-                    await self._send_quietly(ws, protocol.Cancel(rid))
+                    await self._send_quietly(ws, Cancel(rid))
 
-    async def _send_quietly(self, ws: WebSocketConnection, message: protocol.Message) -> None:
+    async def _send_quietly(self, ws: WebSocketConnection, message: Message) -> None:
         """A send on a connection that may be closing; the reader notices the close."""
         with contextlib.suppress(ConnectionClosed):
-            await ws.send_message(protocol.encode(message))
-
-
-def _worker_error(frame: ErrorFrame, *, retryable: bool) -> GatewayError:
-    if frame.status == 503 or frame.type == "unavailable":
-        return unavailable(frame.message, retryable=retryable, request_only=not frame.backend_fault)
-    if 400 <= frame.status < 500:
-        return GatewayError(
-            ErrorKind.VALIDATION,
-            frame.message,
-            code=frame.code,
-            status_override=frame.status,
-            type_override=frame.type,
-        )
-    if frame.type == "shutdown":
-        return GatewayError(
-            ErrorKind.UNAVAILABLE,
-            frame.message,
-            request_only=True,
-            code=frame.code,
-            status_override=503,
-            type_override="unavailable",
-        )
-    return internal_error(frame.message, request_only=not frame.backend_fault)
+            await ws.send_message(encode(message))
 
 
 def _describe(error: BaseException) -> str:

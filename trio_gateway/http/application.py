@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from logging import DEBUG
 
 import trio
@@ -11,10 +12,20 @@ from quart_trio import QuartTrio
 from trio_gateway.config import GatewayConfig, load_config
 from trio_gateway.errors import GatewayError, invalid_request
 from trio_gateway.gateway import Gateway
-from trio_gateway.http.asgi import ClientGone, Message, Receive, Scope, Send, read_body, send_json
+from trio_gateway.http.asgi import (
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    send_json,
+)
+from trio_gateway.http.auth import refusal
 from trio_gateway.http.control import create_control_app
 from trio_gateway.http.inference import INFERENCE_ROUTES, handle_inference
-from trio_gateway.openai.errors import encode_error
+from trio_gateway.openai.errors import encode_error, http_status
 
 log = logging.getLogger("trio_gateway")
 
@@ -30,9 +41,16 @@ class GatewayApp:
             if _framed_twice(scope):
                 await _refuse_framing(receive, send, self.gateway.config.max_body_bytes)
                 return
+            # Auth, decided here once for both route sets (see `_refuse`).
+            refused = refusal(scope, self.gateway.api_keys, self.gateway.config.admin_token)
             endpoint = INFERENCE_ROUTES.get(scope["path"])
             if endpoint is not None and scope["method"] == "POST":
-                await handle_inference(self.gateway, endpoint, scope, receive, send)
+                await handle_inference(
+                    self.gateway, endpoint, scope, receive, send, refused=refused
+                )
+                return
+            if refused is not None:
+                await _refuse(scope, send, refused)
                 return
             receive, send = _keep_alive_safe(receive, send)
         elif kind == "lifespan":
@@ -110,6 +128,22 @@ async def _refuse_framing(receive: Receive, send: Send, limit: int) -> None:
         pass
     headers = ((b"content-length", b"%d" % len(CONFLICTING_FRAMING)), (b"connection", b"close"))
     await send_json(send, 400, CONFLICTING_FRAMING, headers)
+
+
+async def _refuse(scope: Scope, send: Send, error: GatewayError) -> None:
+    """A control route's auth refusal, answered before quart sees the request.
+
+    Auth is one decision made in `GatewayApp.__call__`, in front of both route sets, rather
+    than an ASGI middleware wrapped around them or a quart `before_request` hook: the
+    inference routes answer a refusal through their own refusal path (counted in the
+    request metrics, an end log line), which a wrapper would bypass, and a quart hook would
+    guard the control routes only. A route added to either set is guarded by its path
+    alone. The answer is quart's would-be one: the error body and an `x-request-id`.
+    """
+    body = encode_error(error)
+    request_id = header(scope, b"x-request-id") or uuid.uuid4().hex.encode()
+    headers = ((b"content-length", b"%d" % len(body)), (b"x-request-id", request_id))
+    await send_json(send, http_status(error), body, headers)
 
 
 def _keep_alive_safe(receive: Receive, send: Send) -> tuple[Receive, Send]:

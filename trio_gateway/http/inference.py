@@ -21,7 +21,6 @@ from trio_gateway.errors import (
     client_cancelled,
     draining,
     internal_error,
-    invalid_api_key,
     shutting_down,
 )
 from trio_gateway.gateway import Gateway
@@ -38,7 +37,7 @@ from trio_gateway.http.asgi import (
     read_body,
     send_error,
 )
-from trio_gateway.http.auth import bearer_token, key_accepted
+from trio_gateway.http.disconnect import AsgiClientGone
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Flight, run_flight
 from trio_gateway.lifecycle.ledger import BodyRead
 from trio_gateway.lifecycle.reader import ChunkReader
@@ -72,8 +71,16 @@ def _unsupported_media_type(content_type: bytes) -> GatewayError:
 
 
 async def handle_inference(
-    gateway: Gateway, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send
+    gateway: Gateway,
+    endpoint: Endpoint,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    refused: GatewayError | None,
 ) -> None:
+    """`refused`: the auth decision (`http/auth.py`), made before the routes split; a
+    refusal is answered here like any other before the flight, counted and logged."""
     started_at = trio.current_time()
     flight_id = uuid.uuid4().hex
     client_id = header(scope, b"x-request-id")
@@ -85,10 +92,8 @@ async def handle_inference(
     body: dict[str, Any] | None = None  # once parsed: the model a refusal is counted under
     reading: BodyRead | None = None  # its ledger entry from acceptance until its flight
     try:
-        if gateway.api_keys and not key_accepted(
-            bearer_token(header(scope, b"authorization")), gateway.api_keys
-        ):
-            raise invalid_api_key()
+        if refused is not None:
+            raise refused
         if not gateway.accepting:
             raise draining() if gateway.running else shutting_down()
         content_type = header(scope, b"content-type")
@@ -153,7 +158,7 @@ async def handle_inference(
             gateway.router,
             request,
             chunks_in,
-            receive,
+            AsgiClientGone(receive),
             gateway.config.inactivity_timeout,
             gateway.config.unary_timeout,
             gateway.sessions,

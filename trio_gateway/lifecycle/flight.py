@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import trio
 
@@ -39,9 +38,17 @@ RESPONSE_TIMEOUT = "response_timeout"
 SHUTDOWN = "shutdown"
 HANDLER_EXIT = "handler_exit"
 
-# The client's connection, as ASGI's `receive`: the flight learns from it only that the
-# client left (an `http.disconnect` message).
-Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+
+class ClientGoneSignal(Protocol):
+    """All a flight knows of its client: one awaitable that returns once the client is gone.
+
+    The lifecycle never reads the transport itself, so it runs without any ASGI (a
+    `trio.Event` is one, set by a test). `wait` must be awaited for the whole flight, not
+    only for a stream: hypercorn reports a gone client only to a task awaiting ASGI
+    `receive()` (`http/disconnect.py`), so the flight's watcher is that task.
+    """
+
+    async def wait(self) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -90,12 +97,13 @@ async def run_flight(
     router: Router,
     request: GenerationRequest,
     chunks: trio.MemorySendChannel[Chunk],
-    receive: Receive,
+    client: ClientGoneSignal,
     inactivity_timeout: float,
     unary_timeout: float,
     sessions: SessionManager | None = None,
 ) -> None:
-    """The engine task: route, then generate into `chunks`, beside a watcher of the client.
+    """The engine task: route, then generate into `chunks`, beside a watcher of the client
+    (`client`) and of the engine's silence.
 
     Waiting in the admission queue happens in here, under the flight's scope, so a client
     that leaves while queued leaves the queue at once. Closing `chunks` on the way out (any
@@ -109,7 +117,7 @@ async def run_flight(
             try:
                 with flight.scope:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_watch, receive, flight)
+                        nursery.start_soon(_watch, client, flight)
                         try:
                             if request.session_id is not None and sessions is not None:
                                 await _generate_in_session(
@@ -234,13 +242,13 @@ async def _generate_on(
         router.release(backend, verdict)
 
 
-async def _watch(receive: Receive, flight: Flight) -> None:
+async def _watch(client: ClientGoneSignal, flight: Flight) -> None:
     """Watch the client's connection and the engine's silence, in one task per flight.
 
-    hypercorn only reports a gone client to a task waiting on `receive()`
-    (docs/architecture.md §7). The inactivity deadline is re-armed from
-    `flight.waiting_since` only when it expires, so the writer pays one attribute store per
-    write, not a cancel scope.
+    One task for both, so a flight costs no second task: it waits on `client` (for
+    hypercorn, the task awaiting `receive()`, see `ClientGoneSignal`) under a deadline. The
+    inactivity deadline is re-armed from `flight.waiting_since` only when it expires, so
+    the writer pays one attribute store per write, not a cancel scope.
     """
     while True:
         now = trio.current_time()
@@ -250,11 +258,8 @@ async def _watch(receive: Receive, flight: Flight) -> None:
             flight.cancel(RESPONSE_TIMEOUT)
             return
         with trio.move_on_at(min(silent_until, now + limit)):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                flight.cancel(CLIENT_DISCONNECTED)
-                # Wall-clock stamp: benchmarks/worker_path.py measures disconnect → cancel.
-                log.debug(
-                    "request %s: client gone, cancelled at %.6f", flight.request_id, time.time()
-                )
-                return
+            await client.wait()
+            flight.cancel(CLIENT_DISCONNECTED)
+            # Wall-clock stamp: benchmarks/worker_path.py measures disconnect → cancel.
+            log.debug("request %s: client gone, cancelled at %.6f", flight.request_id, time.time())
+            return

@@ -1,5 +1,5 @@
-"""The worker request plane codec (docs/architecture.md §3): text frame ⇄ dataclass, and its
-errors."""
+"""The worker request plane codec (docs/architecture.md §3): text frame ⇄ msgspec struct,
+and its classified errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 from trio_gateway.generation import Chunk, GenerationRequest, MockOptions
 from trio_gateway.openai.schemas import parse_generation_request
-from trio_gateway.worker.protocol import (
+from trio_gateway.plane.codec import ProtocolError, decode, encode
+from trio_gateway.plane.frames import (
     PROTOCOL_VERSION,
     Cancel,
     ChunkFrame,
@@ -22,13 +23,9 @@ from trio_gateway.worker.protocol import (
     ErrorFrame,
     Generate,
     Hello,
-    Load,
     Message,
     OpenSession,
-    ProtocolError,
     SessionReply,
-    decode,
-    encode,
 )
 
 # A client's chat body as the gateway validated it: tools, logprobs, n=2, six stop strings
@@ -156,12 +153,12 @@ TRICKY_PAYLOAD = (
 # --- round trips ---------------------------------------------------------------------------
 
 ROUND_TRIPS: list[Message] = [
-    Hello("worker-a", ("mock", "other"), 16),
+    Hello("worker-a", ("mock", "other"), 16, 2),
     Hello("worker-b", (), 1, protocol=1),
-    Hello("w-ü", ("m",), 0),
-    Hello("worker-c", ("mock",), 8, streams_unary=False),
-    Hello("worker-d", ("mock", "llama"), 4, context_lengths={"mock": 4096, "llama": 131072}),
-    Hello("worker-e", ("m",), 2, streams_unary=False, context_lengths={"m": 0}),
+    Hello("w-ü", ("m",), 0, 2),
+    Hello("worker-c", ("mock",), 8, 2, streams_unary=False),
+    Hello("worker-d", ("mock", "llama"), 4, 2, context_lengths={"mock": 4096, "llama": 131072}),
+    Hello("worker-e", ("m",), 2, 2, streams_unary=False, context_lengths={"m": 0}),
     ChunkFrame("r1", SSE_EVENT),
     ChunkFrame("r1", "", tokens=0),
     ChunkFrame("r1", SSE_EVENT + SSE_EVENT, tokens=2),
@@ -173,8 +170,6 @@ ROUND_TRIPS: list[Message] = [
     End("r1"),
     SessionReply("s1", "ok"),
     SessionReply("s1", "error", "no such session"),
-    Load(0, 0),
-    Load(7, 3),
     Generate("req-1", request(), 8),
     Generate("req-1", request(COMPLETION_BODY, "completion"), 1),
     Generate("req-2", request(CHAT_BODY, request_id="req-2", trace_id="trace-9"), 32, "sess-9"),
@@ -185,7 +180,7 @@ ROUND_TRIPS: list[Message] = [
     Credit("r1", 0),
     Cancel("r1"),
     OpenSession("o1", "sess-1", 30.0),
-    OpenSession("o1", "sess-1", 0.25, capacity_of_str_len=4096),
+    OpenSession("o1", "sess-1", 0.25),
     CloseSession("c1", "sess-1"),
 ]
 
@@ -264,7 +259,6 @@ def test_every_message_type_is_covered() -> None:
         End,
         ErrorFrame,
         SessionReply,
-        Load,
         Generate,
         Credit,
         Cancel,
@@ -277,7 +271,7 @@ def test_every_message_type_is_covered() -> None:
     ("message", "expected"),
     [
         (
-            Hello("w", ("a", "b"), 4),
+            Hello("w", ("a", "b"), 4, PROTOCOL_VERSION),
             {
                 "type": "hello",
                 "worker_id": "w",
@@ -289,7 +283,9 @@ def test_every_message_type_is_covered() -> None:
             },
         ),
         (
-            Hello("w", ("a",), 4, streams_unary=False, context_lengths={"a": 8192}),
+            Hello(
+                "w", ("a",), 4, PROTOCOL_VERSION, streams_unary=False, context_lengths={"a": 8192}
+            ),
             {
                 "type": "hello",
                 "worker_id": "w",
@@ -303,17 +299,10 @@ def test_every_message_type_is_covered() -> None:
         (End("r"), {"type": "end", "id": "r"}),
         (Credit("r", 3), {"type": "credit", "id": "r", "n": 3}),
         (Cancel("r"), {"type": "cancel", "id": "r"}),
-        (Load(2, 1), {"type": "load", "inflight": 2, "queued": 1}),
         (SessionReply("s", "ok"), {"type": "session", "id": "s", "status": "ok", "message": None}),
         (
-            OpenSession("o", "s", 5.0, 10),
-            {
-                "type": "open_session",
-                "id": "o",
-                "session_id": "s",
-                "timeout": 5.0,
-                "capacity_of_str_len": 10,
-            },
+            OpenSession("o", "s", 5.0),
+            {"type": "open_session", "id": "o", "session_id": "s", "timeout": 5.0},
         ),
         (CloseSession("c", "s"), {"type": "close_session", "id": "c", "session_id": "s"}),
     ],
@@ -323,10 +312,18 @@ def test_wire_shape(message: Message, expected: dict[str, Any]) -> None:
     assert frame_of(message) == expected
 
 
-def test_protocol_version_is_two() -> None:
-    assert PROTOCOL_VERSION == 2
-    assert Hello("w", (), 1).protocol == 2
-    assert frame_of(Hello("w", (), 1))["protocol"] == 2
+def test_protocol_version_is_three() -> None:
+    # 3: no `load` frame, no `capacity_of_str_len` (see PROTOCOL_VERSION).
+    assert PROTOCOL_VERSION == 3
+    assert frame_of(Hello("w", (), 1, PROTOCOL_VERSION))["protocol"] == 3
+
+
+def test_load_frame_is_gone() -> None:
+    # It was sent every second and never read. A v2 worker, which sends it, is refused at
+    # the handshake; a stray one is an unknown frame, not silently ignored.
+    with pytest.raises(ProtocolError, match="unknown frame type 'load'") as info:
+        decode('{"type":"load","inflight":1,"queued":0}')
+    assert info.value.request_id is None
 
 
 # --- hello: what the worker's engine says of itself -----------------------------------------
@@ -359,7 +356,7 @@ def test_hello_engine_keys_decode() -> None:
 
 def test_hello_context_lengths_need_not_name_every_model() -> None:
     # "Where known": a model without a context length is simply absent.
-    message = Hello("w", ("a", "b"), 2, context_lengths={"a": 2048})
+    message = Hello("w", ("a", "b"), 2, 2, context_lengths={"a": 2048})
     assert decode(encode(message)) == message
 
 
@@ -405,12 +402,12 @@ def test_chunk_finish_reason_key_only_when_set() -> None:
     }
 
 
-def test_chunk_prompt_tokens_only_travel_with_the_final_chunk() -> None:
-    # Current behaviour: prompt_tokens is only encoded alongside finish_reason (the last chunk
-    # of a generation carries both), so on a non-final chunk it is dropped on the wire.
+def test_chunk_prompt_tokens_travel_when_set() -> None:
+    # Engines set it on the last chunk only (with finish_reason); the frame carries what it
+    # is given, and a v2 peer reads it either way.
     message = ChunkFrame("r", "a", prompt_tokens=5)
-    assert "prompt_tokens" not in frame_of(message)
-    assert decode(encode(message)) == ChunkFrame("r", "a")
+    assert frame_of(message)["prompt_tokens"] == 5
+    assert decode(encode(message)) == message
 
 
 def test_chunk_decodes_defaults_when_keys_absent() -> None:
@@ -596,7 +593,7 @@ def test_completion_endpoint_accepted() -> None:
 
 def test_open_session_int_timeout_decodes_as_float() -> None:
     decoded = decode('{"type":"open_session","id":"o","session_id":"s","timeout":3}')
-    assert decoded == OpenSession("o", "s", 3.0, 0)
+    assert decoded == OpenSession("o", "s", 3.0)
     assert isinstance(decoded, OpenSession)
     assert isinstance(decoded.timeout, float)
 
@@ -697,16 +694,6 @@ PER_REQUEST_BAD: list[tuple[str, dict[str, Any]]] = [
         "open_session timeout bool",
         {"type": "open_session", "id": "r", "session_id": "s", "timeout": True},
     ),
-    (
-        "open_session capacity bool",
-        {
-            "type": "open_session",
-            "id": "r",
-            "session_id": "s",
-            "timeout": 1,
-            "capacity_of_str_len": False,
-        },
-    ),
     ("close_session session_id int", {"type": "close_session", "id": "r", "session_id": 1}),
     ("generate request missing", {"type": "generate", "id": "r", "window": 4}),
     ("generate request not object", {"type": "generate", "id": "r", "request": [], "window": 4}),
@@ -724,9 +711,27 @@ def test_bad_field_fails_only_that_request(label: str, frame: dict[str, Any]) ->
     assert info.value.request_id == frame["id"]
 
 
-def test_bad_field_message_names_frame_and_field() -> None:
-    with pytest.raises(ProtocolError, match=r"'credit' frame: bad or missing 'n'"):
+def test_bad_field_message_names_frame_field_and_why() -> None:
+    with pytest.raises(
+        ProtocolError, match=r"^'credit' frame: bad 'n': Expected `int`, got `str`$"
+    ):
         decode('{"type":"credit","id":"r","n":"x"}')
+    with pytest.raises(ProtocolError, match=r"^'credit' frame: missing 'n'$"):
+        decode('{"type":"credit","id":"r"}')
+    with pytest.raises(ProtocolError, match=r"^'generate' frame: missing 'request\.request_id'$"):
+        decode(dumps({"type": "generate", "id": "g", "request": {}, "window": 1}))
+    with pytest.raises(ProtocolError, match=r"^'chunks' frame: bad 'items\[1\]\.tokens'"):
+        decode(
+            dumps(
+                {
+                    "type": "chunks",
+                    "items": [
+                        {"id": "a", "payload": ""},
+                        {"id": "b", "payload": "", "tokens": "2"},
+                    ],
+                }
+            )
+        )
 
 
 @pytest.mark.parametrize(
@@ -767,9 +772,6 @@ HELLO: dict[str, Any] = {
         {"type": "hello", "worker_id": "w", "models": [], "max_inflight": "1", "protocol": 1},
         {"type": "hello", "worker_id": "w", "models": [], "max_inflight": 1},
         {"type": "hello", "worker_id": "w", "models": [], "max_inflight": 1, "protocol": True},
-        {"type": "load", "inflight": 1},
-        {"type": "load", "inflight": True, "queued": 0},
-        {"type": "load", "inflight": 1, "queued": 0.5},
     ],
 )
 def test_bad_connection_frames_are_connection_level(frame: dict[str, Any]) -> None:
