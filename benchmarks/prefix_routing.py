@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -51,9 +52,18 @@ WORKERS = 4
 POLICIES = ("round_robin", "power_of_two", "cache_aware")
 BLOCK_TOKENS = 16
 CACHE_BLOCKS = 1024  # 16k tokens per worker: about a third of the shared prompts
-PREFILL_MS_PER_1K = 20.0
+# Prefill against decode as on a GPU: a decode step reads every weight once (memory bound),
+# prefill does 2 FLOPs per weight per token (compute bound), so prefill ms per 1k tokens over
+# the step time is about 1000 x memory bandwidth / usable FLOP/s, whatever the model's size:
+# H100 SXM, 3.35 TB/s over ~600 of its 990 dense bf16 TFLOP/s: about 5.6 (A100: about 10).
+# With a 10 ms step (the mock's ITL), 50 ms per 1k uncached tokens (attention's share, which
+# grows with the prompt, left out).
+PREFILL_MS_PER_1K = 50.0
 MOCK = ("--mock-ttft-ms", "5", "--mock-itl-ms", "10", "--mock-max-num-seqs", "256")
 MAX_TOKENS = 8
+# Clients in flight: with 4 workers, 1-2 gateways and the Python client on 2 cores, 16 kept
+# the cores busy with the harness itself, so TTFT measured CPU queueing more than prefill.
+CONCURRENCY = 8
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa")
 
 
@@ -146,6 +156,11 @@ async def one_request(
         stats.ttft.append(first - sent)
 
 
+def load_averages() -> list[float]:
+    """`uptime`'s 1, 5 and 15 minute load: the box is shared, so each run says how busy."""
+    return [round(load, 2) for load in os.getloadavg()]
+
+
 async def run_workload(
     gateway_ports: list[int],
     work: list[list[list[dict[str, str]]]],
@@ -221,7 +236,14 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str]:
     return process, f"redis://127.0.0.1:{port}/0"
 
 
-def measure(policy: str, replicas: int, work: list[Any], concurrency: int) -> dict[str, Any]:
+def measure(
+    policy: str,
+    replicas: int,
+    work: list[Any],
+    concurrency: int,
+    prefill_ms_per_1k: float,
+    gateway_flags: tuple[str, ...] = (),
+) -> dict[str, Any]:
     metrics_ports = [free_port() for _ in range(WORKERS)]
     workers = [
         GatewayProcess(
@@ -233,7 +255,7 @@ def measure(policy: str, replicas: int, work: list[Any], concurrency: int) -> di
             "--mock-prefix-cache-blocks",
             str(CACHE_BLOCKS),
             "--mock-prefill-ms-per-1k-tokens",
-            str(PREFILL_MS_PER_1K),
+            str(prefill_ms_per_1k),
             command="worker",
         )
         for mp in metrics_ports
@@ -242,12 +264,13 @@ def measure(policy: str, replicas: int, work: list[Any], concurrency: int) -> di
     gateways: list[GatewayProcess] = []
     try:
         flags = [f for w in workers for f in ("--worker", f"ws://127.0.0.1:{w.port}")]
-        flags += ["--routing-policy", policy]
+        flags += ["--routing-policy", policy, *gateway_flags]
         if redis_url:
             flags += ["--session-store", redis_url]
         gateways = [GatewayProcess(*flags) for _ in range(replicas)]
         for gateway in gateways:
             wait_for_workers(gateway.port, WORKERS)
+        load_before = load_averages()
         cpu_before = sum(cpu_seconds(g.pid) for g in gateways)
         started = time.perf_counter()
         stats, imbalance = trio.run(
@@ -272,6 +295,7 @@ def measure(policy: str, replicas: int, work: list[Any], concurrency: int) -> di
         "imbalance": imbalance,
         "gateway_cpu_ms_per_request": 1000 * cpu / max(1, stats.requests),
         "seconds": elapsed,
+        "load_before": load_before,
     }
 
 
@@ -280,40 +304,63 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--conversations", type=int, default=64)
     parser.add_argument("--turns", type=int, default=8)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--prefill-ms-per-1k", type=float, default=PREFILL_MS_PER_1K)
+    parser.add_argument("--workloads", default="shared,multi-turn")
+    parser.add_argument(
+        "--cache-aware-load-factor", help="passed to the gateways (default: theirs)"
+    )
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--replicas", default="1,2")
     args = parser.parse_args()
-    workloads = {
-        "shared prompts": shared_prompt_workload(args.requests),
-        "multi-turn": multi_turn_workload(args.conversations, args.turns),
-    }
+    chosen = args.workloads.split(",")
+    workloads = {}
+    if "shared" in chosen:
+        workloads["shared prompts"] = shared_prompt_workload(args.requests)
+    if "multi-turn" in chosen:
+        workloads["multi-turn"] = multi_turn_workload(args.conversations, args.turns)
+    gateway_flags: tuple[str, ...] = ()
+    if args.cache_aware_load_factor is not None:
+        gateway_flags = ("--cache-aware-load-factor", args.cache_aware_load_factor)
+    print("load averages at the start:", load_averages(), flush=True)
     rows = []
     for name, work in workloads.items():
         for replicas in [int(r) for r in args.replicas.split(",")]:
             for policy in args.policies.split(","):
-                row = {"workload": name, **measure(policy, replicas, work, args.concurrency)}
+                row = {
+                    "workload": name,
+                    **measure(
+                        policy,
+                        replicas,
+                        work,
+                        args.concurrency,
+                        args.prefill_ms_per_1k,
+                        gateway_flags,
+                    ),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     print()
     print(
         "| workload | replicas | policy | TTFT p50 / p99 ms | hit rate | imbalance "
-        "| gateway CPU / request | errors |"
+        "| gateway CPU / request | errors | load before |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['workload']} | {r['replicas']} | {r['policy']} | {ms(r['ttft_p50_s'])} / "
             f"{ms(r['ttft_p99_s'])} | {r['hit_rate']:.2f} | {r['imbalance']:.2f} | "
-            f"{r['gateway_cpu_ms_per_request']:.2f} ms | {r['errors']} |"
+            f"{r['gateway_cpu_ms_per_request']:.2f} ms | {r['errors']} | "
+            f"{r['load_before'][0]:.1f} |"
         )
     settings = {
         "workers": WORKERS,
         "block_tokens": BLOCK_TOKENS,
         "cache_blocks_per_worker": CACHE_BLOCKS,
-        "prefill_ms_per_1k_tokens": PREFILL_MS_PER_1K,
+        "prefill_ms_per_1k_tokens": args.prefill_ms_per_1k,
         "max_tokens": MAX_TOKENS,
         "concurrency": args.concurrency,
+        "gateway_flags": list(gateway_flags),
     }
     print(
         "\nsaved",

@@ -139,7 +139,8 @@ def start_proxies(upstream: int, smg: str | None) -> list[Target]:
         if smg is not None:
             proc = start_smg(smg, upstream)
             targets.append(Target("smg", proc.port, proc))
-        worker = ("--worker", f"http://127.0.0.1:{upstream}/v1")
+        # The upstream runs 4096 sequences at once (MOCK): the gateway admits as many.
+        worker = ("--worker", f"http://127.0.0.1:{upstream}/v1", "--upstream-max-inflight", "4096")
         for name, extra in (("trio-gateway", ()), ("trio-gateway x2", ("--processes", "2"))):
             gateway = GatewayProcess(*worker, *extra)
             targets.append(Target(name, gateway.port, gateway))

@@ -93,7 +93,10 @@ async def main(seconds: float, concurrencies: list[int], count: int) -> None:
     upstream = GatewayProcess(*MOCK)
     try:
         direct = [await point(upstream, c, seconds) for c in concurrencies]
-        via = GatewayProcess("--worker", f"http://127.0.0.1:{upstream.port}/v1")
+        # The upstream runs 4096 sequences at once (MOCK): the gateway admits as many.
+        via = GatewayProcess(
+            "--worker", f"http://127.0.0.1:{upstream.port}/v1", "--upstream-max-inflight", "4096"
+        )
         try:
             await probe(via.port, 4, 1, BODY)
             through = [await point(via, c, seconds) for c in concurrencies]

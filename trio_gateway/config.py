@@ -30,6 +30,9 @@ SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 MIB = 1024 * 1024
 BODY_READ_S_PER_MIB = 2.0  # how `body_read_timeout_s` grows with a body's size
 _CACHE_AWARE = CacheAwareOptions()  # the defaults of the cache_aware_* settings
+# vLLM's default `--max-num-seqs` on most GPUs: more in flight would only wait in the
+# engine's own queue, unbounded, where the gateway can neither time it out nor answer 429.
+UPSTREAM_MAX_INFLIGHT = 256
 
 
 def setting(default: _Default, help: str, *, secret: bool = False, flag: str = "") -> _Default:
@@ -131,6 +134,11 @@ class GatewayConfig:
         _CACHE_AWARE.balance_rel,
         "cache_aware: least loaded wins past this in-flight ratio (and the gap)",
     )
+    cache_aware_load_factor: float = setting(
+        _CACHE_AWARE.load_factor,
+        "cache_aware: a backend takes a request by affinity only while its in-flight stays "
+        "within this factor of the mean (bounded load; 0: off)",
+    )
     cache_aware_block_chars: int = setting(
         _CACHE_AWARE.block_chars, "cache_aware: characters per hashed prompt block"
     )
@@ -141,7 +149,16 @@ class GatewayConfig:
     cache_aware_ttl_s: float = setting(
         _CACHE_AWARE.ttl_s, "cache_aware: seconds a block is remembered after its last request"
     )
-    max_inflight: int = setting(0, "requests in flight per backend; 0: the worker's own figure")
+    max_inflight: int = setting(
+        0,
+        "requests in flight per backend, every kind; 0: each backend's own (a worker's hello, "
+        "--upstream-max-inflight)",
+    )
+    upstream_max_inflight: int = setting(
+        UPSTREAM_MAX_INFLIGHT,
+        "requests in flight per OpenAI-compatible upstream (set its --max-num-seqs); "
+        "more wait in the gateway's queue",
+    )
     queue_size: int = setting(1024, "requests waiting when every backend is full; then 429")
     queue_timeout_s: float = setting(30.0, "longest wait in that queue before a 429")
     breaker_threshold: int = setting(5, "consecutive backend failures that open its breaker")
@@ -179,6 +196,7 @@ class GatewayConfig:
             "processes",
             "cache_aware_block_chars",
             "cache_aware_capacity_blocks",
+            "upstream_max_inflight",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -237,6 +255,11 @@ class GatewayConfig:
             raise ConfigError(
                 f"cache_aware_balance_rel: must be at least 1, got {self.cache_aware_balance_rel}"
             )
+        if self.cache_aware_load_factor != 0 and self.cache_aware_load_factor < 1:
+            raise ConfigError(
+                "cache_aware_load_factor: must be 0 (off) or at least 1, "
+                f"got {self.cache_aware_load_factor}"
+            )
         if self.cache_aware_ttl_s <= 0:
             raise ConfigError(f"cache_aware_ttl_s: must be above 0, got {self.cache_aware_ttl_s}")
         if self.processes > 1 and self.port == 0:
@@ -267,6 +290,7 @@ class GatewayConfig:
             threshold=self.cache_aware_threshold,
             balance_abs=self.cache_aware_balance_abs,
             balance_rel=self.cache_aware_balance_rel,
+            load_factor=self.cache_aware_load_factor,
             block_chars=self.cache_aware_block_chars,
             capacity_blocks=self.cache_aware_capacity_blocks,
             ttl_s=self.cache_aware_ttl_s,

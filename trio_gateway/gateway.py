@@ -17,7 +17,7 @@ from trio_gateway.generation import GenerationRequest
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown, Phase
 from trio_gateway.loop_health import count_tasks, sample_event_loop_lag
-from trio_gateway.metrics import GatewayMetrics, multiprocess_dir
+from trio_gateway.metrics import GatewayMetrics, backend_label, multiprocess_dir
 from trio_gateway.openai.schemas import check_max_tokens, check_prompt_length
 from trio_gateway.router.admission import Backend, Router
 from trio_gateway.router.policies import CacheAware, make_policy
@@ -29,14 +29,6 @@ log = logging.getLogger("trio_gateway")
 
 # How stale the scrape-time gauges of the processes a scrape does not reach may be.
 GAUGE_REFRESH_S = 1.0
-
-
-def backend_label(engine: Engine) -> str:
-    """A backend's `backend_up` label: a worker's URL, which its hello does not rename. A
-    renamed series would keep its last value (0) for ever, and under multiprocess mode no
-    series can be removed."""
-    url = getattr(engine, "url", None)
-    return url if isinstance(url, str) else engine.name
 
 
 def counts_prompts_as_the_mock(engine: Engine) -> bool:
@@ -81,19 +73,29 @@ def describe_backends(config: GatewayConfig) -> str:
             f"{config.model} (mock engine: ttft {config.mock_ttft_ms:g} ms, step "
             f"{config.mock_itl_ms:g} ms, {config.mock_max_num_seqs} seqs{prefill})"
         )
-    return ", ".join(
-        f"{'worker' if url.startswith('ws://') else 'upstream'} {url}" for url in config.workers
-    )
+    return ", ".join(_describe_url(url, config) for url in config.workers)
+
+
+def _describe_url(url: str, config: GatewayConfig) -> str:
+    if url.startswith("ws://"):
+        return f"worker {url}"
+    slots = config.max_inflight or config.upstream_max_inflight
+    return f"upstream {url} (at most {slots} in flight)"
 
 
 def engine_for_url(url: str, config: GatewayConfig) -> Engine:
+    """The engine for one backend URL, with its capacity: the one place a backend's slots are
+    decided from the settings (a worker says its own in its hello; an upstream takes
+    `--upstream-max-inflight`); `--max-inflight`, when set, overrides both in the router."""
     if url.startswith("ws://"):
         from trio_gateway.engines.ws_client import RemoteWorker
 
         return RemoteWorker(url, token=config.worker_token or None, window=config.credit_window)
     from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
-    return OpenAIUpstream(url, api_key=config.upstream_api_key or None)
+    return OpenAIUpstream(
+        url, api_key=config.upstream_api_key or None, max_inflight=config.upstream_max_inflight
+    )
 
 
 class Gateway:
@@ -138,7 +140,7 @@ class Gateway:
         )
         self.shutdown.on_stopping.append(partial(self.sessions.close_all, "shutdown"))
         self._nursery: trio.Nursery | None = None
-        self._backend_labels: set[str] = set()  # `backend_up` series set by the last refresh
+        self._backend_labels: set[str] = set()  # per-backend gauges set by the last refresh
 
     @property
     def models(self) -> list[str]:
@@ -175,14 +177,20 @@ class Gateway:
         metrics = self.metrics
         for phase in Phase:
             metrics.shutdown_phase.labels(phase.value).set(phase is self.shutdown.phase)
-        labels = set()
+        inflight: dict[str, int] = {}
         for backend in self.router.backends:
             label = backend_label(backend.engine)
-            labels.add(label)
+            inflight[label] = inflight.get(label, 0) + backend.inflight
             metrics.backend_up.labels(label).set(backend.engine.available)
-        for gone in self._backend_labels - labels:  # removed by /admin/workers
+        for label, count in inflight.items():
+            metrics.backend_inflight.labels(label).set(count)
+        for gone in self._backend_labels - inflight.keys():  # removed by /admin/workers
             metrics.backend_up.remove(gone)
-        self._backend_labels = labels
+            # Its requests still end, but not on a backend the gateway routes to. Zeroed
+            # first: under multiprocess mode the removed child's last value stays in its file.
+            metrics.backend_inflight.labels(gone).set(0)
+            metrics.backend_inflight.remove(gone)
+        self._backend_labels = set(inflight)
         if self.running:
             metrics.live_tasks.set(count_tasks())
 

@@ -10,6 +10,7 @@ files there; counters and histograms add up, and each gauge says how it combines
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -23,6 +24,9 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from trio_gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from trio_gateway.engines.protocol import Engine
 
 PREFIX = "trio_gateway_"
 
@@ -63,6 +67,41 @@ def forget_process(pid: int, path: str | None = None) -> None:
     path = path if path is not None else multiprocess_dir()
     if path is not None:
         mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def backend_label(engine: Engine) -> str:
+    """A backend's `backend` label: the name the operator configured it by, which is the URL
+    given to `--worker` or `POST /admin/workers` (without credentials), or the mock's name.
+
+    Never a worker's id from its hello, nor an address a name resolved to: a worker restarted
+    says another id, and pods come and go, while every distinct value is a series per family
+    for the life of the process (and under multiprocess mode can never be removed). The
+    configured name is the operator's bounded set: a backend that goes away and comes back
+    under the same URL takes its old series back, and a backend discovered from DNS is to be
+    labelled by its configured `dns+` name, all its addresses under one label.
+    """
+    url = getattr(engine, "url", None)
+    return url if isinstance(url, str) else engine.name
+
+
+class BackendSeries:
+    """One backend's per-model children, bound once so the per-write path does no `.labels()`
+    lookup: a request binds them at its first token (`GatewayMetrics.backend_series`)."""
+
+    __slots__ = ("_requests", "itl", "label", "model", "ttft")
+
+    def __init__(self, metrics: GatewayMetrics, label: str, model: str) -> None:
+        self.label = label
+        self.model = model
+        self.ttft = metrics.backend_ttft.labels(label, model)
+        self.itl = metrics.backend_itl.labels(label, model)
+        self._requests = metrics.backend_requests
+
+    def request_ended(self, error: GatewayError | None) -> None:
+        if error is None:
+            self._requests.labels(self.label, self.model, "success", "none").inc()
+        else:
+            self._requests.labels(self.label, self.model, "error", error.kind.value).inc()
 
 
 class GatewayMetrics:
@@ -203,6 +242,50 @@ class GatewayMetrics:
             # 0 when any live process cannot reach the backend: its share of requests fails.
             multiprocess_mode="livemin",
         )
+
+        # Per backend, in families of their own: the ones above keep their labels (dashboards
+        # and alerts read them), and a request that never reached a backend (refused, 404,
+        # 429 from the queue) has no series here. `backend` is `backend_label`: bounded.
+        self.backend_requests = Counter(
+            PREFIX + "backend_requests_total",
+            "Requests by the backend they ended on (a request retried on another backend "
+            "counts on the last one) and how they ended.",
+            ["backend", "model", "status", "error_type"],
+            registry=r,
+        )
+        self.backend_ttft = Histogram(
+            PREFIX + "backend_time_to_first_token_seconds",
+            "Time from the dispatch to the backend (after any wait in the gateway's queue) to "
+            "the first chunk.",
+            ["backend", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_itl = Histogram(
+            PREFIX + "backend_inter_token_latency_seconds",
+            "Time between chunks by backend, observed once per response write as the mean "
+            "over its tokens.",
+            ["backend", "model"],
+            buckets=ITL_BUCKETS,
+            registry=r,
+        )
+        self.backend_inflight = Gauge(
+            PREFIX + "backend_inflight_requests",
+            "Requests holding a slot on the backend (the router's count, read at scrape "
+            "time); a removed backend's series goes.",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self._backend_series: dict[tuple[str, str], BackendSeries] = {}
+
+    def backend_series(self, label: str, model: str) -> BackendSeries:
+        """The bound children of one backend and model, made on first use and kept: both
+        are from bounded sets (`backend_label`, the served models)."""
+        series = self._backend_series.get((label, model))
+        if series is None:
+            series = self._backend_series[label, model] = BackendSeries(self, label, model)
+        return series
 
     def request_ended(
         self,

@@ -17,6 +17,7 @@ class FakeEngine:
     capacity: int | None = 1
     available: bool = True
     streams_unary: bool = True
+    keeps_session_history: bool = False
     context_lengths: dict[str, int] = field(default_factory=dict)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -18,6 +18,7 @@ class RecordingEngine:
         self.capacity = inner.capacity
         self.available = inner.available
         self.streams_unary = inner.streams_unary
+        self.keeps_session_history = inner.keeps_session_history
         self.context_lengths = inner.context_lengths
         self.endings: list[str] = []
 

@@ -30,6 +30,10 @@ the number of words in the prompt. The request's model selects a behaviour:
     malformed           1 token, then an event that is not JSON
     slow-headers        any answer's headers only after SLOW_HEADERS_S (2 s), then as usual
     unary               a JSON completion although a stream was asked for
+    held                1 token, then holds the stream until the test sets `release_held`
+
+`generating` counts the generation requests being answered at once, `most_generating` the
+most there ever were (what the engine's own waiting queue would hold beyond its batch).
 
 Every request is recorded (`requests`: method, path, headers, JSON body), with how many
 events it was sent, whether it finished, and whether the client disconnected mid-stream: a
@@ -81,6 +85,9 @@ class MockUpstream:
     models_status: int = 200  # what GET /v1/models answers
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)
+    generating: int = 0
+    most_generating: int = 0
+    release_held: trio.Event = field(default_factory=trio.Event)
     _changed: trio.Event = field(default_factory=trio.Event)
 
     # -- for tests -----------------------------------------------------------------------
@@ -151,7 +158,14 @@ class MockUpstream:
             "/v1/chat/completions",
             "/v1/completions",
         ):
-            await self._generate(record, scope["path"] == "/v1/chat/completions", receive, send)
+            self.generating += 1
+            self.most_generating = max(self.most_generating, self.generating)
+            self._notify()
+            try:
+                await self._generate(record, scope["path"] == "/v1/chat/completions", receive, send)
+            finally:
+                self.generating -= 1
+                self._notify()
             return
         await _json(send, 404, {"detail": "Not Found"})
 
@@ -179,6 +193,9 @@ class MockUpstream:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_disconnect, record, receive, nursery.cancel_scope)
             for event in _events(body, chat):
+                if event is _HOLD:
+                    await self.release_held.wait()
+                    continue
                 if event is _DROP:
                     nursery.cancel_scope.cancel()
                     return  # leaving mid-body: hypercorn closes the connection
@@ -209,6 +226,7 @@ class MockUpstream:
 
 
 _DROP = object()
+_HOLD = object()
 
 
 async def _json(send: Send, status: int, body: Any, record: Recorded | None = None) -> None:
@@ -313,7 +331,7 @@ def _chunk(body: dict[str, Any], chat: bool, text: str | None, finish: str | Non
 
 
 def _events(body: dict[str, Any], chat: bool) -> list[Any]:
-    """The body writes (bytes), pauses (float seconds) and _DROP of a streamed answer."""
+    """The body writes (bytes), pauses (float seconds), _HOLD and _DROP of a streamed answer."""
     model = str(body.get("model", ""))
     n, finish = _plan(body)
     options = body.get("stream_options")
@@ -351,6 +369,8 @@ def _events(body: dict[str, Any], chat: bool) -> list[Any]:
             return [*out, _DROP]
         if model == "stall" and i == 2:
             return [*out, STALL_S]
+        if model == "held" and i == 1:
+            out.append(_HOLD)
         if model == "malformed" and i == 1:
             return [*out, b'data: {"id": "up-1", "choices": [oops\n\n', b"data: [DONE]\n\n"]
         last = i == n - 1

@@ -40,6 +40,13 @@ metrics.live_tasks.set(7)
 for name in ("running", "draining", "stopping", "stopped"):
     metrics.shutdown_phase.labels(name).set(name == phase)
 metrics.backend_up.labels("mock").set(up)
+replica = metrics.backend_series("http://a:8000/v1", "mock")
+for _ in range(requests):
+    replica.request_ended(None)
+    replica.ttft.observe(0.2)
+    replica.itl.observe(0.01)
+replica.request_ended(unavailable("down"))
+metrics.backend_inflight.labels("http://a:8000/v1").set(requests)
 print(os.getpid(), flush=True)
 sys.stdin.readline()  # alive until the test says so
 """
@@ -66,6 +73,31 @@ async def main() -> None:
     async with trio.open_nursery() as nursery:
         await gateway.start(nursery)
         await trio.sleep(GAUGE_REFRESH_S * 2.5)
+        print(gateway.metrics.exposition().decode(), flush=True)
+        nursery.cancel_scope.cancel()
+
+trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+"""
+
+
+# A gateway whose backend holds 3 requests when it is removed: the scrape must not keep
+# showing them (a removed child's value stays in its file unless it is zeroed first).
+REMOVED_BACKEND = """
+import trio, trio.testing
+from trio_gateway.config import GatewayConfig
+from trio_gateway.gateway import Gateway
+
+async def main() -> None:
+    gateway = Gateway(GatewayConfig())
+    async with trio.open_nursery() as nursery:
+        await gateway.start(nursery)
+        (backend,) = gateway.router.backends
+        backend.inflight = 3
+        gateway.refresh_gauges()
+        print(gateway.metrics.exposition().decode(), flush=True)
+        print("---", flush=True)
+        assert gateway.remove_engine("mock")
+        gateway.refresh_gauges()
         print(gateway.metrics.exposition().decode(), flush=True)
         nursery.cancel_scope.cancel()
 
@@ -144,6 +176,14 @@ def test_a_scrape_sums_every_process_and_forgets_exited_ones(tmp_path: Path) -> 
         assert value(both, "shutdown_phase", phase="draining") == 1
         assert value(both, "shutdown_phase", phase="stopped") == 0
         assert value(both, "backend_up", backend="mock") == 0  # livemin: one cannot reach it
+        replica = {"backend": "http://a:8000/v1", "model": "mock"}
+        served = {**replica, "status": "success", "error_type": "none"}
+        assert value(both, "backend_requests_total", **served) == 5
+        down = {**replica, "status": "error", "error_type": "unavailable"}
+        assert value(both, "backend_requests_total", **down) == 2
+        assert value(both, "backend_time_to_first_token_seconds_count", **replica) == 5
+        assert value(both, "backend_inter_token_latency_seconds_count", **replica) == 5
+        assert value(both, "backend_inflight_requests", backend="http://a:8000/v1") == 5
         # Every gauge has a mode that merges processes: none is split by a `pid` label.
         assert not [key for key in both if any(label == "pid" for label, _ in key[1])]
 
@@ -153,6 +193,8 @@ def test_a_scrape_sums_every_process_and_forgets_exited_ones(tmp_path: Path) -> 
         assert value(one, "live_tasks") == 7
         assert value(one, "shutdown_phase", phase="draining") == 0
         assert value(one, "backend_up", backend="mock") == 1
+        assert value(one, "backend_inflight_requests", backend="http://a:8000/v1") == 2
+        assert value(one, "backend_requests_total", **served) == 5
         # Counters and histograms keep the forgotten process's share: they never go back.
         assert value(one, "requests_total", **ok, status="success", error_type="none") == 5
         assert value(one, "time_to_first_token_seconds_count", model="mock") == 5
@@ -165,6 +207,18 @@ def test_a_running_gateway_refreshes_its_scrape_time_gauges(tmp_path: Path) -> N
     assert value(scraped, "shutdown_phase", phase="draining") == 0
     assert value(scraped, "backend_up", backend="mock") == 1
     assert value(scraped, "live_tasks") > 5
+    assert value(scraped, "backend_inflight_requests", backend="mock") == 0
+
+
+def test_a_removed_backend_leaves_no_requests_in_flight(tmp_path: Path) -> None:
+    before, after = run_python(REMOVED_BACKEND, metrics_dir=tmp_path).split("---")
+    assert value(samples(before), "backend_inflight_requests", backend="mock") == 3
+    assert (
+        samples(after).get(
+            ("trio_gateway_backend_inflight_requests", frozenset({("backend", "mock")})), 0.0
+        )
+        == 0
+    )
 
 
 def test_setting_the_directory_after_import_fails_loudly(tmp_path: Path) -> None:

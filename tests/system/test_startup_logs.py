@@ -64,8 +64,13 @@ def test_bare_hypercorn_gets_the_gateways_logs_once() -> None:
         ),
         (
             {"workers": ("http://127.0.0.1:9/v1", "ws://127.0.0.1:9")},
-            "serving upstream http://127.0.0.1:9/v1, worker ws://127.0.0.1:9",
+            "serving upstream http://127.0.0.1:9/v1 (at most 256 in flight), worker ws://127.0.0.1:9",
             "mock engine",
+        ),
+        (
+            {"workers": ("http://127.0.0.1:9/v1",), "upstream_max_inflight": 64},
+            "serving upstream http://127.0.0.1:9/v1 (at most 64 in flight)",
+            None,
         ),
     ],
 )

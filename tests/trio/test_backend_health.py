@@ -53,6 +53,7 @@ class ScriptedEngine:
     capacity: int | None = None
     available: bool = True
     streams_unary: bool = True
+    keeps_session_history: bool = False
     context_lengths: dict[str, int] = field(default_factory=dict)
     hold: float = 0.0  # how long an "ok" answer takes
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The cache_aware policy in the router and the gateway (in-memory workers, no sockets),
+sessions included (its decisions on plain candidates: tests/unit/test_cache_aware.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from tests.support.asgi_client import running_gateway
 from tests.support.fake_engine import FakeEngine
 from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
+from trio_gateway.openai.schemas import parse_generation_request
 from trio_gateway.router.admission import Router
 from trio_gateway.router.breaker import Verdict
 from trio_gateway.router.policies import CacheAware, CacheAwareOptions
@@ -16,8 +18,9 @@ from trio_gateway.router.route_key import RouteKey
 
 BLOCK = 8
 
+# SGLang's three steps alone (the load bound off): the bound has tests of its own.
 OPTIONS = CacheAwareOptions(
-    threshold=0.5, balance_abs=4, balance_rel=1.5, block_chars=BLOCK, ttl_s=100.0
+    threshold=0.5, balance_abs=4, balance_rel=1.5, load_factor=0, block_chars=BLOCK, ttl_s=100.0
 )
 
 
@@ -162,3 +165,85 @@ async def test_the_gateway_routes_cache_aware_and_learns_from_sessions(
             assert follower.headers[b"x-worker-id"] == session_home
             harness.gateway.remove_engine(session_home.decode())
             assert policy.index.size(session_home.decode()) == 0
+
+
+def chat_of(messages: list[dict[str, str]]) -> RouteKey:
+    """The key the gateway builds for a chat body with these messages."""
+    body = {"model": "mock", "messages": messages}
+    return RouteKey.of(parse_generation_request(body, "chat", "r"))
+
+
+async def test_a_continuing_session_is_recorded_behind_its_history(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_worker("w1") as one, running_worker("w2") as two:
+        servers = {b"w1": one, b"w2": two}
+        workers = [
+            InMemoryWorker("ws://w1", handler=one._handle),
+            InMemoryWorker("ws://w2", handler=two._handle),
+        ]
+        config = GatewayConfig(routing_policy="cache_aware", cache_aware_block_chars=64)
+        async with running_gateway(config, engines=list(workers)) as harness:
+            for worker in workers:
+                await worker.wait_connected()
+            assert all(worker.keeps_session_history for worker in workers)  # mock workers
+            policy = harness.gateway.router.policy
+            assert isinstance(policy, CacheAware)
+            story = "Once upon a time, in a gateway far away. " * 40
+            opened = await harness.request(
+                "POST", CHAT, chat_body(story, "go on"), headers={"x-session-id": "s"}
+            )
+            home = opened.headers[b"x-worker-id"]
+            # The first request's history is empty: its plain key is what the worker caches.
+            first = chat_of(
+                [{"role": "system", "content": story}, {"role": "user", "content": "go on"}]
+            )
+            assert policy.index.match(first.hashes(64)) == {home.decode(): len(first.hashes(64))}
+            turn = [{"role": "user", "content": "And what did the dragon say then? " * 30}]
+            held = policy.index.size(home.decode())
+            again = await harness.request(
+                "POST",
+                CHAT,
+                {"model": "mock", "max_tokens": 1, "messages": turn},
+                headers={"x-session-id": "s"},
+            )
+            assert again.status == 200 and again.headers[b"x-worker-id"] == home
+            bare = chat_of(turn)
+            # The worker ran the turn behind the session's history: it does not hold the bare
+            # turn at the start of a sequence, and the index does not claim it does...
+            assert servers[home].engine.prefix_cache.lookup(bare.prompt) == 0
+            assert policy.index.match(bare.hashes(64)) == {}
+            # ...but counts what the turn took of the worker's cache.
+            assert policy.index.size(home.decode()) == held + len(bare.hashes(64))
+            # So the same turn without the session is not drawn to the session's worker (by
+            # step 3 it goes to the smaller index), where it would find nothing cached.
+            alone = await harness.request(
+                "POST", CHAT, {"model": "mock", "max_tokens": 1, "messages": turn}
+            )
+            assert alone.headers[b"x-worker-id"] != home
+
+
+async def test_a_session_on_an_engine_without_history_is_recorded_as_sent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with running_worker("w1") as one:
+        # As an OpenAI server says: a session is sticky routing, the client resends the
+        # conversation, so the prompt is what the engine caches.
+        one.engine.keeps_session_history = False  # type: ignore[misc]
+        worker = InMemoryWorker("ws://w1", handler=one._handle)
+        config = GatewayConfig(routing_policy="cache_aware", cache_aware_block_chars=64)
+        async with running_gateway(config, engines=[worker]) as harness:
+            await worker.wait_connected()
+            assert worker.keeps_session_history is False  # told in its hello
+            policy = harness.gateway.router.policy
+            assert isinstance(policy, CacheAware)
+            story = "Once upon a time, in a gateway far away. " * 40
+            for question in ("go on", "and then?"):
+                answer = await harness.request(
+                    "POST", CHAT, chat_body(story, question), headers={"x-session-id": "s"}
+                )
+                assert answer.status == 200
+                sent = chat_of(
+                    [{"role": "system", "content": story}, {"role": "user", "content": question}]
+                )
+                assert policy.index.match(sent.hashes(64)) == {"w1": len(sent.hashes(64))}

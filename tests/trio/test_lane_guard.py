@@ -32,6 +32,6 @@ async def test_trio_runs_but_sockets_and_processes_are_refused(
     lane_guard.violations.clear()  # seen: this test must not fail for them at teardown
 
 
-def test_the_lane_is_not_marked_system(request: pytest.FixtureRequest) -> None:
+async def test_the_lane_is_not_marked_system(request: pytest.FixtureRequest) -> None:
     assert request.node.get_closest_marker("system") is None
     assert request.node.get_closest_marker("unit") is None

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The in-flight ledger under trio: waiting until it is empty, and cancelling every flight
+(its bookkeeping: tests/unit/test_ledger.py)."""
 
 from __future__ import annotations
 

@@ -68,6 +68,29 @@ async def test_a_cached_prefix_shortens_the_second_prefill(
     assert usage(warm)["prompt_tokens"] == 1000
 
 
+async def test_prefills_queue_first_come_first_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 5 ms each, in parallel; the 100 ms of prefill per 1000 uncached tokens one after another.
+    engine = MockEngine(ttft_ms=5, itl_ms=10, prefill_ms_per_1k_tokens=100)
+    other = "".join(f"row {i:04d} of another long prompt here.\n"[:40] for i in range(100))
+    results: dict[str, Collector] = {}
+
+    async def run(name: str, prompt: str, delay: float) -> None:
+        await trio.sleep(delay)
+        results[name] = await generate(engine, with_usage(prompt))
+
+    async with running(engine), trio.open_nursery() as nursery:
+        nursery.start_soon(run, "first", LONG, 0.0)
+        nursery.start_soon(run, "second", other, 0.001)
+        nursery.start_soon(run, "warm", LONG, 0.5)  # alone by then: not delayed
+    # Times from each request's arrival.
+    assert results["first"].times[0] == pytest.approx(0.105)
+    # Its 100 ms start when the first one's end, 99 ms after it came; its 5 ms in parallel.
+    assert results["second"].times[0] == pytest.approx(0.099 + 0.1 + 0.005)
+    assert results["warm"].times[0] == pytest.approx(0.0058)
+
+
 async def test_a_shared_prefix_counts_and_the_rest_is_prefilled(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -3,6 +3,7 @@ tests/trio/test_cache_aware_routing.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -13,9 +14,11 @@ from trio_gateway.router.prefix_index import block_hashes
 from trio_gateway.router.route_key import RouteKey
 
 BLOCK = 8
+# SGLang's three steps alone (the load bound off): the bound has tests of its own.
 OPTIONS = CacheAwareOptions(
-    threshold=0.5, balance_abs=4, balance_rel=1.5, block_chars=BLOCK, ttl_s=100.0
+    threshold=0.5, balance_abs=4, balance_rel=1.5, load_factor=0, block_chars=BLOCK, ttl_s=100.0
 )
+BOUNDED = dataclasses.replace(OPTIONS, balance_abs=64, load_factor=1.25)
 
 
 @dataclass
@@ -161,6 +164,75 @@ def test_an_idle_backend_counts_as_imbalance_past_the_gap() -> None:
         assert ca.choose([Cand("w0", load), Cand("w1", 0)], key(text)).name == expected
 
 
+# --- the load bound --------------------------------------------------------------------------
+
+
+def test_a_hot_prefix_spills_from_its_owner_past_the_bound() -> None:
+    ca = policy(BOUNDED)
+    text = prompt(10)
+    teach(ca, "w0", text)
+    teach(ca, "w1", prompt(4, "x"))
+    teach(ca, "w3", prompt(2, "y"))
+    # 8 in flight, 9 with this one: at most ceil(1.25 x 9 / 4) = 3 each. w0 would hold 6,
+    # and SGLang's own guard (a gap over 64) does not fire.
+    w = [Cand("w0", 5), Cand("w1", 1), Cand("w2", 1), Cand("w3", 1)]
+    chosen = ca.choose(w, key(text))
+    assert chosen is w[2]  # step 3 among the rest: the smallest index
+    # The prefix now has a second home; its later requests split between the two on load.
+    assert ca.index.match(key(text).hashes(BLOCK)) == {"w0": 10, "w2": 10}
+    w = [Cand("w0", 2), Cand("w1", 1), Cand("w2", 1), Cand("w3", 1)]
+    assert ca.choose(w, key(text + "next")) is w[2]
+    # Without the bound (SGLang's decision), the owner keeps every request.
+    sglang = policy(dataclasses.replace(BOUNDED, load_factor=0))
+    teach(sglang, "w0", text)
+    assert sglang.choose([Cand("w0", 5), *w[1:]], key(text)).name == "w0"
+
+
+def test_past_the_bound_the_next_best_match_wins() -> None:
+    ca = policy(BOUNDED)
+    text = prompt(10)
+    teach(ca, "w0", text)
+    teach(ca, "w1", text[: 7 * BLOCK])  # 7 of 10: above the threshold of 0.5
+    w = [Cand("w0", 6), Cand("w1", 2), Cand("w2", 0), Cand("w3", 0)]
+    assert ca.choose(w, key(text)) is w[1]  # not w2, the empty (smallest) index
+
+
+@pytest.mark.parametrize(
+    ("loads", "expected"),
+    [
+        ((4, 4, 4, 3), "w0"),  # 16 with this one: 5 each; w0 would hold 5
+        ((5, 4, 4, 2), "w3"),  # w0 would hold 6
+        ((0, 0, 0, 0), "w0"),  # an idle fleet: ceil(1.25 / 4) = 1, all fit
+        ((1, 0, 0, 0), "w1"),  # 2 in flight: one each, w0 would hold 2
+    ],
+)
+def test_the_bound_is_ceil_of_the_factor_times_the_mean_with_this_request(
+    loads: tuple[int, ...], expected: str
+) -> None:
+    ca = policy(BOUNDED)
+    text = prompt(10)
+    teach(ca, "w0", text)
+    w = [Cand(f"w{i}", load) for i, load in enumerate(loads)]
+    assert ca.choose(w, key(text)).name == expected
+
+
+def test_the_least_loaded_always_fits_the_bound() -> None:
+    rng = random.Random(3)
+    for _ in range(500):
+        factor = rng.choice([1.0, 1.1, 1.25, 2.0])
+        ca = policy(dataclasses.replace(BOUNDED, load_factor=factor))
+        loads = [rng.randrange(0, 40) for _ in range(rng.randrange(2, 9))]
+        w = [Cand(f"w{i}", load) for i, load in enumerate(loads)]
+        fits = ca._within_bound(w, loads)
+        assert min(w, key=lambda c: c.inflight) in fits
+        assert all(c.inflight + 1 <= factor * (sum(loads) + 1) / len(w) + 1 for c in fits)
+
+
+def test_the_load_factor_is_0_or_at_least_1() -> None:
+    with pytest.raises(ValueError, match="load_factor"):
+        policy(dataclasses.replace(BOUNDED, load_factor=0.5))
+
+
 def test_only_candidates_count() -> None:
     ca = policy()
     text = prompt(10)
@@ -241,6 +313,17 @@ def test_a_route_key_hashes_once_per_block_size() -> None:
     assert route.hashes(BLOCK) is first
     assert len(route.hashes(4)) == 8
     assert route.hashes(BLOCK) == first
+
+
+def test_a_continuing_session_key_matches_only_its_own_session() -> None:
+    text = prompt(4)
+    plain = key(text).hashes(BLOCK)
+    ours = RouteKey(text, "m", "s1").hashes(BLOCK)
+    assert len(ours) == len(plain) == 4
+    assert set(ours).isdisjoint(plain)
+    assert set(ours).isdisjoint(RouteKey(text, "m", "s2").hashes(BLOCK))
+    assert RouteKey(text, "m", "s1").hashes(BLOCK) == ours
+    assert "session='s1'" in repr(RouteKey(text, "m", "s1"))
 
 
 def test_make_policy_passes_the_options() -> None:

@@ -217,6 +217,8 @@ def test_mock_prefix_cache_settings_are_flags_and_env_of_serve_and_worker() -> N
         ({"cache_aware_block_chars": 0}, "cache_aware_block_chars: must be at least 1"),
         ({"cache_aware_capacity_blocks": 0}, "cache_aware_capacity_blocks: must be at least 1"),
         ({"cache_aware_ttl_s": 0.0}, "cache_aware_ttl_s: must be above 0"),
+        ({"cache_aware_load_factor": 0.99}, "cache_aware_load_factor: must be 0 .off. or at"),
+        ({"cache_aware_load_factor": -1.0}, "cache_aware_load_factor: must be 0 .off. or at"),
     ],
 )
 def test_cache_aware_settings_are_checked(values: dict[str, Any], message: str) -> None:
@@ -237,6 +239,9 @@ def test_cache_aware_settings() -> None:
         16384,
     )
     assert defaults.cache_aware_ttl_s == 600.0
+    assert defaults.cache_aware_load_factor == 1.5
+    assert GatewayConfig(cache_aware_load_factor=0).cache_aware().load_factor == 0
+    assert GatewayConfig(cache_aware_load_factor=1).cache_aware().load_factor == 1
     edges = GatewayConfig(
         cache_aware_threshold=1.0,
         cache_aware_balance_abs=0,
@@ -248,10 +253,13 @@ def test_cache_aware_settings() -> None:
     p = argparse.ArgumentParser()
     add_config_flags(p)
     flags = ["--routing-policy", "cache_aware", "--cache-aware-threshold", "0.6"]
+    flags += ["--cache-aware-load-factor", "2"]
     environ = {ENV_PREFIX + "CACHE_AWARE_BLOCK_CHARS": "128"}
     config = config_from_args(p.parse_args(flags), environ)
     assert config.routing_policy == "cache_aware"
-    assert config.cache_aware() == CacheAwareOptions(threshold=0.6, block_chars=128)
+    assert config.cache_aware() == CacheAwareOptions(
+        threshold=0.6, load_factor=2.0, block_chars=128
+    )
 
 
 def test_config_error_is_a_value_error() -> None:

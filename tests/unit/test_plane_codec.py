@@ -280,11 +280,18 @@ def test_every_message_type_is_covered() -> None:
                 "protocol": PROTOCOL_VERSION,
                 "streams_unary": True,
                 "context_lengths": {},
+                "keeps_session_history": False,
             },
         ),
         (
             Hello(
-                "w", ("a",), 4, PROTOCOL_VERSION, streams_unary=False, context_lengths={"a": 8192}
+                "w",
+                ("a",),
+                4,
+                PROTOCOL_VERSION,
+                streams_unary=False,
+                context_lengths={"a": 8192},
+                keeps_session_history=True,
             ),
             {
                 "type": "hello",
@@ -294,6 +301,7 @@ def test_every_message_type_is_covered() -> None:
                 "protocol": PROTOCOL_VERSION,
                 "streams_unary": False,
                 "context_lengths": {"a": 8192},
+                "keeps_session_history": True,
             },
         ),
         (End("r"), {"type": "end", "id": "r"}),
@@ -334,6 +342,7 @@ def test_hello_absent_engine_keys_decode_to_defaults() -> None:
         '{"type":"hello","worker_id":"w","models":["m"],"max_inflight":2,"protocol":2}'
     )
     assert decoded == Hello("w", ("m",), 2, 2, streams_unary=True, context_lengths={})
+    assert isinstance(decoded, Hello) and decoded.keeps_session_history is False  # as before
 
 
 def test_hello_engine_keys_decode() -> None:
@@ -346,11 +355,13 @@ def test_hello_engine_keys_decode() -> None:
             "protocol": 2,
             "streams_unary": False,
             "context_lengths": {"a": 4096, "b": 32768},
+            "keeps_session_history": True,
         }
     )
     decoded = decode(text)
     assert isinstance(decoded, Hello)
     assert decoded.streams_unary is False
+    assert decoded.keeps_session_history is True
     assert decoded.context_lengths == {"a": 4096, "b": 32768}
 
 
@@ -822,6 +833,13 @@ def test_hello_bad_context_lengths_has_no_request_id_even_with_an_id() -> None:
 def test_hello_bad_streams_unary_is_connection_level(value: Any) -> None:
     with pytest.raises(ProtocolError, match="streams_unary") as info:
         decode(dumps(HELLO | {"streams_unary": value}))
+    assert info.value.request_id is None
+
+
+@pytest.mark.parametrize("value", ["true", 1, 0, None, [], {}], ids=repr)
+def test_hello_bad_keeps_session_history_is_connection_level(value: Any) -> None:
+    with pytest.raises(ProtocolError, match="keeps_session_history") as info:
+        decode(dumps(HELLO | {"keeps_session_history": value}))
     assert info.value.request_id is None
 
 

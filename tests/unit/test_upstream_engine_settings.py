@@ -11,7 +11,7 @@ from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
 def test_it_is_an_engine() -> None:
     engine: Engine = OpenAIUpstream("http://127.0.0.1:1/v1")
-    assert engine.capacity is None
+    assert engine.capacity == 256  # bounded: vLLM's --max-num-seqs, not its unbounded queue
     assert engine.available is False
 
 

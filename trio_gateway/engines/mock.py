@@ -6,12 +6,17 @@ removes the sequence from the batch at once.
 
 Prefill costs `ttft` plus `prefill_ms_per_1k_tokens` per thousand prompt tokens the engine's
 prefix cache (`PrefixCache`) does not hold, as a real engine's would: what cache-aware
-routing saves is then measurable without a GPU.
+routing saves is then measurable without a GPU. Those prefills queue, first come first
+served, as on a GPU, where prefill is compute bound and vLLM's scheduler gives a step's
+token budget to the running prefills before new ones: a cold prompt delays the prefills that
+arrive after it on the same engine (decode steps are not slowed; a request cancelled while
+it waits keeps its place, a simplification).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import trio
 
@@ -27,6 +32,7 @@ class MockEngine:
     capacity: int | None = None  # it queues past max_num_seqs itself
     available = True
     streams_unary = True
+    keeps_session_history = True
 
     def __init__(
         self,
@@ -49,6 +55,7 @@ class MockEngine:
         self.scheduler = BatchScheduler(itl_ms / 1000, max_num_seqs)
         self.prefix_cache = PrefixCache(prefix_block_tokens, prefix_cache_blocks)
         self.prefill_s_per_token = prefill_ms_per_1k_tokens / 1_000_000
+        self._prefill_free_at = -math.inf  # when the queued prefills are done
         self._sleep: trio.CancelScope | None = None
         self.started = False
         self.session_capacity = session_capacity
@@ -128,7 +135,12 @@ class MockEngine:
         # Only a request that runs touches the cache (a 400 above never reaches it).
         answer.cached_tokens = self.prefix_cache.admit(request.prompt)
         ttft = self.ttft if mock is None or mock.ttft_ms is None else mock.ttft_ms / 1000
-        ttft += self.prefill_s_per_token * (answer.prompt_tokens - answer.cached_tokens)
+        prefill = self.prefill_s_per_token * (answer.prompt_tokens - answer.cached_tokens)
+        if prefill > 0:
+            now = trio.current_time()
+            start = max(now, self._prefill_free_at)
+            self._prefill_free_at = start + prefill
+            ttft += start - now + prefill
         itl = None if mock is None or mock.itl_ms is None else mock.itl_ms / 1000
         if itl is not None and abs(itl - self.scheduler.step_s) < 1e-9:
             itl = None  # the engine's own step: ride the batch rather than a clock of its own

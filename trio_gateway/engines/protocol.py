@@ -53,6 +53,14 @@ class Engine(Protocol):
         ...
 
     @property
+    def keeps_session_history(self) -> bool:
+        """Whether a session's request runs behind the session's history, which the engine
+        keeps (the mock: it caches history + prompt), or as sent (an OpenAI server keeps no
+        state: the client resends the conversation). What `cache_aware` records for it
+        follows (see `RouteKey.continuing`)."""
+        ...
+
+    @property
     def context_lengths(self) -> Mapping[str, int]:
         """Each model's context length (vLLM's `max_model_len`) where the engine knows it:
         `max_tokens` above it is refused before anything starts; a model not listed is left

@@ -101,6 +101,7 @@ class RemoteWorker:
     capacity: int | None = None
     available: bool = False
     streams_unary: bool = True
+    keeps_session_history: bool = False
     context_lengths: dict[str, int] = field(default_factory=dict)
     connections: int = 0  # how many times a hello was accepted
     # Called when the worker says hello: the router lets queued requests look again.
@@ -156,6 +157,7 @@ class RemoteWorker:
             self.worker_id, self.models = hello.worker_id, hello.models
             self.capacity = hello.max_inflight
             self.streams_unary, self.context_lengths = hello.streams_unary, hello.context_lengths
+            self.keeps_session_history = hello.keeps_session_history
             self._ws = ws
             self.available = True
             self.connections += 1

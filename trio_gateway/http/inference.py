@@ -42,6 +42,7 @@ from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Fli
 from trio_gateway.lifecycle.ledger import BodyRead
 from trio_gateway.lifecycle.reader import ChunkReader
 from trio_gateway.logs import request_id_var
+from trio_gateway.metrics import backend_label
 from trio_gateway.openai.errors import http_status, openai_type
 from trio_gateway.openai.schemas import parse_generation_request, parse_json_body
 from trio_gateway.openai.sse import DONE, error_event
@@ -175,6 +176,9 @@ async def handle_inference(
         if reader.first_at is None:
             metrics.queued.labels(request.model).dec()
         metrics.request_ended(request.model, endpoint, request.stream, outcome)
+        if flight.backend is not None:  # where it ended; never routed: no backend series
+            label = backend_label(flight.backend.engine)
+            metrics.backend_series(label, request.model).request_ended(outcome)
         metrics.duration.labels(request.model).observe(trio.current_time() - started_at)
         if flight.cancel_reason is not None:
             metrics.cancellations.labels(flight.cancel_reason).inc()

@@ -58,6 +58,10 @@ class Flight:
     endpoint: str
     started_at: float
     worker: str | None = None  # the backend serving it, once routed
+    # The backend serving it and since when (after any wait in the queue): its per-backend
+    # metrics. A retry on another backend moves both, so the request counts where it ended.
+    backend: Backend | None = None
+    dispatched_at: float = 0.0
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancel_reason: str | None = None
     error: GatewayError | None = None
@@ -221,9 +225,10 @@ async def _generate_on(
     The client's disconnect, shutdown and errors that are not faults give no verdict.
     """
     flight.worker = backend.name
+    flight.backend = backend
     if whole_answer_timeout is not None and not backend.engine.streams_unary:
         flight.silence_limit = max(flight.silence_limit, whole_answer_timeout)
-    dispatched_at = trio.current_time()
+    dispatched_at = flight.dispatched_at = trio.current_time()
     verdict = Verdict.NONE  # unless shown otherwise: the client left, shutdown, ...
     try:
         await backend.engine.generate(request, chunks)

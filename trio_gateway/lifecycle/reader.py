@@ -14,7 +14,7 @@ import trio
 
 from trio_gateway.generation import Chunk
 from trio_gateway.lifecycle.flight import Flight
-from trio_gateway.metrics import GatewayMetrics
+from trio_gateway.metrics import BackendSeries, GatewayMetrics, backend_label
 from trio_gateway.openai.sse import completion_text
 
 
@@ -35,6 +35,8 @@ class ChunkReader:
         # Counted as each batch goes to the response writer, not when the request ends: a
         # rate over any window is then the rate of the streams, even while all still run.
         self._output_tokens = metrics.output_tokens.labels(flight.model)
+        # The backend's children, bound at the first token: routing (and any retry) is over.
+        self._backend: BackendSeries | None = None
         self.ended = False
         self.tokens = 0
         self.finish_reason: str | None = None
@@ -84,12 +86,20 @@ class ChunkReader:
         if not tokens and not finished:
             return  # a role event or the like: not yet a token
         now = trio.current_time()
+        flight = self._flight
         if self.first_at is None:
             self.first_at = now
-            self._ttft.observe(now - self._flight.started_at)
-            self._metrics.queued.labels(self._flight.model).dec()
+            self._ttft.observe(now - flight.started_at)
+            self._metrics.queued.labels(flight.model).dec()
+            if flight.backend is not None:
+                label = backend_label(flight.backend.engine)
+                self._backend = self._metrics.backend_series(label, flight.model)
+                self._backend.ttft.observe(now - flight.dispatched_at)
         elif tokens:
-            self._itl.observe((now - self._last_at) / tokens)
+            gap = (now - self._last_at) / tokens
+            self._itl.observe(gap)
+            if self._backend is not None:
+                self._backend.itl.observe(gap)
         self._last_at = now
         self.tokens += tokens
         if tokens:

@@ -35,6 +35,9 @@ class Hello(msgspec.Struct, frozen=True, tag_field="type", tag="hello"):
     protocol: int  # no default: a hello must say which protocol it speaks
     streams_unary: bool = True
     context_lengths: dict[str, int] = msgspec.field(default_factory=dict)
+    # The engine prepends a session's history itself (the mock), so a session's turn is not
+    # the prefix it caches; absent: False.
+    keeps_session_history: bool = False
 
 
 class ChunkFrame(

@@ -74,7 +74,6 @@ class SessionManager:
         """A slot on the session's worker (opening the session there first if it is new)."""
         session_id = request.session_id
         assert session_id is not None
-        key = RouteKey.of(request)  # the policy learns what the session's worker was sent
         while (opening := self._opening.get(session_id)) is not None:
             await opening.wait()  # a concurrent first request is opening it
         session = self.table.get(session_id)
@@ -90,6 +89,12 @@ class SessionManager:
             if backend is not None and backend.engine.available:
                 self.table.begin(session)  # first: the reaper must not take it while we wait
                 try:
+                    # Where the engine puts the session's history before the prompt, the
+                    # bare prompt is not what it caches (see `RouteKey.continuing`).
+                    if backend.engine.keeps_session_history:
+                        key = RouteKey.continuing(request, session_id)
+                    else:
+                        key = RouteKey.of(request)
                     slot = await self.router.acquire(request.model, only=backend.name, key=key)
                 except BaseException:
                     self.release(session)
@@ -99,15 +104,14 @@ class SessionManager:
             if not self.soft_affinity:
                 raise session_lost(session_id, session.worker)
             log.warning("session %s lost its worker %s: re-homing", session_id, session.worker)
-        return await self._open(request, session_id, key)
+        return await self._open(request, session_id)
 
-    async def _open(
-        self, request: GenerationRequest, session_id: str, key: RouteKey
-    ) -> tuple[Backend, Session]:
+    async def _open(self, request: GenerationRequest, session_id: str) -> tuple[Backend, Session]:
         timeout = request.session_timeout or self.default_timeout
         self._opening[session_id] = done = trio.Event()
         try:
-            backend = await self.router.acquire(request.model, key=key)
+            # A new session's history is empty: the worker caches this prompt as it is.
+            backend = await self.router.acquire(request.model, key=RouteKey.of(request))
             try:
                 with trio.fail_after(CALL_DEADLINE_S):
                     await backend.engine.open_session(session_id, timeout + WORKER_GRACE_S)

@@ -88,6 +88,7 @@ class GatewayConnection:
                 PROTOCOL_VERSION,
                 engine.streams_unary,
                 dict(engine.context_lengths),
+                engine.keeps_session_history,
             )
             await ws.send_message(encode(hello))
             outbox, outgoing = trio.open_memory_channel[Outbound](math.inf)

@@ -8,6 +8,12 @@ deltas keeps it equal to the upstream's own, fields nobody here knows included; 
 that a unary request shows no progress until it is done, so it is timed as a whole
 (`streams_unary` is False).
 
+The upstream's capacity is bounded (`max_inflight`, `--upstream-max-inflight`: vLLM's
+`--max-num-seqs`), so that a burst past what the engine runs at once waits in the gateway's
+queue, where it is timed out and refused with 429, rather than in the engine's own waiting
+queue, which has no bound and which nobody can see from here. vLLM's `/v1/models` says
+`max_model_len` but not `max_num_seqs`, so the figure is the operator's to give.
+
 Each read of the upstream body becomes one chunk in the caller's channel, so a slow client
 slows the upstream read and, through TCP flow control, the upstream itself. Cancellation
 (the client left) closes the upstream connection at once, which makes vLLM and llama.cpp
@@ -25,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import trio
 
+from trio_gateway.config import UPSTREAM_MAX_INFLIGHT
 from trio_gateway.engines.upstream.client import (
     UpstreamConnectError,
     UpstreamDisconnected,
@@ -83,8 +90,8 @@ class OpenAIUpstream:
     a request could not connect); `models` follows that list unless `models` were given.
     """
 
-    capacity: int | None = None  # the upstream queues for itself
     streams_unary = False
+    keeps_session_history = False
 
     def __init__(
         self,
@@ -99,6 +106,7 @@ class OpenAIUpstream:
         retry_max: float = 15.0,
         probe_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_inflight: int = UPSTREAM_MAX_INFLIGHT,
     ) -> None:
         # Called when the upstream answers again: the router lets queued requests look again.
         self.on_available: Callable[[], None] | None = None
@@ -109,6 +117,10 @@ class OpenAIUpstream:
             raise ValueError(f"an upstream URL needs a numeric port, got {base_url}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"an upstream URL must be http(s)://host[:port]/..., got {base_url}")
+        if max_inflight < 1:
+            raise ValueError(f"an upstream's max_inflight must be at least 1, got {max_inflight}")
+        # The router's slots on this upstream, unless `--max-inflight` overrides every backend.
+        self.capacity: int | None = max_inflight
         self.base_url = base_url.rstrip("/")
         self.url = redact(self.base_url)
         self.name = name if name is not None else self.url
