@@ -42,7 +42,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.loadgen import environment, raise_fd_limit, save
-from trio_gateway.engines.upstream.client import UpstreamPool, _ChunkedBody
+from trio_gateway.engines.upstream.client import UpstreamPool
+from trio_gateway.engines.upstream.client.framing import ChunkedBody
 
 EVENT = (
     b'data: {"id":"chatcmpl-4f1b2c","object":"chat.completion.chunk","created":1764600000,'
@@ -281,7 +282,7 @@ async def measure(
 
 
 def decode_cost(rounds: int = 200_000) -> dict[str, float]:
-    """µs of CPU to decode one socket read holding one SSE chunk, h11 against `_ChunkedBody`."""
+    """µs of CPU to decode one socket read holding one SSE chunk, h11 against `ChunkedBody`."""
     connection = h11.Connection(h11.CLIENT)
     connection.send(h11.Request(method="GET", target="/", headers=[("host", "x")]))
     connection.send(h11.EndOfMessage())
@@ -295,7 +296,7 @@ def decode_cost(rounds: int = 200_000) -> dict[str, float]:
             parts.append(event.data)
         assert b"".join(parts) == EVENT
     h11_us = (time.process_time() - start) / rounds * 1e6
-    decoder = _ChunkedBody()
+    decoder = ChunkedBody()
     start = time.process_time()
     for _ in range(rounds):
         assert decoder.feed(CHUNK) == EVENT

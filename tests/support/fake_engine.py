@@ -3,6 +3,7 @@ one token."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -19,6 +20,8 @@ class FakeEngine:
     streams_unary: bool = True
     keeps_session_history: bool = False
     context_lengths: dict[str, int] = field(default_factory=dict)
+    url: str | None = None
+    on_available: Callable[[], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

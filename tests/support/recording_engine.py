@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 
 from trio_gateway.engines.mock import MockEngine
@@ -14,6 +16,8 @@ class RecordingEngine:
     def __init__(self, inner: MockEngine) -> None:
         self.inner = inner
         self.name = inner.name
+        self.url = inner.url
+        self.on_available: Callable[[], None] | None = None
         self.models = inner.models
         self.capacity = inner.capacity
         self.available = inner.available

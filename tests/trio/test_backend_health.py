@@ -56,6 +56,8 @@ class ScriptedEngine:
     keeps_session_history: bool = False
     context_lengths: dict[str, int] = field(default_factory=dict)
     hold: float = 0.0  # how long an "ok" answer takes
+    url: str | None = None
+    on_available: Callable[[], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

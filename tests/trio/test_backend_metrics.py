@@ -8,7 +8,7 @@ behind by a backend that was removed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -55,6 +55,7 @@ class Replica:
     context_lengths: Mapping[str, int] = field(default_factory=dict)
     stopped: trio.Event = field(default_factory=trio.Event)
     calls: int = 0
+    on_available: Callable[[], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -9,7 +9,7 @@ against its breaker), and a writer busy with a slow client is not engine silence
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -47,6 +47,8 @@ class FakeEngine:
     streams_unary: bool = True
     context_lengths: Mapping[str, int] = field(default_factory=dict)
     endings: list[str] = field(default_factory=list)
+    url: str | None = None
+    on_available: Callable[[], None] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

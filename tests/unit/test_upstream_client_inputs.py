@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from trio_gateway.engines.upstream.client import (
-    MAX_LINE,
-    UpstreamPool,
-    UpstreamProtocolError,
-    _ChunkedBody,
-)
+from trio_gateway.engines.upstream.client import UpstreamPool, UpstreamProtocolError
+from trio_gateway.engines.upstream.client.framing import MAX_LINE, ChunkedBody
 
 
 def chunk(data: bytes) -> bytes:
@@ -21,13 +17,13 @@ def test_the_chunked_decoder_at_every_split() -> None:
     wire = chunk(b"data: a\n\n") + chunk(b"x" * 300) + b"0\r\nA: 1\r\nB: 2\r\n\r\n"
     expected = b"data: a\n\n" + b"x" * 300
     for cut in range(len(wire) + 1):
-        decoder = _ChunkedBody()
+        decoder = ChunkedBody()
         out = decoder.feed(wire[:cut]) + decoder.feed(wire[cut:])
         assert out == expected and decoder.done and not decoder.extra, cut
-    decoder = _ChunkedBody()
+    decoder = ChunkedBody()
     out = b"".join(decoder.feed(wire[i : i + 1]) for i in range(len(wire)))
     assert out == expected and decoder.done
-    decoder = _ChunkedBody()
+    decoder = ChunkedBody()
     decoder.feed(wire + b"HTTP/1.1")
     assert decoder.done and decoder.extra
 
@@ -39,7 +35,7 @@ def test_the_chunked_decoder_at_every_split() -> None:
 )
 def test_the_chunked_decoder_rejects(wire: bytes) -> None:
     with pytest.raises(UpstreamProtocolError):
-        _ChunkedBody().feed(wire)
+        ChunkedBody().feed(wire)
 
 
 def test_bad_arguments() -> None:

@@ -127,6 +127,18 @@ def test_crlf_streams_and_comments() -> None:
     assert relay.finish_reason == "stop" and tokens == 1
 
 
+def test_a_crlf_stream_cut_inside_its_blank_line() -> None:
+    """The read ends between a \r and its \n: the event is relayed at once, the \n skipped."""
+    first = event(delta(content="x"), b"\r\n")
+    relay = StreamRelay("up", forward_usage=False)
+    chunk = relay.feed(first[:-1])
+    assert chunk is not None and (chunk.payload, chunk.tokens) == (first[:-1], 1)
+    last = event(delta(finish="stop"), b"\r\n")
+    chunk = relay.feed(first[-1:] + last + b"data: [DONE]\r\n\r\n")
+    assert chunk is not None and chunk.payload == last
+    assert relay.finish_reason == "stop" and relay.done
+
+
 def test_tokens_with_line_separators_are_not_line_ends() -> None:
     text = "a\u2028b\u0085c\x1cd"
     events = [event(delta(content=text)), event(delta(finish="stop")), DONE]
@@ -274,6 +286,8 @@ def test_plain_reads_are_counted_whole() -> None:
         event({"error": {"message": "x"}}),
         b"event: message\n" + event(delta(content="a")),
         event(delta(content="a"), b"\r\n"),
+        # JSON may hold a raw \r as whitespace; to the decoder it ends a line (two events).
+        event(delta(content="a"))[:-2] + b"\r\rdata: {}\n\n",
         b"",
     ],
 )

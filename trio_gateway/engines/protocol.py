@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import trio
@@ -25,9 +25,22 @@ class Engine(Protocol):
     with `nursery.start` in the gateway's nursery, so it lives and dies with the gateway.
     """
 
+    # Set by the gateway before `run`: the engine calls it each time it becomes available
+    # again (a worker's hello, an upstream answering `/models` again), so that queued
+    # requests look again and an open breaker goes half-open at once, not after its
+    # cooldown. An engine that is always available never calls it.
+    on_available: Callable[[], None] | None
+
     @property
     def name(self) -> str:
         """Unique among the gateway's engines: the worker's id, the upstream's URL."""
+        ...
+
+    @property
+    def url(self) -> str | None:
+        """Where the engine is reached (a worker's `ws://` URL, an upstream's URL without
+        credentials), None in process. Unlike `name`, it never changes: a worker's name
+        becomes its id at its hello, so metrics labels and the admin API use this."""
         ...
 
     @property

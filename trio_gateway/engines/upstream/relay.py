@@ -7,13 +7,24 @@ whether an event finished a choice, usage, an in-band error, and a token count. 
 are plain deltas, recognised by byte scans; only events that may hold one of those facts
 are parsed as JSON (a scan can only send an event to the parser, never decide a fact).
 
-What the relay changes: it drops the upstream's `data: [DONE]` (the gateway writes its own,
-after an error event when the stream failed) and the usage-only event when the gateway asked
-for usage on its own account (the client did not).
+The byte scans are a fast path beside the general decoder (`openai/sse.py`'s `SSEDecoder`),
+never a second parser: `plain_deltas` takes a read whole only when the decoder is between
+events and the read is nothing but `data: {...}` lines each ended by a blank line, with \n
+line ends only, where the decoder would find exactly those events with nothing to read in
+them. Every other read (the role event, a finish, usage, an error, an event split across
+reads, \r\n line ends, comments) goes through the decoder, and its events through the
+same scans before any is parsed.
+
+What the relay changes: the model's name, when the client asked for an alias (the
+`"model":"..."` member of each event, a byte replace: model_alias.py); it drops the
+upstream's `data: [DONE]` (the gateway writes its own, after an error event when the stream
+failed) and the usage-only event when the gateway asked for usage on its own account (the
+client did not).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -37,7 +48,8 @@ def plain_deltas(data: bytes) -> int:
     no fact the gateway reads (the common read: one or more token deltas), else 0.
 
     A raw newline cannot occur inside JSON, so newlines frame the events exactly: each
-    event is one `data: ` line and a blank line. Then the markers `_needs_parse` looks for
+    event is one `data: ` line and a blank line (a \r anywhere is a line end to the
+    decoder: such a read is left to it). Then the markers `_needs_parse` looks for
     are counted over the whole read at once, in C, instead of event by event.
     """
     events = data.count(b"\n\n")
@@ -47,6 +59,7 @@ def plain_deltas(data: bytes) -> int:
         or not data.startswith(b"data: {")
         or data.count(b"\n") != 2 * events
         or data.count(b"\n\ndata: {") != events - 1
+        or 0x0D in data  # an int: one memchr
         or _needs_parse(data)
     ):
         return 0
@@ -68,9 +81,13 @@ def _needs_parse(value: bytes) -> bool:
 class StreamRelay:
     """One upstream SSE body: `feed` each read, `final` once it ends."""
 
-    def __init__(self, name: str, *, forward_usage: bool) -> None:
+    def __init__(
+        self, name: str, *, forward_usage: bool, rename: Callable[[bytes], bytes] | None = None
+    ) -> None:
         self.name = name
         self.forward_usage = forward_usage
+        # The served model name put back into the events (model_alias.py), when aliased.
+        self.rename = rename
         self.done = False  # `[DONE]` seen: nothing after it counts
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
@@ -94,7 +111,7 @@ class StreamRelay:
             return None
         if self._decoder.idle and (plain := plain_deltas(data)):
             self.tokens += plain
-            return Chunk(tokens=plain, payload=data)
+            return Chunk(tokens=plain, payload=data if self.rename is None else self.rename(data))
         try:
             events = self._decoder.feed(data)
         except SSEDecodeError as error:
@@ -127,6 +144,8 @@ class StreamRelay:
         payload = kept[0] if len(kept) == 1 else b"".join(kept)
         if not payload and not tokens:
             return None
+        if self.rename is not None:
+            payload = self.rename(payload)
         return Chunk(tokens=tokens, payload=payload)
 
     def final(self) -> Chunk:

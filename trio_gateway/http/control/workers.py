@@ -72,8 +72,9 @@ def _describe(backend: Backend) -> dict[str, Any]:
     engine = backend.engine
     return {
         "id": backend.name,
-        "url": getattr(engine, "url", None),
-        "models": list(engine.models),
+        "url": engine.url,
+        "weight": backend.weight,
+        "models": list(backend.models),
         "available": engine.available,
         "inflight": backend.inflight,
         "capacity": backend.capacity,
