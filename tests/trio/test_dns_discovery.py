@@ -13,8 +13,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.asgi_client import Harness, running_gateway
-from tests.conftest import RecordingEngine, chat
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.bodies import chat
+from tests.support.recording_engine import RecordingEngine
 from trio_gateway.backends_config import BackendSpec
 from trio_gateway.config import GatewayConfig
 from trio_gateway.discovery.members import DnsName
@@ -215,7 +216,9 @@ async def test_a_failing_resolver_keeps_the_last_members(
 
         assert routed(harness) == ["vllm/10.0.0.1:8000", "vllm/10.0.0.2:8000"]
         assert not any(engines[0].stopped for engines in factory.made.values())
-        failures = sample(harness, "trio_gateway_dns_resolution_failures_total", {"backend": "vllm"})
+        failures = sample(
+            harness, "trio_gateway_dns_resolution_failures_total", {"backend": "vllm"}
+        )
         assert failures == 3
         outage = [m for m in caplog.messages if "cannot resolve vllm.test" in m]
         assert len(outage) == 1 and "2 kept" in outage[0]  # once per outage
@@ -251,9 +254,7 @@ async def test_worker_members_are_known_by_their_worker_id(
     worker member is named by its hello, labelled by its entry."""
     resolver = FakeResolver("10.0.0.4", "10.0.0.5")
     factory = Factory()
-    workers = GatewayConfig(
-        workers=("dns+ws://trio-gateway-worker:9001",), dns_refresh_s=REFRESH_S
-    )
+    workers = GatewayConfig(workers=("dns+ws://trio-gateway-worker:9001",), dns_refresh_s=REFRESH_S)
     async with running_gateway(workers, engine_factory=factory, resolver=resolver) as harness:
         backends = harness.gateway.router.backends
         assert [b.name for b in backends] == ["pod-4", "pod-5"]
