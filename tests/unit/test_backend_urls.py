@@ -126,12 +126,12 @@ def test_dns_urls_only_where_backends_are_configured() -> None:
     assert not is_discovered("ws://w:9001")
     with pytest.raises(BadURL, match="expected"):
         check_backend_url("dns+ws://w:9001")
-    with pytest.raises(ConfigError, match="^upstream: "):
+    with pytest.raises(ConfigError, match=r"^upstream: "):
         load_config(WorkerConfig, environ={}, overrides={"upstream": "dns+http://vllm:8000/v1"})
 
 
 def test_the_refresh_interval_is_a_positive_setting() -> None:
     assert GatewayConfig().dns_refresh_s == 5.0
     for bad in (0.0, -1.0):
-        with pytest.raises(ConfigError, match="^dns_refresh_s: must be above 0"):
+        with pytest.raises(ConfigError, match=r"^dns_refresh_s: must be above 0"):
             GatewayConfig(dns_refresh_s=bad)
