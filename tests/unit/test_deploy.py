@@ -40,6 +40,8 @@ from trio_gateway.worker.metrics import WorkerMetrics
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "trio-gateway.json"
 K8S = ROOT / "deploy" / "k8s"
+BASE = K8S / "base"  # what deploy/k8s applies, and what every overlay builds on
+OVERLAYS = ("vllm", "vllm-deployment")
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
@@ -281,7 +283,7 @@ def test_dashboard_checker_names_the_panel_and_the_problem(
 @cache
 def k8s_objects() -> tuple[dict[str, Any], ...]:
     objects = []
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(BASE.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         objects += [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
@@ -292,7 +294,7 @@ def k8s(kind: str, name: str) -> dict[str, Any]:
     found = [
         obj for obj in k8s_objects() if obj["kind"] == kind and obj["metadata"]["name"] == name
     ]
-    assert len(found) == 1, f"expected one {kind} {name} in deploy/k8s, found {len(found)}"
+    assert len(found) == 1, f"expected one {kind} {name} in deploy/k8s/base, found {len(found)}"
     return found[0]
 
 
@@ -404,9 +406,17 @@ def test_workloads_select_their_own_pods() -> None:
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    manifests = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == manifests
+    # kustomize refuses an overlay inside the directory it builds on ("cycle detected"), so
+    # deploy/k8s is the base and nothing else, and the overlays take base/ itself.
+    assert list(K8S.glob("*.yaml")) == [K8S / "kustomization.yaml"]
+    assert yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"] == ["base"]
+    for overlay in OVERLAYS:
+        resources = yaml.safe_load((K8S / overlay / "kustomization.yaml").read_text())["resources"]
+        assert resources[0] == "../base", overlay
+        assert {p.name for p in (K8S / overlay).glob("*.yaml")} >= set(resources[1:]), overlay
 
 
 @pytest.mark.parametrize(
@@ -503,21 +513,23 @@ def test_gateway_shares_sessions_through_redis() -> None:
 
 
 def test_gateway_dials_every_worker_pod() -> None:
+    """One `dns+ws://` URL for the StatefulSet's headless Service: every pod's address, so
+    scaling the workers needs no gateway change (each member is then known by its hello's
+    worker id, the pod name: `test_worker_ids_are_the_pod_names`)."""
     config, workers, wconfig = gateway_config(), worker(), worker_config()
     service = k8s("Service", workers["spec"]["serviceName"])
-    assert service["spec"].get("clusterIP") == "None", "per-pod DNS names need a headless Service"
+    assert service["spec"].get("clusterIP") == "None", (
+        "one address per pod needs a headless Service"
+    )
     assert selects(service["spec"]["selector"], pod_labels(workers))
-    pods = set()
-    for url in config.workers:
-        parts = urlsplit(url)
-        assert parts.scheme == "ws", url
-        assert parts.port == wconfig.port, url
-        match = re.fullmatch(
-            rf"{WORKER}-(\d+)\.{service['metadata']['name']}(\..*)?", str(parts.hostname)
-        )
-        assert match, f"{url}: not a worker pod's DNS name"
-        pods.add(int(match[1]))
-    assert pods == set(range(workers["spec"]["replicas"])), "--worker list vs worker replicas"
+    (url,) = config.workers
+    parts = urlsplit(url)
+    assert parts.scheme == "dns+ws", url
+    assert parts.port == wconfig.port, url
+    assert str(parts.hostname).split(".")[0] == service["metadata"]["name"], url
+    (spec,) = config.backend_specs()
+    assert spec.discovered and spec.is_worker and spec.from_flags
+    assert config.dns_refresh_s == GatewayConfig().dns_refresh_s
 
 
 def test_worker_ports() -> None:
@@ -709,7 +721,7 @@ def json_patch_add(document: dict[str, Any], operations: list[dict[str, Any]]) -
 
 def vllm_worker() -> dict[str, Any]:
     kustomization = yaml.safe_load((VLLM_OVERLAY / "kustomization.yaml").read_text())
-    assert kustomization["resources"] == [".."]
+    assert kustomization["resources"] == ["../base"]
     (patch,) = kustomization["patches"]
     assert patch["target"] == {"kind": "StatefulSet", "name": WORKER}
     operations = yaml.safe_load((VLLM_OVERLAY / patch["path"]).read_text())
@@ -738,3 +750,97 @@ def test_vllm_overlay_workers_host_the_engine_in_their_pod() -> None:
     assert hf_home in mounts
     volumes = {volume["name"] for volume in pod_spec(workload)["volumes"]}
     assert {mount["name"] for mount in engine["volumeMounts"]} <= volumes
+
+
+# ---------------------------------------------------------------------------------------
+# The vLLM Deployment overlay (deploy/k8s/vllm-deployment): vLLM pods discovered from DNS
+# ---------------------------------------------------------------------------------------
+
+VLLM_DEPLOYMENT = K8S / "vllm-deployment"
+
+
+def json_patch(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """RFC 6902 `test`, `add`, `replace` and `remove` (what the overlays use), on a copy; a
+    failed `test` fails here as it fails `kubectl kustomize`."""
+    patched = copy.deepcopy(document)
+    for operation in operations:
+        *parents, last = operation["path"].lstrip("/").split("/")
+        target: Any = patched
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        key: Any = (len(target) if last == "-" else int(last)) if isinstance(target, list) else last
+        op = operation["op"]
+        if op == "test":
+            assert target[key] == operation["value"], f"{operation['path']}: {target[key]!r}"
+        elif op == "replace":
+            target[key] = operation["value"]
+        elif op == "remove":
+            del target[key]
+        elif op == "add" and isinstance(target, list):
+            target.insert(key, operation["value"])
+        else:
+            assert op == "add" and key not in target, operation
+            target[key] = operation["value"]
+    return patched
+
+
+def vllm_deployment_objects() -> list[dict[str, Any]]:
+    """What `kubectl kustomize deploy/k8s/vllm-deployment` renders, by this file's rules."""
+    kustomization = yaml.safe_load((VLLM_DEPLOYMENT / "kustomization.yaml").read_text())
+    base, *own = kustomization["resources"]
+    assert base == "../base"
+    objects = copy.deepcopy(list(k8s_objects()))
+    for path in own:
+        objects += [doc for doc in yaml.safe_load_all((VLLM_DEPLOYMENT / path).read_text()) if doc]
+    for patch in kustomization["patches"]:
+        if "path" in patch:
+            target = patch["target"]
+            operations = yaml.safe_load((VLLM_DEPLOYMENT / patch["path"]).read_text())
+            objects = [
+                json_patch(obj, operations)
+                if (obj["kind"], obj["metadata"]["name"]) == (target["kind"], target["name"])
+                else obj
+                for obj in objects
+            ]
+        else:
+            deleted = yaml.safe_load(patch["patch"])
+            assert deleted.pop("$patch") == "delete"
+            key = (deleted["kind"], deleted["metadata"]["name"])
+            assert key in {(o["kind"], o["metadata"]["name"]) for o in objects}, key
+            objects = [o for o in objects if (o["kind"], o["metadata"]["name"]) != key]
+    return objects
+
+
+def test_vllm_deployment_overlay_discovers_the_vllm_pods() -> None:
+    objects = vllm_deployment_objects()
+    by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    assert not [o for o in objects if o["metadata"]["name"] == WORKER], "no worker plane left"
+    gateway_workload = by_name[("Deployment", GATEWAY)]
+    argv = [*dockerfile_json("ENTRYPOINT"), *only_container(gateway_workload)["args"]]
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "serve"
+    config: GatewayConfig = config_from_args(
+        args, environ=container_environ(gateway_workload), kind=GatewayConfig
+    )
+    assert not config.worker_token  # the worker token's Secret is not needed
+    (spec,) = config.backend_specs()
+    assert spec.discovered and not spec.is_worker
+    url = urlsplit(spec.url)
+    assert (url.scheme, url.path) == ("dns+http", "/v1")
+    # The name is a headless Service selecting the vLLM pods, on their serving port.
+    service = by_name[("Service", str(url.hostname))]
+    assert service["spec"].get("clusterIP") == "None", "one address per pod needs headless"
+    assert not service["spec"].get("publishNotReadyAddresses"), "a loading pod is not added"
+    engine_workload = by_name[("Deployment", "vllm")]
+    assert selects(service["spec"]["selector"], pod_labels(engine_workload))
+    (port,) = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+    engine = only_container(engine_workload)
+    engine_args = [str(arg) for arg in engine["args"]]
+    assert resolve_port(engine, port["targetPort"]) == int(
+        engine_args[engine_args.index("--port") + 1]
+    )
+    assert engine_args[engine_args.index("--host") + 1] == "0.0.0.0"  # reached from the gateway
+    assert engine["readinessProbe"]["httpGet"]["path"] == "/health"
+    # Admission in the gateway: no more in flight on a pod than vLLM runs at once.
+    assert config.upstream_max_inflight == int(engine_args[engine_args.index("--max-num-seqs") + 1])
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == 1
