@@ -249,12 +249,14 @@ class Gateway:
         for phase in Phase:
             metrics.shutdown_phase.labels(phase.value).set(phase is self.shutdown.phase)
         inflight: dict[str, int] = {}
+        up: dict[str, bool] = {}  # a `dns+` entry's members share a label: up if any is
         for backend in self.router.backends:
             label = backend_label(backend.engine, backend.label)
             inflight[label] = inflight.get(label, 0) + backend.inflight
-            metrics.backend_up.labels(label).set(backend.engine.available)
+            up[label] = up.get(label, False) or backend.engine.available
         for label, count in inflight.items():
             metrics.backend_inflight.labels(label).set(count)
+            metrics.backend_up.labels(label).set(up[label])
         for gone in self._backend_labels - inflight.keys():  # removed by /admin/workers
             metrics.backend_up.remove(gone)
             # Its requests still end, but not on a backend the gateway routes to. Zeroed

@@ -151,8 +151,12 @@ async def test_addresses_become_members_configured_as_their_entry(
         requests = "trio_gateway_backend_requests_total"
         ok = {"model": "m", "status": "success", "error_type": "none"}
         assert sample(harness, requests, {"backend": "vllm", **ok}) == 2
+        harness.gateway.router.backends[1].engine.available = False  # type: ignore[misc]
         harness.gateway.refresh_gauges()
-        assert sample(harness, "trio_gateway_backend_up", {"backend": "vllm"}) == 1
+        assert sample(harness, "trio_gateway_backend_up", {"backend": "vllm"}) == 1  # one is
+        harness.gateway.router.backends[0].engine.available = False  # type: ignore[misc]
+        harness.gateway.refresh_gauges()
+        assert sample(harness, "trio_gateway_backend_up", {"backend": "vllm"}) == 0
         families = {
             sample.labels.get("backend")
             for metric in harness.gateway.metrics.registry.collect()
