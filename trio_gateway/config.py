@@ -113,7 +113,8 @@ class GatewayConfig:
     workers: tuple[str, ...] = setting(
         (),
         "a backend: ws://HOST:PORT (a worker) or http(s)://HOST:PORT/v1 (an OpenAI "
-        "server); none: the in-process mock",
+        "server); dns+ws://NAME:PORT, dns+http(s)://NAME:PORT/v1: every address NAME "
+        "resolves to, re-resolved every --dns-refresh-s; none: the in-process mock",
         flag="--worker",
     )
     # The config file's `[[backends]]` (backends_config.py): no flag, no environment variable.

@@ -91,12 +91,12 @@ def describe_backends(config: GatewayConfig) -> str:
 
 def describe_spec(spec: BackendSpec, config: GatewayConfig) -> str:
     named = "" if spec.from_flags else f"{spec.name}: "
-    every = f", resolved every {config.dns_refresh_s:g} s" if spec.discovered else ""
+    every = f"resolved every {config.dns_refresh_s:g} s" if spec.discovered else ""
     if spec.is_worker:
-        return f"{named}worker {redact(spec.url)}{every and f' ({every[2:]})'}"
+        return f"{named}worker {redact(spec.url)}" + (f" ({every})" if every else "")
     slots = spec.capacity or config.max_inflight or config.upstream_max_inflight
-    each = " each" if spec.discovered else ""
-    return f"{named}upstream {redact(spec.url)} (at most {slots} in flight{each}{every})"
+    each = f" each, {every}" if every else ""
+    return f"{named}upstream {redact(spec.url)} (at most {slots} in flight{each})"
 
 
 def engine_for_spec(spec: BackendSpec, config: GatewayConfig) -> Engine:
