@@ -454,7 +454,11 @@ class Gateway:
     async def _add_backend(self, spec: BackendSpec) -> bool:
         """Route to a new configured backend and start it; False when it failed to."""
         backend = self._backend_for(spec)
-        self.router.insert(backend)
+        try:
+            self.router.insert(backend)
+        except ValueError as error:  # its name is taken (e.g. by POST /admin/workers)
+            log.error("backend %s: not added: %s", spec.name, error)
+            return False
         self._configured[spec.name] = (spec, backend)
         try:
             started = await self._start(backend)

@@ -316,3 +316,28 @@ async def test_watch_applies_only_a_changed_set() -> None:
     resolver.set("10.0.0.1", "10.0.0.3")
     await watch.refresh()
     assert applied == [frozenset({"10.0.0.1"}), frozenset({"10.0.0.1", "10.0.0.3"})]
+
+
+async def test_a_member_whose_name_is_taken_is_left_out_not_fatal(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker member is named by its URL until its hello: the same address given as a
+    plain --worker too takes that name first."""
+    resolver = FakeResolver("10.0.0.4")
+    factory = Factory()
+    both = GatewayConfig(
+        workers=("ws://10.0.0.4:9001", "dns+ws://w.test:9001"), dns_refresh_s=REFRESH_S
+    )
+
+    def named_by_url(spec: BackendSpec) -> Engine:
+        engine = factory(spec)
+        assert isinstance(engine, MemberEngine)
+        engine.name = spec.url
+        return engine
+
+    async with running_gateway(both, engine_factory=named_by_url, resolver=resolver) as harness:
+        assert routed(harness) == ["ws://10.0.0.4:9001"]
+        assert any("is already routed to" in m for m in caplog.messages)
+        resolver.set("10.0.0.4", "10.0.0.5")
+        await past_next_resolution()
+        assert routed(harness) == ["ws://10.0.0.4:9001", "ws://10.0.0.5:9001"]
