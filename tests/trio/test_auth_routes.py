@@ -135,7 +135,16 @@ async def test_a_refused_inference_request_is_counted_and_tagged(
         assert control.headers[b"x-request-id"] == b"def"
 
 
-@pytest.mark.parametrize("path", ["//admin/drain", "/admin//drain", "///admin/drain"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "//admin/drain",
+        "/admin//drain",
+        "/v1/../admin/drain",
+        "/./admin/drain",
+        "http://127.0.0.1/admin/drain",
+    ],
+)
 async def test_doubled_slashes_reach_no_admin_route_without_the_token(
     autojump_clock: trio.testing.MockClock, path: str
 ) -> None:
@@ -145,7 +154,7 @@ async def test_doubled_slashes_reach_no_admin_route_without_the_token(
         assert harness.gateway.accepting  # nothing drained
 
 
-@pytest.mark.parametrize("path", ["//v1/models", "/v1//models"])
+@pytest.mark.parametrize("path", ["//v1/models", "/v1//models", "/x/../v1/models"])
 async def test_doubled_slashes_reach_no_api_route_without_a_key(
     autojump_clock: trio.testing.MockClock, path: str
 ) -> None:

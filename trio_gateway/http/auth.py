@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection
 from typing import Any
+from urllib.parse import urlsplit
 
 from trio_gateway.bearer import bearer_token, key_accepted
 from trio_gateway.errors import ErrorKind, GatewayError, invalid_api_key
@@ -26,7 +27,7 @@ def refusal(
 ) -> GatewayError | None:
     """Why this request may not go on (401, or 403 for a remote admin caller when no token
     is set), or None when it may. Empty `api_keys`: /v1/* is open."""
-    path = routed_path(scope["path"])
+    path: str = scope["path"]
     if path.startswith(API_PREFIX):
         if api_keys and not key_accepted(bearer_token(header(scope, b"authorization")), api_keys):
             return invalid_api_key()
@@ -39,12 +40,23 @@ def refusal(
     return None
 
 
-def routed_path(path: str) -> str:
-    """The path as the control app routes it: werkzeug merges runs of slashes, so
-    `//admin/drain` reaches the drain route and must be judged as `/admin/drain`."""
-    while "//" in path:
-        path = path.replace("//", "/")
-    return path
+def canonical_path(path: str) -> str:
+    """The one spelling of a request's path that both auth and routing read: the path of an
+    absolute-form target (`POST http://host/admin/drain`, RFC 9112 3.2.2), runs of slashes
+    as one (werkzeug would merge them when routing), `.` and `..` segments removed (RFC 3986
+    5.2.4). Without it, a spelling auth reads as neither /v1/ nor /admin/ could still reach
+    an admin route."""
+    if not path.startswith("/"):
+        path = urlsplit(path).path or "/"
+    segments: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in (".", ""):
+            segments.append(segment)
+    trailing = "/" if path.endswith(("/", "/.", "/..")) and segments else ""
+    return "/" + "/".join(segments) + trailing
 
 
 def admin_forbidden(*, token_set: bool) -> GatewayError:
@@ -58,7 +70,14 @@ def admin_forbidden(*, token_set: bool) -> GatewayError:
     )
 
 
-__all__ = ["admin_forbidden", "bearer_token", "is_loopback", "key_accepted", "refusal"]
+__all__ = [
+    "admin_forbidden",
+    "bearer_token",
+    "canonical_path",
+    "is_loopback",
+    "key_accepted",
+    "refusal",
+]
 
 
 def is_loopback(client: Any) -> bool:
