@@ -17,6 +17,7 @@ from tests.asgi_client import Harness, running_gateway
 from tests.conftest import chat
 from trio_gateway.config import GatewayConfig
 from trio_gateway.http import application
+from trio_gateway.http.auth import API_ROOT_PATHS
 from trio_gateway.http.inference import INFERENCE_ROUTES
 
 # The only routes anyone may call without a credential: probes and the metrics scrape.
@@ -47,9 +48,12 @@ async def test_every_route_is_guarded_or_listed_open(
     async with running_gateway(guarded()) as harness:
         table = list(routes(harness))
         assert ("POST", "/v1/chat/completions") in table and ("GET", "/admin/workers") in table
+        assert {("POST", "/tokenize"), ("POST", "/detokenize"), ("POST", "/v1/embeddings")} <= set(
+            table
+        )
         for method, path in table:
             response = await harness.request(method, path, client=REMOTE)
-            if path.startswith("/v1/"):
+            if path.startswith("/v1/") or path in API_ROOT_PATHS:
                 assert response.status == 401, (method, path)
                 assert response.json()["error"]["code"] == "invalid_api_key"
             elif path.startswith("/admin/"):

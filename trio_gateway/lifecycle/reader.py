@@ -12,7 +12,7 @@ import math
 
 import trio
 
-from trio_gateway.generation import Chunk
+from trio_gateway.generation import GENERATION_ENDPOINTS, Chunk
 from trio_gateway.lifecycle.flight import Flight
 from trio_gateway.metrics import BackendSeries, GatewayMetrics, backend_label
 from trio_gateway.openai.sse import completion_text
@@ -89,12 +89,16 @@ class ChunkReader:
         flight = self._flight
         if self.first_at is None:
             self.first_at = now
-            self._ttft.observe(now - flight.started_at)
+            # An embedding or a token list has no first token: its latency is the duration's.
+            timed = flight.endpoint in GENERATION_ENDPOINTS
+            if timed:
+                self._ttft.observe(now - flight.started_at)
             self._metrics.queued.labels(flight.model).dec()
             if flight.backend is not None:
                 label = backend_label(flight.backend.engine)
                 self._backend = self._metrics.backend_series(label, flight.model)
-                self._backend.ttft.observe(now - flight.dispatched_at)
+                if timed:
+                    self._backend.ttft.observe(now - flight.dispatched_at)
         elif tokens:
             gap = (now - self._last_at) / tokens
             self._itl.observe(gap)
