@@ -2,9 +2,9 @@
 
 `refusal` is asked once per request, by `GatewayApp` before it splits the inference routes
 from the control app, so a route added to either set is guarded by its path alone:
-API keys on /v1/* (and vLLM's /tokenize, /detokenize), the admin token (or, without one, loopback only) on /admin/*, the
-probes and /metrics open. The checks are pure functions of ASGI scope values; the worker
-uses `bearer_token` and `key_accepted` for its own token.
+API keys on /v1/* (and vLLM's /tokenize, /detokenize), the admin token (or, without one,
+loopback only) on /admin/*, the probes and /metrics open. The checks are pure functions of
+ASGI scope values; the worker uses `bearer_token` and `key_accepted` for its own token.
 """
 
 from __future__ import annotations
