@@ -511,3 +511,12 @@ def test_every_flag_says_what_it_is_for(kind: type[Any]) -> None:
         assert len(description) > 10, f.name
         assert by_dest[f.name].startswith(description), f.name
         assert "Default" in by_dest[f.name], f.name
+
+
+def test_otlp_endpoint_is_off_by_default_and_must_be_an_http_url() -> None:
+    assert GatewayConfig().otlp_endpoint == ""
+    environ = {ENV_PREFIX + "OTLP_ENDPOINT": "http://collector:4318"}
+    assert load_config(environ=environ).otlp_endpoint == "http://collector:4318"
+    for bad in ("collector:4318", "grpc://collector:4317", "http://"):
+        with pytest.raises(ConfigError, match="otlp_endpoint"):
+            GatewayConfig(otlp_endpoint=bad)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from trio_gateway.backend_urls import (
     UPSTREAM_SCHEMES,
@@ -21,6 +22,7 @@ from trio_gateway.backend_urls import (
     check_backend_url,
     check_session_store_url,
 )
+from trio_gateway.engines.upstream.engine import UPSTREAM_MAX_INFLIGHT
 from trio_gateway.router.policies import POLICY_NAMES, CacheAwareOptions
 
 _Default = TypeVar("_Default")
@@ -30,9 +32,6 @@ SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 MIB = 1024 * 1024
 BODY_READ_S_PER_MIB = 2.0  # how `body_read_timeout_s` grows with a body's size
 _CACHE_AWARE = CacheAwareOptions()  # the defaults of the cache_aware_* settings
-# vLLM's default `--max-num-seqs` on most GPUs: more in flight would only wait in the
-# engine's own queue, unbounded, where the gateway can neither time it out nor answer 429.
-UPSTREAM_MAX_INFLIGHT = 256
 
 
 def setting(default: _Default, help: str, *, secret: bool = False, flag: str = "") -> _Default:
@@ -179,6 +178,11 @@ class GatewayConfig:
     log_level: str = setting("info", "debug, info, warning, error or critical")
     log_format: str = setting("text", "text, or json: one object per line")
     log_prompts: bool = setting(False, "put prompt and completion text in the request's end line")
+    otlp_endpoint: str = setting(
+        "",
+        "an OTLP/HTTP collector (http://HOST:4318) to export a span per request to; none: "
+        "no tracing (a client's traceparent is still passed on)",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -269,6 +273,13 @@ class GatewayConfig:
                 check_backend_url(url)
             except BadURL as error:
                 raise ConfigError(f"workers: {error}") from None
+        if self.otlp_endpoint:
+            parts = urlsplit(self.otlp_endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"otlp_endpoint: expected http(s)://HOST[:PORT][/PATH], "
+                    f"got {self.otlp_endpoint!r}"
+                )
 
     def accepted_api_keys(self) -> frozenset[str]:
         """`api_keys` and the lines of `api_keys_file`; empty means no key is required."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -24,6 +25,9 @@ from trio_gateway.router.policies import CacheAware, make_policy
 from trio_gateway.router.prefix_sharing import PrefixSharing
 from trio_gateway.sessions.manager import SessionManager
 from trio_gateway.sessions.store import RedisSessionStore
+
+if TYPE_CHECKING:
+    from trio_gateway.tracing import RequestTracing
 
 log = logging.getLogger("trio_gateway")
 
@@ -99,8 +103,16 @@ def engine_for_url(url: str, config: GatewayConfig) -> Engine:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, engines: list[Engine] | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        engines: list[Engine] | None = None,
+        tracing: RequestTracing | None = None,
+    ) -> None:
+        """`tracing`: where request spans go; None builds the OTLP exporter when
+        `otlp_endpoint` is set, at start (its thread belongs to the running gateway)."""
         self.config = config
+        self.tracing = tracing
         self.metrics = GatewayMetrics()
         self.ledger = InFlightLedger()
         self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s, config.drain_delay_s)
@@ -233,6 +245,14 @@ class Gateway:
         await nursery.start(self.sessions.run)
         await nursery.start(self.shutdown.run)
         await nursery.start(sample_event_loop_lag, self.metrics)
+        if self.tracing is None and self.config.otlp_endpoint:
+            from trio_gateway.tracing import RequestTracing  # OpenTelemetry only when asked
+
+            self.tracing = RequestTracing.to_otlp(
+                self.config.otlp_endpoint, routing_policy=self.config.routing_policy
+            )
+        if self.tracing is not None:
+            await nursery.start(self.tracing.run)
         self._nursery = nursery
         if multiprocess_dir() is not None:
             nursery.start_soon(self._refresh_gauges_every, GAUGE_REFRESH_S)

@@ -32,7 +32,6 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import trio
 
-from trio_gateway.config import UPSTREAM_MAX_INFLIGHT
 from trio_gateway.engines.upstream.client import (
     KEEPALIVE_EXPIRY,
     UpstreamConnectError,
@@ -62,6 +61,10 @@ MODELS_BODY_LIMIT = 4 * 1024 * 1024
 # After `[DONE]`, how long to wait for the end of the body (the chunked terminator) so the
 # connection can go back to the pool; a normal upstream sends both in one write.
 DRAIN_TIMEOUT = 1.0
+
+# vLLM's default `--max-num-seqs` on most GPUs: more in flight would only wait in the
+# engine's own queue, unbounded, where the gateway can neither time it out nor answer 429.
+UPSTREAM_MAX_INFLIGHT = 256
 
 
 def redact(url: str) -> str:
@@ -298,6 +301,10 @@ class OpenAIUpstream:
                 (b"x-request-id", (request.trace_id or request.request_id).encode("latin-1")),
             ]
         )
+        if request.traceparent is not None:  # checked where it came in: ASCII, no CR/LF
+            headers.append((b"traceparent", request.traceparent.encode()))
+            if request.tracestate is not None:
+                headers.append((b"tracestate", request.tracestate.encode()))
         relayed = _Emitter(send)
         failure: GatewayError | None = None
         try:
