@@ -1,0 +1,90 @@
+"""Embeddings and vLLM's (de)tokenizing on real sockets, on every path to an OpenAI server.
+
+The upstream is a trio-gateway serving its mock on hypercorn (`test_lossless.three_paths`),
+which answers `/v1/embeddings` under its `/v1` and `/tokenize`, `/detokenize` at its root as
+vLLM does. The same request goes to it directly, through a gateway relaying to it (base URL
+`.../v1`: the tokenizer routes must lose the `/v1`), and through a gateway whose worker
+relays to it; the answers must be equal byte for byte after JSON parsing. The openai SDK's
+`embeddings.create` then works through both gateways.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.test_lossless import three_paths
+from tests.test_real_sockets import in_thread
+
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("/v1/embeddings", {"model": "mock", "input": "The weather is fine."}),
+    ("/v1/embeddings", {"model": "mock", "input": ["a", "bb"], "dimensions": 8}),
+    ("/v1/embeddings", {"model": "mock", "input": [[1, 2, 3]], "encoding_format": "base64"}),
+    ("/tokenize", {"model": "mock", "prompt": "Hello, relay!", "return_token_strs": True}),
+    ("/tokenize", {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/detokenize", {"model": "mock", "tokens": [1819043144 % 2**28, 33]}),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"), CASES, ids=[f"{p} {i}" for i, (p, _) in enumerate(CASES)]
+)
+async def test_each_path_answers_as_the_upstream_itself(path: str, body: dict[str, Any]) -> None:
+    async with three_paths() as paths, httpx.AsyncClient(timeout=10) as client:
+        answers = []
+        for base in (paths.direct, paths.relayed, paths.worker):
+            response = await client.post(base + path, json=body)
+            assert response.status_code == 200, (base, response.text)
+            assert response.headers["content-type"].startswith("application/json")
+            answers.append(response.json())
+        direct, relayed, via_worker = answers
+        assert relayed == direct
+        assert via_worker == direct
+        if path == "/tokenize":
+            assert direct["max_model_len"] == 32768 and direct["count"] == len(direct["tokens"])
+
+
+async def test_an_upstreams_refusal_keeps_its_status_and_message() -> None:
+    async with three_paths() as paths, httpx.AsyncClient(timeout=10) as client:
+        bad = {"model": "mock", "input": "x", "dimensions": 4096}  # over the mock's own
+        errors = []
+        for base in (paths.direct, paths.relayed, paths.worker):
+            response = await client.post(base + "/v1/embeddings", json=bad)
+            assert response.status_code == 400, (base, response.text)
+            errors.append(response.json()["error"])
+        direct, relayed, via_worker = errors
+        assert relayed == direct and direct["param"] == "dimensions"
+        # The worker plane's error frame has no `param` (for every endpoint): the rest holds.
+        assert via_worker == direct | {"param": None}
+
+
+async def test_openai_sdk_embeddings_through_the_gateway() -> None:
+    async with three_paths() as paths:
+        direct = openai.OpenAI(base_url=paths.direct + "/v1", api_key="unused", max_retries=0)
+        expected = await in_thread(
+            lambda: direct.embeddings.create(
+                model="mock", input=["trio", "gateway"], encoding_format="float"
+            )
+        )
+        for url in (paths.relayed, paths.worker):
+            client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+            def create(client: openai.OpenAI = client) -> Any:
+                # The SDK asks for base64 unless told otherwise, and decodes it to floats.
+                return client.embeddings.create(model="mock", input=["trio", "gateway"])
+
+            answer = await in_thread(create)
+            assert [item.index for item in answer.data] == [0, 1]
+            assert [item.embedding for item in answer.data] == [
+                item.embedding for item in expected.data
+            ]
+            assert answer.usage.prompt_tokens == expected.usage.prompt_tokens == 3
+            shortened = await in_thread(
+                lambda client=client: client.embeddings.create(
+                    model="mock", input="trio", dimensions=16
+                )
+            )
+            assert len(shortened.data[0].embedding) == 16
