@@ -18,6 +18,7 @@ import pytest
 
 from tests.test_lossless import three_paths
 from tests.test_real_sockets import in_thread
+from trio_gateway.engines.mock_answer.non_generative import tokenize
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/embeddings", {"model": "mock", "input": "The weather is fine."}),
@@ -25,7 +26,8 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/embeddings", {"model": "mock", "input": [[1, 2, 3]], "encoding_format": "base64"}),
     ("/tokenize", {"model": "mock", "prompt": "Hello, relay!", "return_token_strs": True}),
     ("/tokenize", {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}),
-    ("/detokenize", {"model": "mock", "tokens": [1819043144 % 2**28, 33]}),
+    # Spelled ids and a hashed one (a piece outside ASCII: U+FFFD back).
+    ("/detokenize", {"model": "mock", "tokens": tokenize("Hello, é!")[0]}),
 ]
 
 
