@@ -13,10 +13,11 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.asgi_client import Harness, running_gateway
-from tests.test_worker_plane import InMemoryWorker
-from tests.worker_harness import gateway_on_worker
+from tests.worker_harness import InMemoryWorker, gateway_on_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer import non_generative as mock_answer
@@ -24,6 +25,7 @@ from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
 from trio_gateway.openai.non_generative import parse_request
 from trio_gateway.plane.codec import encode
 from trio_gateway.plane.frames import PROTOCOL_VERSION, Hello
+from trio_gateway.tracing import RequestTracing
 
 EMBEDDINGS = {"model": "mock", "input": ["hello world", "trio"], "dimensions": 16}
 TOKENIZE = {"model": "mock", "prompt": "Hello, gateway!"}
@@ -78,6 +80,25 @@ async def test_each_route_answers_as_the_mock_does_and_is_counted_under_its_endp
         ("detokenize", 200, "none"),
     ]
     assert ends[0].prompt_tokens == 4  # type: ignore[attr-defined]  # "hello world" 3 + "trio" 1
+    assert {r.ttft_s for r in ends} == {None}  # type: ignore[attr-defined]
+
+
+async def test_each_route_is_one_span_named_for_it(autojump_clock: trio.testing.MockClock) -> None:
+    exporter = InMemorySpanExporter()
+    tracing = RequestTracing(SimpleSpanProcessor(exporter))
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = {"traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+    async with running_gateway(tracing=tracing) as harness:
+        for path, (_endpoint, body) in ROUTES.items():
+            assert (await harness.request("POST", path, body, headers=parent)).status == 200
+    spans = exporter.get_finished_spans()
+    assert [span.name for span in spans] == ["embeddings", "tokenize", "detokenize"]
+    for span in spans:
+        assert span.attributes is not None and span.context is not None
+        assert f"{span.context.trace_id:032x}" == trace
+        assert span.attributes["gen_ai.operation.name"] == span.name
+        assert span.attributes["http.response.status_code"] == 200
+        assert "trio_gateway.ttft_s" not in span.attributes
 
 
 async def test_bad_bodies_unknown_models_and_streams_are_classified_as_for_completions(

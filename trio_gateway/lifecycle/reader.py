@@ -46,6 +46,12 @@ class ChunkReader:
         self.texts: list[str] = []  # only with keep_text (--log-prompts)
         self._last_at = 0.0
 
+    @property
+    def first_token_at(self) -> float | None:
+        """When the first token came: `first_at`, except for an answer that has no tokens
+        (embeddings, a token list), whose first chunk is the whole answer."""
+        return self.first_at if self._flight.endpoint in GENERATION_ENDPOINTS else None
+
     async def batch(self) -> list[Chunk]:
         """The next chunks, at least one unless the engine is done (then `ended` is set).
 
