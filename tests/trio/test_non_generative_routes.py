@@ -163,6 +163,12 @@ async def test_the_model_list_carries_each_models_max_model_len(
         assert one["id"] == "big" and one["max_model_len"] == 8192
         tokenized = await harness.request("POST", "/tokenize", {"model": "small", "prompt": "a"})
         assert tokenized.json()["max_model_len"] == 2048
+        # Longer than the model takes: /tokenize says so rather than refusing (as vLLM).
+        long = {"model": "small", "prompt": "word" * 3000}
+        counted_long = (await harness.request("POST", "/tokenize", long)).json()
+        assert counted_long["count"] == 3000 and counted_long["max_model_len"] == 2048
+        too_long = {"model": "small", "messages": [{"role": "user", "content": "word" * 3000}]}
+        assert (await harness.request("POST", "/v1/chat/completions", too_long)).status == 400
 
 
 @dataclass(eq=False)
