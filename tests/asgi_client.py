@@ -17,7 +17,7 @@ import trio
 
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.protocol import Engine
-from trio_gateway.gateway import Gateway
+from trio_gateway.gateway import EngineFactory, Gateway
 from trio_gateway.http.application import GatewayApp
 from trio_gateway.http.asgi import Message
 
@@ -158,8 +158,9 @@ async def running_gateway(
     config: GatewayConfig | None = None,
     engines: list[Engine] | None = None,
     tracing: RequestTracing | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> AsyncIterator[Harness]:
-    gateway = Gateway(config or GatewayConfig(), engines, tracing)
+    gateway = Gateway(config or GatewayConfig(), engines, tracing, engine_factory=engine_factory)
     app = GatewayApp(gateway)
     lifespan_send, lifespan_inbox = trio.open_memory_channel[Message](math.inf)
     replies_send, replies = trio.open_memory_channel[Message](math.inf)

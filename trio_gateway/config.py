@@ -22,6 +22,14 @@ from trio_gateway.backend_urls import (
     check_backend_url,
     check_session_store_url,
 )
+from trio_gateway.backends_config import (
+    BackendsError,
+    BackendSpec,
+    check_unique,
+    parse_backends,
+    resolve_keys,
+    specs_from_urls,
+)
 from trio_gateway.engines.upstream.engine import UPSTREAM_MAX_INFLIGHT
 from trio_gateway.router.policies import POLICY_NAMES, CacheAwareOptions
 
@@ -106,6 +114,11 @@ class GatewayConfig:
         "a backend: ws://HOST:PORT (a worker) or http(s)://HOST:PORT/v1 (an OpenAI "
         "server); none: the in-process mock",
         flag="--worker",
+    )
+    # The config file's `[[backends]]` (backends_config.py): no flag, no environment variable.
+    backends: tuple[BackendSpec, ...] = field(
+        default=(),
+        metadata={"help": "named backends, the file's [[backends]] tables", "file_only": True},
     )
     worker_token: str = setting("", "the token workers expect in the handshake", secret=True)
     upstream_api_key: str = setting(
@@ -280,6 +293,15 @@ class GatewayConfig:
                     f"otlp_endpoint: expected http(s)://HOST[:PORT][/PATH], "
                     f"got {self.otlp_endpoint!r}"
                 )
+        try:
+            check_unique(self.backend_specs())
+        except BackendsError as error:
+            raise ConfigError(str(error)) from None
+
+    def backend_specs(self) -> tuple[BackendSpec, ...]:
+        """Every remote backend: the file's `[[backends]]`, then `--worker` URLs (named by
+        their URL); none: the in-process mock."""
+        return self.backends + specs_from_urls(self.workers)
 
     def accepted_api_keys(self) -> frozenset[str]:
         """`api_keys` and the lines of `api_keys_file`; empty means no key is required."""
@@ -420,7 +442,12 @@ Settings = TypeVar("Settings", "GatewayConfig", "WorkerConfig")
 
 
 def _field_types(kind: type[Any]) -> dict[str, type]:
-    return {f.name: _TYPES[str(f.type)] for f in fields(kind)}
+    """The settings given by flag and environment (not the file's `[[backends]]`)."""
+    return {f.name: _TYPES[str(f.type)] for f in fields(kind) if not _file_only(f)}
+
+
+def _file_only(f: Any) -> bool:
+    return bool(f.metadata.get("file_only"))
 
 
 def _env_prefix(kind: type[Any]) -> str:
@@ -450,6 +477,12 @@ def load_config(
             raise ConfigError(f"config: {file} is not valid TOML: {error}") from None
         for key, raw in document.items():
             name = key.replace("-", "_")
+            if name == "backends" and settings is GatewayConfig:
+                try:
+                    values[name] = resolve_keys(parse_backends(raw), environ, _read_text)
+                except BackendsError as error:
+                    raise ConfigError(str(error)) from None
+                continue
             if name not in types:
                 raise ConfigError(f"{key}: unknown setting in {file}")
             values[name] = _convert(key, types[name], raw)
@@ -470,6 +503,10 @@ def load_config(
     return config
 
 
+def _read_text(path: str) -> str:
+    return Path(path).read_text()
+
+
 def setting_help(kind: type[Any], name: str) -> str:
     """What a setting is for; a worker's mock settings say what the gateway's say."""
     help_text: str = next(f for f in fields(kind) if f.name == name).metadata["help"]
@@ -485,6 +522,8 @@ def add_config_flags(parser: argparse.ArgumentParser, kind: type[Any] | None = N
     parser.add_argument("--config", help=f"TOML file of settings (also {prefix}CONFIG)")
     defaults = settings()
     for f in fields(settings):
+        if _file_only(f):
+            continue
         repeatable = _TYPES[str(f.type)] is tuple
         default = getattr(defaults, f.name)
         parser.add_argument(
@@ -506,6 +545,6 @@ def config_from_args(
     kind: type[Settings] | None = None,
 ) -> Settings:
     settings: type[Any] = GatewayConfig if kind is None else kind
-    overrides = {f.name: getattr(args, f.name, None) for f in fields(settings)}
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(settings) if not _file_only(f)}
     config: Settings = load_config(settings, file=args.config, environ=environ, overrides=overrides)
     return config

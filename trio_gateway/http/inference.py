@@ -225,7 +225,7 @@ async def handle_inference(
             metrics.queued.labels(request.model).dec()
         metrics.request_ended(request.model, endpoint, request.stream, outcome)
         if flight.backend is not None:  # where it ended; never routed: no backend series
-            label = backend_label(flight.backend.engine)
+            label = backend_label(flight.backend.engine, flight.backend.label)
             metrics.backend_series(label, request.model).request_ended(outcome)
         metrics.duration.labels(request.model).observe(trio.current_time() - started_at)
         if flight.cancel_reason is not None:
