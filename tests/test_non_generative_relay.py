@@ -15,10 +15,15 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import trio
 
 from tests.test_lossless import three_paths
-from tests.test_real_sockets import in_thread
+from tests.test_real_sockets import in_thread, serving
+from trio_gateway.config import GatewayConfig
+from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer.non_generative import tokenize
+from trio_gateway.engines.upstream.engine import OpenAIUpstream
+from trio_gateway.gateway import Gateway
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/embeddings", {"model": "mock", "input": "The weather is fine."}),
@@ -90,3 +95,26 @@ async def test_openai_sdk_embeddings_through_the_gateway() -> None:
                 )
             )
             assert len(shortened.data[0].embedding) == 16
+
+
+async def test_an_alias_is_the_upstreams_name_upstream_and_the_clients_in_the_answer() -> None:
+    upstream = Gateway(GatewayConfig(port=1), [MockEngine(("upstream-name",))])
+    with trio.fail_after(20):
+        async with serving(upstream) as direct:
+            engine = OpenAIUpstream(direct + "/v1", aliases={"served": "upstream-name"})
+            async with serving(Gateway(GatewayConfig(port=1), [engine])) as relayed:
+                await engine.wait_probes(1)
+                async with httpx.AsyncClient(timeout=10) as client:
+                    listed = (await client.get(relayed + "/v1/models")).json()
+                    [model] = listed["data"]
+                    assert model["id"] == "served" and model["max_model_len"] == 32768
+                    body = {"model": "served", "input": "x"}
+                    answer = (await client.post(relayed + "/v1/embeddings", json=body)).json()
+                    own = await client.post(
+                        direct + "/v1/embeddings", json={"model": "upstream-name", "input": "x"}
+                    )
+                    assert answer == own.json() | {"model": "served"}
+                    tokenized = await client.post(
+                        relayed + "/tokenize", json={"model": "served", "prompt": "abc"}
+                    )
+                    assert tokenized.status_code == 200 and tokenized.json()["count"] == 1
