@@ -16,13 +16,11 @@ import trio.testing
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.asgi_client import Harness, running_gateway
-from tests.upstream_server import running_upstream
-from tests.worker_harness import InMemoryWorker, gateway_on_worker
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.worker_harness import InMemoryWorker, gateway_on_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer import non_generative as mock_answer
-from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
 from trio_gateway.openai.non_generative import parse_request
 from trio_gateway.plane.codec import encode
@@ -282,48 +280,3 @@ async def test_a_worker_from_before_is_passed_over_without_blame(
         assert old.available
         backend = next(b for b in harness.gateway.router.backends if b.engine is old)
         assert backend.breaker.state.value == "closed"  # not held against it
-
-
-# vLLM's answers, fields the gateway does not know included (`id`, `created`, `token_strs`).
-VLLM_ANSWERS: dict[str, Any] = {
-    "/v1/embeddings": {
-        "id": "embd-7",
-        "object": "list",
-        "created": 1700000000,
-        "model": "up-a",
-        "data": [{"index": 0, "object": "embedding", "embedding": [0.25, -0.5]}],
-        "usage": {"prompt_tokens": 3, "total_tokens": 3, "completion_tokens": 0},
-    },
-    "/tokenize": {"count": 2, "max_model_len": 4096, "tokens": [9, 8], "token_strs": None},
-    "/detokenize": {"prompt": "hello"},
-}
-
-
-async def test_an_upstream_gets_the_body_as_sent_at_vllms_paths_and_its_answer_is_relayed() -> None:
-    bodies: dict[str, dict[str, Any]] = {
-        "/v1/embeddings": {"model": "up-a", "input": [[1, 2, 3]], "truncate_prompt_tokens": 2},
-        "/tokenize": {"model": "up-a", "prompt": "hi", "add_special_tokens": False},
-        "/detokenize": {"model": "up-a", "tokens": [9, 8]},
-    }
-    async with running_upstream(
-        models=["up-a"], api_key="up-key", whole_answers=VLLM_ANSWERS, graceful_timeout=0.5
-    ) as upstream:
-        engine = OpenAIUpstream(upstream.url, api_key="up-key")
-        async with running_gateway(engines=[engine]) as harness:
-            with trio.fail_after(10):
-                await engine.wait_probes(1)
-                for path, body in bodies.items():
-                    answer = await harness.request(
-                        "POST", path, body, headers={"x-request-id": path}
-                    )
-                    assert answer.status == 200, (path, answer.body)
-                    recorded = upstream.generations[-1]
-                    assert recorded.path == path  # /tokenize at the root, not under /v1
-                    assert recorded.body == body  # as sent: no `stream` added
-                    assert recorded.headers["authorization"] == "Bearer up-key"
-                    assert recorded.headers["x-request-id"] == path
-                    assert bytes(answer.body) == recorded.answer  # byte for byte
-                    backend = {"backend": engine.url, "model": "up-a"}
-                    ok = backend | {"status": "success", "error_type": "none"}
-                    series = harness.metric("trio_gateway_backend_requests_total", **ok)
-                    assert series == list(bodies).index(path) + 1

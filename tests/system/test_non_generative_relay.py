@@ -1,6 +1,6 @@
 """Embeddings and vLLM's (de)tokenizing on real sockets, on every path to an OpenAI server.
 
-The upstream is a trio-gateway serving its mock on hypercorn (`test_lossless.three_paths`),
+The upstream is a trio-gateway serving its mock on hypercorn (`support/mock_upstream_paths`),
 which answers `/v1/embeddings` under its `/v1` and `/tokenize`, `/detokenize` at its root as
 vLLM does. The same request goes to it directly, through a gateway relaying to it (base URL
 `.../v1`: the tokenizer routes must lose the `/v1`), and through a gateway whose worker
@@ -17,8 +17,10 @@ import openai
 import pytest
 import trio
 
-from tests.test_lossless import three_paths
-from tests.test_real_sockets import in_thread, serving
+from tests.support.asgi_client import running_gateway
+from tests.support.mock_upstream_paths import three_paths
+from tests.support.serving import in_thread, serving
+from tests.support.upstream_server import running_upstream
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer.non_generative import tokenize
@@ -118,3 +120,48 @@ async def test_an_alias_is_the_upstreams_name_upstream_and_the_clients_in_the_an
                         relayed + "/tokenize", json={"model": "served", "prompt": "abc"}
                     )
                     assert tokenized.status_code == 200 and tokenized.json()["count"] == 1
+
+
+# vLLM's answers, fields the gateway does not know included (`id`, `created`, `token_strs`).
+VLLM_ANSWERS: dict[str, Any] = {
+    "/v1/embeddings": {
+        "id": "embd-7",
+        "object": "list",
+        "created": 1700000000,
+        "model": "up-a",
+        "data": [{"index": 0, "object": "embedding", "embedding": [0.25, -0.5]}],
+        "usage": {"prompt_tokens": 3, "total_tokens": 3, "completion_tokens": 0},
+    },
+    "/tokenize": {"count": 2, "max_model_len": 4096, "tokens": [9, 8], "token_strs": None},
+    "/detokenize": {"prompt": "hello"},
+}
+
+
+async def test_an_upstream_gets_the_body_as_sent_at_vllms_paths_and_its_answer_is_relayed() -> None:
+    bodies: dict[str, dict[str, Any]] = {
+        "/v1/embeddings": {"model": "up-a", "input": [[1, 2, 3]], "truncate_prompt_tokens": 2},
+        "/tokenize": {"model": "up-a", "prompt": "hi", "add_special_tokens": False},
+        "/detokenize": {"model": "up-a", "tokens": [9, 8]},
+    }
+    async with running_upstream(
+        models=["up-a"], api_key="up-key", whole_answers=VLLM_ANSWERS, graceful_timeout=0.5
+    ) as upstream:
+        engine = OpenAIUpstream(upstream.url, api_key="up-key")
+        async with running_gateway(engines=[engine]) as harness:
+            with trio.fail_after(10):
+                await engine.wait_probes(1)
+                for path, body in bodies.items():
+                    answer = await harness.request(
+                        "POST", path, body, headers={"x-request-id": path}
+                    )
+                    assert answer.status == 200, (path, answer.body)
+                    recorded = upstream.generations[-1]
+                    assert recorded.path == path  # /tokenize at the root, not under /v1
+                    assert recorded.body == body  # as sent: no `stream` added
+                    assert recorded.headers["authorization"] == "Bearer up-key"
+                    assert recorded.headers["x-request-id"] == path
+                    assert bytes(answer.body) == recorded.answer  # byte for byte
+                    backend = {"backend": engine.url, "model": "up-a"}
+                    ok = backend | {"status": "success", "error_type": "none"}
+                    series = harness.metric("trio_gateway_backend_requests_total", **ok)
+                    assert series == list(bodies).index(path) + 1
