@@ -137,3 +137,25 @@ async def test_a_refused_inference_request_is_counted_and_tagged(
         control = await harness.request("GET", "/v1/models", headers={"x-request-id": "def"})
         assert control.status == 401
         assert control.headers[b"x-request-id"] == b"def"
+
+
+@pytest.mark.parametrize("path", ["//admin/drain", "/admin//drain", "///admin/drain"])
+async def test_doubled_slashes_reach_no_admin_route_without_the_token(
+    autojump_clock: trio.testing.MockClock, path: str
+) -> None:
+    async with running_gateway(guarded()) as harness:
+        response = await harness.request("POST", path, client=REMOTE)
+        assert response.status == 401, response.status
+        assert harness.gateway.accepting  # nothing drained
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "//v1/models"), ("GET", "/v1//models"), ("POST", "//tokenize")],
+)
+async def test_doubled_slashes_reach_no_api_route_without_a_key(
+    autojump_clock: trio.testing.MockClock, method: str, path: str
+) -> None:
+    async with running_gateway(guarded()) as harness:
+        response = await harness.request(method, path, client=REMOTE)
+        assert response.status == 401, response.status

@@ -30,7 +30,7 @@ def refusal(
 ) -> GatewayError | None:
     """Why this request may not go on (401, or 403 for a remote admin caller when no token
     is set), or None when it may. Empty `api_keys`: the API is open."""
-    path: str = scope["path"]
+    path = routed_path(scope["path"])
     if path.startswith(API_PREFIX) or path in API_ROOT_PATHS:
         if api_keys and not key_accepted(bearer_token(header(scope, b"authorization")), api_keys):
             return invalid_api_key()
@@ -41,6 +41,14 @@ def refusal(
         elif not is_loopback(scope.get("client")):
             return admin_forbidden(token_set=False)
     return None
+
+
+def routed_path(path: str) -> str:
+    """The path as the control app routes it: werkzeug merges runs of slashes, so
+    `//admin/drain` reaches the drain route and must be judged as `/admin/drain`."""
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path
 
 
 def admin_forbidden(*, token_set: bool) -> GatewayError:
