@@ -159,3 +159,16 @@ async def test_doubled_slashes_reach_no_api_route_without_a_key(
     async with running_gateway(guarded()) as harness:
         response = await harness.request(method, path, client=REMOTE)
         assert response.status == 401, response.status
+
+
+@pytest.mark.parametrize("path", ["//v1/chat/completions", "/v1//completions", "//tokenize"])
+async def test_doubled_slashes_with_a_key_reach_the_inference_handler(
+    autojump_clock: trio.testing.MockClock, path: str
+) -> None:
+    """Not the control app's placeholder for those paths (a 500)."""
+    body = {"model": "mock", "prompt": "hi", "max_tokens": 2}
+    if "chat" in path:
+        body = chat(max_tokens=2)
+    async with running_gateway(guarded()) as harness:
+        response = await harness.request("POST", path, body, headers=KEY)
+        assert response.status == 200, (response.status, bytes(response.body))
