@@ -2,9 +2,9 @@
 
 `refusal` is asked once per request, by `GatewayApp` before it splits the inference routes
 from the control app, so a route added to either set is guarded by its path alone:
-API keys on /v1/*, the admin token (or, without one, loopback only) on /admin/*, the
-probes and /metrics open. The checks are pure functions of ASGI scope values; the worker
-uses `bearer_token` and `key_accepted` for its own token.
+API keys on /v1/* (and vLLM's /tokenize, /detokenize), the admin token (or, without one,
+loopback only) on /admin/*, the probes and /metrics open. The checks are pure functions of
+ASGI scope values; the worker uses `bearer_token` and `key_accepted` for its own token.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ from trio_gateway.errors import ErrorKind, GatewayError, invalid_api_key
 from trio_gateway.http.asgi import Scope, header
 
 API_PREFIX = "/v1/"
+# vLLM's tokenizer routes live at the server's root, but they are API calls like any under
+# /v1/: routed to a backend, holding one of its slots, telling which models it serves. So
+# the API key guards them too; an open /tokenize would be a free way round the key.
+API_ROOT_PATHS = frozenset({"/tokenize", "/detokenize"})
 ADMIN_PREFIX = "/admin/"
 
 
@@ -26,9 +30,10 @@ def refusal(
     scope: Scope, api_keys: Collection[str], admin_token: str | None
 ) -> GatewayError | None:
     """Why this request may not go on (401, or 403 for a remote admin caller when no token
-    is set), or None when it may. Empty `api_keys`: /v1/* is open."""
+    is set), or None when it may. Empty `api_keys`: the API is open. `scope["path"]` is
+    already canonical (`canonical_path`, applied by `GatewayApp`)."""
     path: str = scope["path"]
-    if path.startswith(API_PREFIX):
+    if path.startswith(API_PREFIX) or path in API_ROOT_PATHS:
         if api_keys and not key_accepted(bearer_token(header(scope, b"authorization")), api_keys):
             return invalid_api_key()
     elif path.startswith(ADMIN_PREFIX):
