@@ -64,7 +64,7 @@ class DnsWatch:
         if self.known is not None and diff.empty:
             return
         log.info(
-            "backend %s: %s:%d resolved to %d addresses (%s)",
+            "backend %s: %s:%d resolves to %d address(es) (%s)",
             self.entry,
             self.name.host,
             self.name.port,
