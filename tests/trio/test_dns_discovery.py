@@ -341,3 +341,21 @@ async def test_a_member_whose_name_is_taken_is_left_out_not_fatal(
         resolver.set("10.0.0.4", "10.0.0.5")
         await past_next_resolution()
         assert routed(harness) == ["ws://10.0.0.4:9001", "ws://10.0.0.5:9001"]
+
+
+async def test_a_set_that_fails_to_apply_is_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    resolver = FakeResolver("10.0.0.1")
+    applied: list[frozenset[str]] = []
+
+    async def apply(addresses: frozenset[str]) -> None:
+        applied.append(addresses)
+        if len(applied) == 1:
+            raise ValueError("cannot make that member")
+
+    watch = DnsWatch("e", DnsName("e.test", 80), resolver, apply, refresh_s=1.0)
+    await watch.refresh()
+    assert watch.known is None and any(
+        "applying appeared 10.0.0.1 failed" in m for m in caplog.messages
+    )
+    await watch.refresh()
+    assert applied == [frozenset({"10.0.0.1"})] * 2 and watch.known == frozenset({"10.0.0.1"})

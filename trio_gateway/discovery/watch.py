@@ -71,8 +71,12 @@ class DnsWatch:
             len(resolved),
             diff.summary(),
         )
+        try:
+            await self._apply(resolved)
+        except Exception:  # a member that cannot be made must not stop the gateway
+            log.exception("backend %s: applying %s failed; tried again", self.entry, diff.summary())
+            return
         self.known = resolved
-        await self._apply(resolved)
 
     async def _resolve(self) -> frozenset[str] | None:
         problem = ""
