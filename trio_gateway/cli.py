@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
@@ -44,6 +45,7 @@ from trio_gateway.processes import (
     stop_when_orphaned,
 )
 from trio_gateway.processes import run as run_processes
+from trio_gateway.tls import ALPN
 from trio_gateway.worker.server import WorkerServer
 
 log = logging.getLogger("trio_gateway")
@@ -57,7 +59,31 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     hc.backlog = config.backlog
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
+    if config.certfile:
+        # hypercorn's own TLS: its listener wraps each accepted socket in a `trio.SSLStream`,
+        # the bound `fd://` socket of `serve` included. HTTP/1.1 only: the inference path and
+        # `http/socket_writes.py` are written for it (hypercorn would offer h2 first).
+        hc.certfile = config.certfile
+        hc.keyfile = config.keyfile
+        hc.keyfile_password = config.keyfile_password or None
+        hc.alpn_protocols = list(ALPN)
+        if config.ca_certs:
+            hc.ca_certs = config.ca_certs
+            hc.verify_mode = ssl.CERT_REQUIRED
     return hc
+
+
+def check_tls(hc: HypercornConfig) -> None:
+    """hypercorn loads its certificate only once the lifespan has started: loaded here
+    first, a bad file is one line naming the setting, before any engine starts."""
+    try:
+        hc.create_ssl_context()
+    except (OSError, ssl.SSLError) as error:
+        reason = error.reason if isinstance(error, ssl.SSLError) else error.strerror
+        raise StartupError(
+            f"certfile: cannot load {hc.certfile} with {hc.keyfile}"
+            f"{' and ca_certs ' + str(hc.ca_certs) if hc.ca_certs else ''}: {reason or error}"
+        ) from None
 
 
 # h11 refuses these before the ASGI app sees the request; hypercorn answers them itself.
@@ -123,6 +149,8 @@ async def serve(
     socket_writes.install()
     install_error_bodies()
     hc = hypercorn_config(config)
+    if config.certfile:
+        check_tls(hc)
     # hypercorn listens on a socket bound here (shared with the other `--processes` under
     # `reuse_port`): a failure to bind is one line naming the flag, before any engine starts.
     sock = listening_socket(config.host, config.port, config.backlog, reuse_port=config.reuse_port)
@@ -247,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             config = config_from_args(args)
             configure_logging(config.log_level, config.log_format)
+            if config.certfile:
+                check_tls(hypercorn_config(config))
             if config.processes > 1:
                 # Said once here rather than by every child.
                 check_can_listen(config.host, config.port, "--port", reuse_port=True)

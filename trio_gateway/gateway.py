@@ -24,9 +24,11 @@ from trio_gateway.router.policies import CacheAware, make_policy
 from trio_gateway.router.prefix_sharing import PrefixSharing
 from trio_gateway.sessions.manager import SessionManager
 from trio_gateway.sessions.store import RedisSessionStore
+from trio_gateway.tls import ClientTLS
 
 log = logging.getLogger("trio_gateway")
 
+WORKER_URL_PREFIXES = ("ws://", "wss://")
 # How stale the scrape-time gauges of the processes a scrape does not reach may be.
 GAUGE_REFRESH_S = 1.0
 
@@ -77,7 +79,7 @@ def describe_backends(config: GatewayConfig) -> str:
 
 
 def _describe_url(url: str, config: GatewayConfig) -> str:
-    if url.startswith("ws://"):
+    if url.startswith(WORKER_URL_PREFIXES):
         return f"worker {url}"
     slots = config.max_inflight or config.upstream_max_inflight
     return f"upstream {url} (at most {slots} in flight)"
@@ -86,15 +88,43 @@ def _describe_url(url: str, config: GatewayConfig) -> str:
 def engine_for_url(url: str, config: GatewayConfig) -> Engine:
     """The engine for one backend URL, with its capacity: the one place a backend's slots are
     decided from the settings (a worker says its own in its hello; an upstream takes
-    `--upstream-max-inflight`); `--max-inflight`, when set, overrides both in the router."""
-    if url.startswith("ws://"):
+    `--upstream-max-inflight`); `--max-inflight`, when set, overrides both in the router.
+    Its TLS context too, for https:// and wss:// (`upstream_*` and `worker_*` settings)."""
+    secure = url.startswith(("https://", "wss://"))
+    if url.startswith(WORKER_URL_PREFIXES):
         from trio_gateway.engines.ws_client import RemoteWorker
 
-        return RemoteWorker(url, token=config.worker_token or None, window=config.credit_window)
+        return RemoteWorker(
+            url,
+            token=config.worker_token or None,
+            window=config.credit_window,
+            ssl_context=worker_tls(config).context() if secure else None,
+        )
     from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
     return OpenAIUpstream(
-        url, api_key=config.upstream_api_key or None, max_inflight=config.upstream_max_inflight
+        url,
+        api_key=config.upstream_api_key or None,
+        max_inflight=config.upstream_max_inflight,
+        ssl_context=upstream_tls(config).context() if secure else None,
+    )
+
+
+def upstream_tls(config: GatewayConfig) -> ClientTLS:
+    return ClientTLS(
+        config.upstream_ca_bundle,
+        config.upstream_client_cert,
+        config.upstream_client_key,
+        setting="upstream",
+    )
+
+
+def worker_tls(config: GatewayConfig) -> ClientTLS:
+    return ClientTLS(
+        config.worker_ca_bundle,
+        config.worker_client_cert,
+        config.worker_client_key,
+        setting="worker",
     )
 
 
