@@ -129,7 +129,13 @@ class RemoteWorker:
             try:
                 await self._connect_once()
                 backoff = 0.1
-            except* (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as group:
+            except* (
+                OSError,
+                HandshakeError,
+                ConnectionClosed,
+                trio.TooSlowError,
+                trio.BrokenResourceError,  # a TLS handshake refused, either way
+            ) as group:
                 log.warning("worker %s: %s", self.url, _describe(group.exceptions[0]))
             except* ProtocolError as group:
                 log.error(
@@ -393,4 +399,6 @@ def _describe(error: BaseException) -> str:
         return f"cannot connect: {error.__cause__}"
     if isinstance(error, trio.TooSlowError):
         return "no hello in time"
+    if isinstance(error, trio.BrokenResourceError) and error.__cause__ is not None:
+        return f"TLS handshake failed: {error.__cause__}"
     return f"{type(error).__name__}: {error}"
