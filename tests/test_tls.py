@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -37,6 +37,7 @@ from trio_gateway.http.application import create_app
 from trio_gateway.worker.server import WorkerServer
 
 CHAT = "/v1/chat/completions"
+STREAM = chat(model="up-a", stream=True, max_tokens=3)  # a model the test upstream serves
 WAIT_S = 20
 
 
@@ -146,9 +147,7 @@ async def test_the_gateway_serves_a_stream_over_tls_through_hypercorns_encryptio
     server_id: Identity, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     writes = count_fast_writes(monkeypatch)
-    config = GatewayConfig(
-        port=0, certfile=server_id.cert, keyfile=server_id.key, mock_itl_ms=1.0
-    )
+    config = GatewayConfig(port=0, certfile=server_id.cert, keyfile=server_id.key, mock_itl_ms=1.0)
     with trio.fail_after(WAIT_S):
         async with served(config) as url:
             assert url.startswith("https://127.0.0.1:")
@@ -249,7 +248,7 @@ async def test_an_https_upstream_with_a_custom_ca(server_id: Identity) -> None:
         ):
             assert upstream.url.startswith("https://")
             assert engine.available
-            streamed = await harness.request("POST", CHAT, chat(model="up-a", stream=True, max_tokens=3))
+            streamed = await harness.request("POST", CHAT, STREAM)
             unary = await harness.request("POST", CHAT, chat(model="up-a", max_tokens=3))
     assert streamed.status == 200
     assert "".join(streamed.tokens()) == expected_text(3, "up-a")
@@ -303,7 +302,7 @@ async def test_an_upstream_that_requires_a_client_certificate(
             }
             async with gateway_on(upstream.url, **mtls) as (harness, engine):
                 assert engine.available
-                streamed = await harness.request("POST", CHAT, chat(model="up-a", stream=True, max_tokens=3))
+                streamed = await harness.request("POST", CHAT, STREAM)
     assert streamed.status == 200
     assert "".join(streamed.tokens()) == expected_text(3, "up-a")
 
@@ -333,9 +332,15 @@ async def serving_worker(**settings: Any) -> AsyncIterator[WorkerServer]:
             server.shutdown.request_stop("test")
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await trio.sleep(0.01)
+class Said(logging.Handler):
+    """Sets `said` at the first record: what a test waits on instead of polling the logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.said.set()
 
 
 async def test_a_wss_worker(server_id: Identity, client_id: Identity) -> None:
@@ -364,8 +369,12 @@ async def test_a_wss_worker_refuses_what_it_should(
     client_id: Identity,
     other_ca: Identity,
     caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trio_gateway.ws_client")
+    said = Said()
+    logging.getLogger("trio_gateway.ws_client").addHandler(said)
+    request.addfinalizer(lambda: logging.getLogger("trio_gateway.ws_client").removeHandler(said))
     tls = {"certfile": server_id.cert, "keyfile": server_id.key, "ca_certs": client_id.ca}
     with trio.fail_after(WAIT_S):
         async with serving_worker(**tls) as server:
@@ -379,7 +388,7 @@ async def test_a_wss_worker_refuses_what_it_should(
             async with running_gateway(GatewayConfig(workers=(url,), **settings)) as harness:
                 worker = harness.gateway.router.backends[0].engine
                 assert isinstance(worker, RemoteWorker)
-                await until(lambda: any("worker" in r.getMessage() for r in caplog.records))
+                await said.said.wait()
                 assert not worker.available
                 refused = await harness.request("POST", CHAT, chat(model="mock"))
                 # The worker goes on serving after a refused handshake.
