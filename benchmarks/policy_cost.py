@@ -54,6 +54,7 @@ MODEL = "mock"
 class Candidate:
     name: str
     inflight: int
+    weight: int = 1
 
 
 def text(size: int, seed: int) -> str:

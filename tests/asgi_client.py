@@ -10,16 +10,19 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import trio
 
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.protocol import Engine
-from trio_gateway.gateway import Gateway
+from trio_gateway.gateway import EngineFactory, Gateway
 from trio_gateway.http.application import GatewayApp
 from trio_gateway.http.asgi import Message
+
+if TYPE_CHECKING:  # OpenTelemetry stays unimported in tests that do not trace
+    from trio_gateway.tracing import RequestTracing
 
 
 @dataclass
@@ -152,9 +155,12 @@ class Harness:
 
 @asynccontextmanager
 async def running_gateway(
-    config: GatewayConfig | None = None, engines: list[Engine] | None = None
+    config: GatewayConfig | None = None,
+    engines: list[Engine] | None = None,
+    tracing: RequestTracing | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> AsyncIterator[Harness]:
-    gateway = Gateway(config or GatewayConfig(), engines)
+    gateway = Gateway(config or GatewayConfig(), engines, tracing, engine_factory=engine_factory)
     app = GatewayApp(gateway)
     lifespan_send, lifespan_inbox = trio.open_memory_channel[Message](math.inf)
     replies_send, replies = trio.open_memory_channel[Message](math.inf)

@@ -840,3 +840,56 @@ async def test_a_queued_request_looks_again_when_a_cooldown_ends(
     got, at = outcomes[0]
     assert isinstance(got, Backend) and got.name == "b"  # the half-open probe
     assert at == pytest.approx(opened_at + 10.0)
+
+
+def test_a_configured_backend_is_its_name_capacity_models_and_lengths() -> None:
+    """A `[[backends]]` entry's settings on the router: the name is the label (a worker's
+    hello does not rename it), `capacity` wins over `--max-inflight` and the engine's
+    figure, `models` filters what the engine lists, `max_model_len` wins over its own."""
+    engine = FakeEngine("worker-id", models=("a", "b"), capacity=8, context_lengths={"a": 100})
+    router = Router(LeastInflight(), max_inflight=4)
+    backend = router.add(
+        engine, label="w1", capacity=2, allowed=frozenset({"a"}), max_model_len={"a": 50}
+    )
+    assert backend.name == "w1" and router.find("w1") is backend
+    assert backend.capacity == 2
+    assert router.models() == ["a"] and not router.knows("b") and router.knows("a")
+    assert router.context_length("a") == 50
+    plain = router.add(FakeEngine("other", capacity=8))
+    assert plain.capacity == 4  # --max-inflight over the engine's own
+    with pytest.raises(ValueError, match="already routed"):
+        router.add(FakeEngine("x"), label="w1")
+
+
+async def test_a_removed_backend_is_idle_once_its_last_request_ends() -> None:
+    router = router_with(FakeEngine("a", capacity=2))
+    (backend,) = router.backends
+    first = router.try_acquire("m")
+    second = router.try_acquire("m")
+    assert first is backend and second is backend
+    router.remove(backend)
+    assert backend.retired and not backend.idle.is_set()
+    with pytest.raises(GatewayError):
+        router.try_acquire("m")  # no new request on it
+    router.release(backend, Verdict.SUCCESS)
+    assert not backend.idle.is_set()
+    router.release(backend, Verdict.SUCCESS)
+    assert backend.idle.is_set()
+
+
+async def test_replace_swaps_in_place() -> None:
+    router = router_with(FakeEngine("a"), FakeEngine("b"), FakeEngine("c"))
+    old = router.backends[1]
+    new = router.backend_for(FakeEngine("b2"), label="b")
+    router.replace(old, new)
+    assert [b.name for b in router.backends] == ["a", "b", "c"]
+    assert router.backends[1] is new and old.retired and old.idle.is_set()
+
+
+def test_the_policy_weighs_only_while_some_weight_is_not_1() -> None:
+    router = router_with(FakeEngine("a"))
+    assert not router.policy.weighted
+    heavy = router.add(FakeEngine("b"), weight=3)
+    assert router.policy.weighted
+    router.remove(heavy)
+    assert not router.policy.weighted

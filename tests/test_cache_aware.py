@@ -34,6 +34,7 @@ BOUNDED = dataclasses.replace(OPTIONS, balance_abs=64, load_factor=1.25)
 class Cand:
     name: str
     inflight: int = 0
+    weight: int = 1
 
 
 class Clock:

@@ -433,7 +433,9 @@ def parser() -> argparse.ArgumentParser:
 def test_flags_default_to_none_so_other_sources_show() -> None:
     args = parser().parse_args([])
     assert args.config is None
-    assert all(getattr(args, f.name) is None for f in dataclasses.fields(GatewayConfig))
+    flagged = [f for f in dataclasses.fields(GatewayConfig) if f.name != "backends"]
+    assert all(getattr(args, f.name) is None for f in flagged)
+    assert not hasattr(args, "backends")  # the file's [[backends]] has no flag
     config = config_from_args(args, environ={"TRIO_GATEWAY_PORT": "8500"})
     assert config.port == 8500
 
@@ -509,5 +511,17 @@ def test_every_flag_says_what_it_is_for(kind: type[Any]) -> None:
     for f in dataclasses.fields(kind):
         description = setting_help(kind, f.name)
         assert len(description) > 10, f.name
+        if f.metadata.get("file_only"):
+            assert f.name not in by_dest, f.name
+            continue
         assert by_dest[f.name].startswith(description), f.name
         assert "Default" in by_dest[f.name], f.name
+
+
+def test_otlp_endpoint_is_off_by_default_and_must_be_an_http_url() -> None:
+    assert GatewayConfig().otlp_endpoint == ""
+    environ = {ENV_PREFIX + "OTLP_ENDPOINT": "http://collector:4318"}
+    assert load_config(environ=environ).otlp_endpoint == "http://collector:4318"
+    for bad in ("collector:4318", "grpc://collector:4317", "http://"):
+        with pytest.raises(ConfigError, match="otlp_endpoint"):
+            GatewayConfig(otlp_endpoint=bad)

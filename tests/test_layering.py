@@ -22,12 +22,7 @@ BELOW_HTTP = ("engines", "router", "sessions", "lifecycle", "plane", "worker")
 # that removes it. Empty: keep it so.
 HTTP_IMPORTS_ALLOWED: set[tuple[str, str]] = set()
 # (part, part) edges that close a cycle between top-level parts, with the item removing them.
-CYCLE_EDGES_ALLOWED = {
-    # Item 3 (engines split by concept): engines/mock.py's `MockEngine.from_settings` reads
-    # GatewayConfig/WorkerConfig, while config validates policies from router/ and router/
-    # imports the Engine protocol: engines → config closes config → router → engines.
-    ("engines", "config"),
-}
+CYCLE_EDGES_ALLOWED: set[tuple[str, str]] = set()
 
 
 def modules() -> Iterator[tuple[str, Path]]:

@@ -22,6 +22,7 @@ from trio_gateway.router.policies import (
 class Cand:
     name: str
     inflight: int = 0
+    weight: int = 1
 
 
 def cands(*loads: int) -> list[Cand]:
@@ -254,3 +255,41 @@ def test_make_policy_unknown_name(name: str) -> None:
     assert repr(name) in message
     for known in POLICY_NAMES:
         assert known in message
+
+
+def test_round_robin_follows_weights_smoothly() -> None:
+    """nginx's smooth weighted round robin: 3:1 gives a a a b per cycle, b not last in a row
+    of a's but spread (a b a a for weights 3, 1 from zero credit: a, a, b, a)."""
+    a, b = Cand("a", weight=3), Cand("b", weight=1)
+    policy = RoundRobin()
+    policy.weighted = True  # the router sets it once some weight is not 1
+    picks = [policy.choose([a, b]).name for _ in range(8)]
+    assert picks.count("a") == 6 and picks.count("b") == 2
+    assert picks[:4] == ["a", "a", "b", "a"]
+
+
+def test_round_robin_forgets_a_removed_backends_credit() -> None:
+    a, b = Cand("a", weight=2), Cand("b", weight=1)
+    policy = RoundRobin()
+    policy.weighted = True
+    policy.choose([a, b])
+    policy.forget("a")
+    assert "a" not in policy._credit
+
+
+def test_least_inflight_weighs_load_per_unit_of_weight() -> None:
+    heavy, light = Cand("heavy", inflight=4, weight=4), Cand("light", inflight=2, weight=1)
+    policy = LeastInflight()
+    assert policy.choose([light, heavy]) is light  # weights ignored until the router says
+    policy.weighted = True
+    assert policy.choose([light, heavy]) is heavy  # 1 per unit against 2
+
+
+def test_power_of_two_weighs_load_per_unit_of_weight() -> None:
+    heavy, light = Cand("heavy", inflight=5, weight=4), Cand("light", inflight=2, weight=1)
+    policy = PowerOfTwo(random.Random(0))
+    policy.weighted = True
+    assert all(policy.choose([light, heavy]) is heavy for _ in range(20))
+    even = Cand("even", inflight=8, weight=4)  # 2 per unit, as light: ties go to the first
+    picks = {policy.choose([light, even]).name for _ in range(40)}
+    assert picks == {"light", "even"}

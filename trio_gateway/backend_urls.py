@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Collection
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 WORKER_SCHEMES = ("ws", "wss")
 UPSTREAM_SCHEMES = ("http", "https")
@@ -74,6 +74,14 @@ def check_session_store_url(url: str) -> str:
     return url
 
 
+def redact(url: str) -> str:
+    """The URL without user:password, fit for logs and for an engine's name."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def _split(url: str, expected: str) -> SplitResult:
     if not url:
         raise BadURL(f"empty URL: expected {expected}")
@@ -118,6 +126,11 @@ def _port(url: str, parts: SplitResult) -> int | None:
     return port
 
 
+def masked(url: str) -> str:
+    """`url` with its user info (a password) as `****`, fit to print."""
+    return _USERINFO.sub("//****@", url, count=1)
+
+
 def _shown(url: str) -> str:
     """`url` quoted, any password masked."""
-    return repr(_USERINFO.sub("//****@", url, count=1))
+    return repr(masked(url))

@@ -32,7 +32,7 @@ from trio_gateway.config import (
     config_from_args,
 )
 from trio_gateway.errors import ErrorKind, GatewayError
-from trio_gateway.gateway import describe_backends
+from trio_gateway.gateway import Gateway, describe_backends
 from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
@@ -139,13 +139,27 @@ async def forward_signals(shutdown: GracefulShutdown) -> None:
             shutdown.request_stop(signal.Signals(signum).name)
 
 
+async def reload_on_hangup(gateway: Gateway, load: Callable[[], GatewayConfig]) -> None:
+    """SIGHUP re-reads the config file and applies its backends (`Gateway.reload`); one
+    reload at a time, in the order the signals came."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            log.info("SIGHUP: reloading the backends from the configuration")
+            try:
+                await gateway.reload(load)
+            except Exception:  # a backend that failed to start: the gateway serves on
+                log.exception("reload: failed; the backends may be partly reloaded")
+
+
 async def serve(
     app: GatewayApp,
     config: GatewayConfig,
     *,
+    load: Callable[[], GatewayConfig] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """hypercorn stops accepting only once the gateway's own drain has finished."""
+    """hypercorn stops accepting only once the gateway's own drain has finished. With
+    `load` (how the settings were read), SIGHUP reloads the backends."""
     socket_writes.install()
     install_error_bodies()
     hc = hypercorn_config(config)
@@ -158,6 +172,8 @@ async def serve(
     log.info("serving %s", describe_backends(config))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(forward_signals, app.gateway.shutdown)
+        if load is not None:
+            nursery.start_soon(reload_on_hangup, app.gateway, load)
         if config.supervisor_pid:
             nursery.start_soon(
                 stop_when_orphaned, app.gateway.shutdown.request_stop, config.supervisor_pid
@@ -244,9 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def effective_settings(config: GatewayConfig) -> str:
-    """`key = value` lines (TOML), secrets masked."""
+    """`key = value` lines (TOML), secrets masked; then each `[[backends]]` table, its key
+    shown only as where it comes from."""
     lines = []
     for f in dataclasses.fields(config):
+        if f.name == "backends":
+            continue
         value = getattr(config, f.name)
         if not f.repr and value:  # a secret (`setting(..., secret=True)`)
             value = ["****"] * len(value) if isinstance(value, tuple) else "****"
@@ -255,13 +274,30 @@ def effective_settings(config: GatewayConfig) -> str:
         if isinstance(value, tuple):
             value = list(value)
         lines.append(f"{f.name} = {json.dumps(value)}")
+    for spec in config.backends:
+        lines += ["", "[[backends]]"]
+        for key, value in spec.described().items():
+            lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines)
+
+
+def _toml_value(value: object) -> str:
+    """A TOML value: JSON's strings, numbers and arrays are TOML's; a table is inline."""
+    if isinstance(value, dict):
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in value.items()) + " }"
+        )
+    return json.dumps(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args)
+    if args.command == "serve":
+        # A SIGHUP before `serve` listens for it (a reload sent to a process still starting,
+        # or by a supervisor to a child) must not kill it, as its default action would.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         if args.command == "worker":
             worker_config = config_from_args(args, kind=WorkerConfig)
@@ -282,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check_can_listen(config.host, config.port, "--port", reuse_port=True)
                 return run_processes(sys.argv[1:] if argv is None else argv, config.processes)
             app = create_app(config)
-            trio.run(run_until_stopped, partial(serve, app, config))
+            load = partial(config_from_args, args)
+            trio.run(run_until_stopped, partial(serve, app, config, load=load))
     except ConfigError as error:
         print(f"trio-gateway: {error}", file=sys.stderr)
         return 2

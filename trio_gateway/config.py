@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from trio_gateway.backend_urls import (
     UPSTREAM_SCHEMES,
@@ -21,6 +22,15 @@ from trio_gateway.backend_urls import (
     check_backend_url,
     check_session_store_url,
 )
+from trio_gateway.backends_config import (
+    BackendsError,
+    BackendSpec,
+    check_unique,
+    parse_backends,
+    resolve_keys,
+    specs_from_urls,
+)
+from trio_gateway.engines.upstream.engine import UPSTREAM_MAX_INFLIGHT
 from trio_gateway.router.policies import POLICY_NAMES, CacheAwareOptions
 
 _Default = TypeVar("_Default")
@@ -30,9 +40,6 @@ SERVICE_LINK_SCHEMES = ("tcp://", "udp://", "sctp://")
 MIB = 1024 * 1024
 BODY_READ_S_PER_MIB = 2.0  # how `body_read_timeout_s` grows with a body's size
 _CACHE_AWARE = CacheAwareOptions()  # the defaults of the cache_aware_* settings
-# vLLM's default `--max-num-seqs` on most GPUs: more in flight would only wait in the
-# engine's own queue, unbounded, where the gateway can neither time it out nor answer 429.
-UPSTREAM_MAX_INFLIGHT = 256
 
 
 def setting(default: _Default, help: str, *, secret: bool = False, flag: str = "") -> _Default:
@@ -107,6 +114,11 @@ class GatewayConfig:
         "a backend: ws://HOST:PORT (a worker) or http(s)://HOST:PORT/v1 (an OpenAI "
         "server); none: the in-process mock",
         flag="--worker",
+    )
+    # The config file's `[[backends]]` (backends_config.py): no flag, no environment variable.
+    backends: tuple[BackendSpec, ...] = field(
+        default=(),
+        metadata={"help": "named backends, the file's [[backends]] tables", "file_only": True},
     )
     worker_token: str = setting("", "the token workers expect in the handshake", secret=True)
     upstream_api_key: str = setting(
@@ -203,6 +215,11 @@ class GatewayConfig:
     log_level: str = setting("info", "debug, info, warning, error or critical")
     log_format: str = setting("text", "text, or json: one object per line")
     log_prompts: bool = setting(False, "put prompt and completion text in the request's end line")
+    otlp_endpoint: str = setting(
+        "",
+        "an OTLP/HTTP collector (http://HOST:4318) to export a span per request to; none: "
+        "no tracing (a client's traceparent is still passed on)",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -297,6 +314,22 @@ class GatewayConfig:
         for kind in ("upstream", "worker"):
             if getattr(self, f"{kind}_client_key") and not getattr(self, f"{kind}_client_cert"):
                 raise ConfigError(f"{kind}_client_key: given without {kind}_client_cert")
+        if self.otlp_endpoint:
+            parts = urlsplit(self.otlp_endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(
+                    f"otlp_endpoint: expected http(s)://HOST[:PORT][/PATH], "
+                    f"got {self.otlp_endpoint!r}"
+                )
+        try:
+            check_unique(self.backend_specs())
+        except BackendsError as error:
+            raise ConfigError(str(error)) from None
+
+    def backend_specs(self) -> tuple[BackendSpec, ...]:
+        """Every remote backend: the file's `[[backends]]`, then `--worker` URLs (named by
+        their URL); none: the in-process mock."""
+        return self.backends + specs_from_urls(self.workers)
 
     def accepted_api_keys(self) -> frozenset[str]:
         """`api_keys` and the lines of `api_keys_file`; empty means no key is required."""
@@ -468,7 +501,12 @@ Settings = TypeVar("Settings", "GatewayConfig", "WorkerConfig")
 
 
 def _field_types(kind: type[Any]) -> dict[str, type]:
-    return {f.name: _TYPES[str(f.type)] for f in fields(kind)}
+    """The settings given by flag and environment (not the file's `[[backends]]`)."""
+    return {f.name: _TYPES[str(f.type)] for f in fields(kind) if not _file_only(f)}
+
+
+def _file_only(f: Any) -> bool:
+    return bool(f.metadata.get("file_only"))
 
 
 def _env_prefix(kind: type[Any]) -> str:
@@ -498,6 +536,12 @@ def load_config(
             raise ConfigError(f"config: {file} is not valid TOML: {error}") from None
         for key, raw in document.items():
             name = key.replace("-", "_")
+            if name == "backends" and settings is GatewayConfig:
+                try:
+                    values[name] = resolve_keys(parse_backends(raw), environ, _read_text)
+                except BackendsError as error:
+                    raise ConfigError(str(error)) from None
+                continue
             if name not in types:
                 raise ConfigError(f"{key}: unknown setting in {file}")
             values[name] = _convert(key, types[name], raw)
@@ -518,6 +562,10 @@ def load_config(
     return config
 
 
+def _read_text(path: str) -> str:
+    return Path(path).read_text()
+
+
 def setting_help(kind: type[Any], name: str) -> str:
     """What a setting is for; a worker's mock settings say what the gateway's say."""
     help_text: str = next(f for f in fields(kind) if f.name == name).metadata["help"]
@@ -533,6 +581,8 @@ def add_config_flags(parser: argparse.ArgumentParser, kind: type[Any] | None = N
     parser.add_argument("--config", help=f"TOML file of settings (also {prefix}CONFIG)")
     defaults = settings()
     for f in fields(settings):
+        if _file_only(f):
+            continue
         repeatable = _TYPES[str(f.type)] is tuple
         default = getattr(defaults, f.name)
         parser.add_argument(
@@ -554,6 +604,6 @@ def config_from_args(
     kind: type[Settings] | None = None,
 ) -> Settings:
     settings: type[Any] = GatewayConfig if kind is None else kind
-    overrides = {f.name: getattr(args, f.name, None) for f in fields(settings)}
+    overrides = {f.name: getattr(args, f.name, None) for f in fields(settings) if not _file_only(f)}
     config: Settings = load_config(settings, file=args.config, environ=environ, overrides=overrides)
     return config

@@ -3,12 +3,22 @@ shutdown, and the nursery everything runs in."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import trio
 
-from trio_gateway.config import GatewayConfig
+from trio_gateway.backend_urls import redact
+from trio_gateway.backends_config import (
+    BackendsDiff,
+    BackendSpec,
+    diff_backends,
+    specs_from_urls,
+)
+from trio_gateway.config import ConfigError, GatewayConfig
 from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer import prompt_token_count
 from trio_gateway.engines.protocol import Engine
@@ -26,9 +36,14 @@ from trio_gateway.sessions.manager import SessionManager
 from trio_gateway.sessions.store import RedisSessionStore
 from trio_gateway.tls import ClientTLS
 
+if TYPE_CHECKING:
+    from trio_gateway.tracing import RequestTracing
+
 log = logging.getLogger("trio_gateway")
 
-WORKER_URL_PREFIXES = ("ws://", "wss://")
+# How long a changed backend's new definition may take to come up (a worker's hello, an
+# upstream's first /models) before it is routed to anyway, the old one drained.
+REPLACE_WAIT_S = 10.0
 # How stale the scrape-time gauges of the processes a scrape does not reach may be.
 GAUGE_REFRESH_S = 1.0
 
@@ -53,17 +68,11 @@ def counts_prompts_as_the_mock(engine: Engine) -> bool:
     return isinstance(engine, RemoteWorker) and engine.streams_unary
 
 
-def engines_from_config(config: GatewayConfig) -> list[Engine]:
-    """`--worker` URLs as engines; with none, the in-process mock engine."""
-    if not config.workers:
-        return [MockEngine.from_settings(config)]
-    return [engine_for_url(url, config) for url in config.workers]
-
-
 def describe_backends(config: GatewayConfig) -> str:
-    """What `engines_from_config` serves, for the start-up line: the mock and its settings,
-    or each remote engine's kind and URL (validated: no password in it)."""
-    if not config.workers:
+    """What the gateway serves, for the start-up line: the mock and its settings, or each
+    remote backend's name, kind and URL (validated: no password in it)."""
+    specs = config.backend_specs()
+    if not specs:
         prefill = ""
         if config.mock_prefill_ms_per_1k_tokens:
             prefill = (
@@ -75,42 +84,51 @@ def describe_backends(config: GatewayConfig) -> str:
             f"{config.model} (mock engine: ttft {config.mock_ttft_ms:g} ms, step "
             f"{config.mock_itl_ms:g} ms, {config.mock_max_num_seqs} seqs{prefill})"
         )
-    return ", ".join(_describe_url(url, config) for url in config.workers)
+    return ", ".join(describe_spec(spec, config) for spec in specs)
 
 
-def _describe_url(url: str, config: GatewayConfig) -> str:
-    if url.startswith(WORKER_URL_PREFIXES):
-        return f"worker {url}"
-    slots = config.max_inflight or config.upstream_max_inflight
-    return f"upstream {url} (at most {slots} in flight)"
+def describe_spec(spec: BackendSpec, config: GatewayConfig) -> str:
+    named = "" if spec.from_flags else f"{spec.name}: "
+    if spec.is_worker:
+        return f"{named}worker {redact(spec.url)}"
+    slots = spec.capacity or config.max_inflight or config.upstream_max_inflight
+    return f"{named}upstream {redact(spec.url)} (at most {slots} in flight)"
 
 
-def engine_for_url(url: str, config: GatewayConfig) -> Engine:
-    """The engine for one backend URL, with its capacity: the one place a backend's slots are
-    decided from the settings (a worker says its own in its hello; an upstream takes
-    `--upstream-max-inflight`); `--max-inflight`, when set, overrides both in the router.
-    Its TLS context too, for https:// and wss:// (`upstream_*` and `worker_*` settings)."""
-    secure = url.startswith(("https://", "wss://"))
-    if url.startswith(WORKER_URL_PREFIXES):
+def engine_for_spec(spec: BackendSpec, config: GatewayConfig) -> Engine:
+    """The engine for one backend, with its capacity: the one place a backend's slots are
+    decided from the settings (a worker says its own in its hello; an upstream takes its
+    entry's `capacity`, else `--upstream-max-inflight`); `--max-inflight`, when set,
+    overrides the engine's figure in the router, and an entry's `capacity` overrides that.
+    The key: the entry's own, else the global `--worker-token` / `--upstream-api-key`.
+    TLS (https://, wss://): the `worker_*` or `upstream_*` settings, read here, so a changed
+    backend replaced on a reload reads its CA and certificate files again."""
+    secure = spec.url.startswith(("https://", "wss://"))
+    if spec.is_worker:
         from trio_gateway.engines.ws_client import RemoteWorker
 
+        token = spec.api_key or config.worker_token
         return RemoteWorker(
-            url,
-            token=config.worker_token or None,
+            spec.url,
+            token=token or None,
             window=config.credit_window,
             ssl_context=worker_tls(config).context() if secure else None,
         )
     from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
     return OpenAIUpstream(
-        url,
-        api_key=config.upstream_api_key or None,
-        max_inflight=config.upstream_max_inflight,
+        spec.url,
+        api_key=spec.api_key or config.upstream_api_key or None,
+        name=None if spec.from_flags else spec.name,
+        models=spec.backend_models(),
+        aliases=spec.alias_map(),
+        max_inflight=spec.capacity or config.upstream_max_inflight,
         ssl_context=upstream_tls(config).context() if secure else None,
     )
 
 
 def upstream_tls(config: GatewayConfig) -> ClientTLS:
+    """How https:// upstreams are checked, and the certificate shown to them."""
     return ClientTLS(
         config.upstream_ca_bundle,
         config.upstream_client_cert,
@@ -120,6 +138,7 @@ def upstream_tls(config: GatewayConfig) -> ClientTLS:
 
 
 def worker_tls(config: GatewayConfig) -> ClientTLS:
+    """How wss:// workers are checked, and the certificate shown to them."""
     return ClientTLS(
         config.worker_ca_bundle,
         config.worker_client_cert,
@@ -128,9 +147,29 @@ def worker_tls(config: GatewayConfig) -> ClientTLS:
     )
 
 
+def engine_for_url(url: str, config: GatewayConfig) -> Engine:
+    """A `--worker` or `POST /admin/workers` URL's engine."""
+    return engine_for_spec(specs_from_urls([url])[0], config)
+
+
+EngineFactory = Callable[[BackendSpec], Engine]
+
+
 class Gateway:
-    def __init__(self, config: GatewayConfig, engines: list[Engine] | None = None) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        engines: list[Engine] | None = None,
+        tracing: RequestTracing | None = None,
+        *,
+        engine_factory: EngineFactory | None = None,
+    ) -> None:
+        """`engines` replace the configured backends (tests); `engine_factory` makes the
+        engine of each configured backend (default `engine_for_spec`). `tracing`: where
+        request spans go; None builds the OTLP exporter when `otlp_endpoint` is set, at
+        start (its thread belongs to the running gateway)."""
         self.config = config
+        self.tracing = tracing
         self.metrics = GatewayMetrics()
         self.ledger = InFlightLedger()
         self.shutdown = GracefulShutdown(self.ledger, config.drain_timeout_s, config.drain_delay_s)
@@ -144,8 +183,19 @@ class Gateway:
             breaker_threshold=config.breaker_threshold,
             breaker_cooldown=config.breaker_cooldown_s,
         )
-        for engine in engines_from_config(config) if engines is None else engines:
-            self.router.add(engine)
+        self._make_engine: EngineFactory = engine_factory or partial(engine_for_spec, config=config)
+        # The configured backends by name: what a reload diffs against.
+        self._configured: dict[str, tuple[BackendSpec, Backend]] = {}
+        if engines is not None:
+            for engine in engines:
+                self.router.add(engine)
+        elif config.backend_specs():
+            for spec in config.backend_specs():
+                backend = self._backend_for(spec)
+                self.router.insert(backend)
+                self._configured[spec.name] = (spec, backend)
+        else:
+            self.router.add(MockEngine.from_settings(config))
         # cache_aware replicas sharing one Redis also share what they routed.
         self.prefix_sharing: PrefixSharing | None = None
         if isinstance(policy, CacheAware) and config.session_store:
@@ -209,7 +259,7 @@ class Gateway:
             metrics.shutdown_phase.labels(phase.value).set(phase is self.shutdown.phase)
         inflight: dict[str, int] = {}
         for backend in self.router.backends:
-            label = backend_label(backend.engine)
+            label = backend_label(backend.engine, backend.label)
             inflight[label] = inflight.get(label, 0) + backend.inflight
             metrics.backend_up.labels(label).set(backend.engine.available)
         for label, count in inflight.items():
@@ -229,7 +279,7 @@ class Gateway:
         backend has not said yet which models it serves)."""
         if self.router.knows(model):
             return
-        if any(not backend.engine.models for backend in self.router.backends):
+        if any(not backend.models for backend in self.router.backends):
             raise unavailable("Backends are still starting; retry shortly.")
         raise model_not_found(model)
 
@@ -245,7 +295,7 @@ class Gateway:
         for backend in self.router.backends:
             if not backend.serves(model):
                 continue
-            length = backend.engine.context_lengths.get(model)
+            length = backend.context_lengths.get(model)
             if length is None or not counts_prompts_as_the_mock(backend.engine):
                 return
             lengths.append(length)
@@ -263,6 +313,14 @@ class Gateway:
         await nursery.start(self.sessions.run)
         await nursery.start(self.shutdown.run)
         await nursery.start(sample_event_loop_lag, self.metrics)
+        if self.tracing is None and self.config.otlp_endpoint:
+            from trio_gateway.tracing import RequestTracing  # OpenTelemetry only when asked
+
+            self.tracing = RequestTracing.to_otlp(
+                self.config.otlp_endpoint, routing_policy=self.config.routing_policy
+            )
+        if self.tracing is not None:
+            await nursery.start(self.tracing.run)
         self._nursery = nursery
         if multiprocess_dir() is not None:
             nursery.start_soon(self._refresh_gauges_every, GAUGE_REFRESH_S)
@@ -287,14 +345,142 @@ class Gateway:
             raise
 
     def remove_engine(self, name: str) -> bool:
-        """Stop routing to a backend and stop its engine; its streams end as `unavailable`."""
+        """Stop routing to a backend and stop its engine; its streams end as `unavailable`.
+        A configured backend removed so comes back at the next reload if the file still
+        names it: the file is what a reload makes true."""
         backend = self.router.find(name)
         if backend is None:
             return False
         self.router.remove(backend)
+        for spec_name, (_, configured) in list(self._configured.items()):
+            if configured is backend:
+                del self._configured[spec_name]
         if backend.scope is not None:
             backend.scope.cancel()
         return True
+
+    # -- the configured backends, and their reload -------------------------------------
+
+    def _backend_for(self, spec: BackendSpec) -> Backend:
+        """A configured backend, not routed yet. A `--worker` URL keeps the engine's own
+        name (a worker's id once it said hello); a `[[backends]]` entry is its name."""
+        engine = self._make_engine(spec)
+        return self.router.backend_for(
+            engine,
+            label=None if spec.from_flags else spec.name,
+            capacity=spec.capacity,
+            weight=spec.weight,
+            # An upstream declares its models itself; a worker's hello is filtered here.
+            allowed=frozenset(spec.models) if spec.is_worker and spec.models else None,
+            max_model_len=spec.context_lengths(),
+        )
+
+    @property
+    def configured(self) -> tuple[BackendSpec, ...]:
+        return tuple(spec for spec, _ in self._configured.values())
+
+    async def reload_backends(self, specs: Sequence[BackendSpec]) -> BackendsDiff:
+        """Make the routed backends what `specs` say, diffed by name, without cutting a
+        stream: an added one starts; a removed one takes no new request, finishes those it
+        holds, then stops (`_retire`); a changed one is started beside the old, swapped in
+        when it is up (or after `REPLACE_WAIT_S`: the file wins), and the old one drained."""
+        diff = diff_backends(self.configured, specs)
+        if diff.empty:
+            return diff
+        log.info("reloading backends: %s", diff.summary())
+        for spec in diff.removed:
+            _, backend = self._configured.pop(spec.name)
+            self._retire(backend)
+        for spec in diff.added:
+            backend = self._backend_for(spec)
+            self.router.insert(backend)
+            self._configured[spec.name] = (spec, backend)
+            if not await self._start(backend):
+                self.router.remove(backend)  # not configured: the next reload tries again
+                del self._configured[spec.name]
+        async with trio.open_nursery() as replacing:
+            for spec in diff.changed:
+                replacing.start_soon(self._replace, spec)
+        # Keep the file's order, which round_robin and least_inflight's ties follow.
+        order = {spec.name: index for index, spec in enumerate(specs)}
+        self._configured = dict(
+            sorted(self._configured.items(), key=lambda item: order.get(item[0], len(order)))
+        )
+        return diff
+
+    async def reload(self, load: Callable[[], GatewayConfig]) -> BackendsDiff | None:
+        """SIGHUP's work: read the settings again (`load`: the same file, environment and
+        flags as at start) and apply their backends. A file that does not load is logged,
+        one line naming the key, and changes nothing (None). Only the backends reload; a
+        change to any other setting is said in the log and waits for a restart. A gateway
+        that is shutting down does not reload: its backends are draining for good."""
+        if not self.shutdown.accepting:
+            log.warning("reload: ignored, the gateway is shutting down")
+            return None
+        try:
+            config = load()
+        except ConfigError as error:
+            log.error("reload: %s; the running backends are kept", error)
+            return None
+        if dataclasses.replace(config, backends=self.config.backends) != self.config:
+            changed = [
+                f.name
+                for f in dataclasses.fields(config)
+                if f.name != "backends" and getattr(config, f.name) != getattr(self.config, f.name)
+            ]
+            log.warning(
+                "reload: only backends reload; %s changed and take effect at a restart",
+                ", ".join(changed),
+            )
+        diff = await self.reload_backends(config.backend_specs())
+        if diff.empty:
+            log.info("reload: the backends are unchanged")
+        return diff
+
+    async def _replace(self, spec: BackendSpec) -> None:
+        _, old = self._configured[spec.name]
+        new = self._backend_for(spec)
+        if not await self._start(new):
+            return  # the old definition serves on; the next reload tries again
+        if not new.engine.available:
+            with trio.move_on_after(REPLACE_WAIT_S):
+                await new.up.wait()
+            if not new.engine.available:
+                log.warning(
+                    "backend %s: the new definition is not up after %g s; routing to it anyway",
+                    spec.name,
+                    REPLACE_WAIT_S,
+                )
+        if old in self.router.backends:
+            self.router.replace(old, new)
+        else:  # removed meanwhile by DELETE /admin/workers
+            self.router.insert(new)
+        self._configured[spec.name] = (spec, new)
+        self._retire(old)
+
+    async def _start(self, backend: Backend) -> bool:
+        """Start a reloaded backend's engine; one that fails to start is logged, not fatal:
+        the gateway keeps serving with the others."""
+        try:
+            await self.nursery.start(self._run_backend, backend)
+        except Exception:
+            log.exception("reload: backend %s failed to start", backend.name)
+            return False
+        return True
+
+    def _retire(self, backend: Backend) -> None:
+        """Out of the routing table now; its engine stops once its last request ended."""
+        if backend in self.router.backends:
+            self.router.remove(backend)
+        self.nursery.start_soon(self._stop_when_idle, backend)
+
+    async def _stop_when_idle(self, backend: Backend) -> None:
+        if backend.inflight:
+            log.info("backend %s: draining %d requests", backend.name, backend.inflight)
+        await backend.idle.wait()
+        if backend.scope is not None:
+            backend.scope.cancel()
+        log.info("backend %s: stopped", backend.name)
 
     async def _run_backend(
         self, backend: Backend, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -303,4 +489,7 @@ class Gateway:
         # an open breaker goes half-open at once rather than after its cooldown.
         backend.engine.on_available = partial(self.router.backend_reconnected, backend)
         with trio.CancelScope() as backend.scope:
+            if backend.retired:  # drained before it even started
+                task_status.started()
+                return
             await backend.engine.run(task_status=task_status)

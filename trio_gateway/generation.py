@@ -44,6 +44,10 @@ class GenerationRequest:
     # The X-Request-Id (the client's, or ours when it sent none): what logs, workers and
     # upstreams see. `request_id` stays our own unique flight id.
     trace_id: str = ""
+    # W3C Trace Context to send on (`trace_context.py`): the client's trace with the
+    # gateway's span as the parent when tracing is on; as the client sent it when off.
+    traceparent: str | None = None
+    tracestate: str | None = None
     # The validated client body, for engines that forward it (OpenAI-compatible upstreams).
     body: dict[str, Any] = field(default_factory=dict, repr=False)
 

@@ -69,9 +69,10 @@ def forget_process(pid: int, path: str | None = None) -> None:
         mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
 
 
-def backend_label(engine: Engine) -> str:
-    """A backend's `backend` label: the name the operator configured it by, which is the URL
-    given to `--worker` or `POST /admin/workers` (without credentials), or the mock's name.
+def backend_label(engine: Engine, configured: str | None = None) -> str:
+    """A backend's `backend` label: the name the operator configured it by, which is its
+    `[[backends]]` name (`configured`, the router's `Backend.label`), else the URL given to
+    `--worker` or `POST /admin/workers` (without credentials), or the mock's name.
 
     Never a worker's id from its hello, nor an address a name resolved to: a worker restarted
     says another id, and pods come and go, while every distinct value is a series per family
@@ -80,6 +81,8 @@ def backend_label(engine: Engine) -> str:
     under the same URL takes its old series back, and a backend discovered from DNS is to be
     labelled by its configured `dns+` name, all its addresses under one label.
     """
+    if configured is not None:
+        return configured
     return engine.url if engine.url is not None else engine.name
 
 

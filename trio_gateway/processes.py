@@ -12,7 +12,8 @@ child to another; `/admin/workers` and `/admin/drain` are refused (they would re
 child).
 
 The supervisor starts the children, forwards SIGTERM and SIGINT to them (each drains as a
-single gateway does, and a second signal cuts them short), and exits when all have. A
+single gateway does, and a second signal cuts them short), and exits when all have; it
+forwards SIGHUP too, on which each child reloads its backends from the config file. A
 child that drains and exits 0 stops the set the same way (exit 0); one that fails stops it
 with exit 1, so the process manager restarts the whole set. A child whose supervisor is
 gone (SIGKILL, OOM) drains and exits: it checks its parent every `ORPHAN_CHECK_S`.
@@ -127,6 +128,7 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix=f"trio-gateway-metrics-{os.getpid()}-")
     env = {**os.environ, MULTIPROC_ENV: metrics_dir}
     children: list[trio.Process] = []
+    spawned = trio.Event()
     stopping = False
     failed = False
 
@@ -141,6 +143,8 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
         # which passes it on once (a second one would cut the drain short).
         child = await trio.lowlevel.open_process(child_argv(argv), env=env, process_group=0)
         children.append(child)
+        if len(children) == processes:
+            spawned.set()
         log.info("gateway process %d started (pid %d)", index, child.pid)
         if stopping:  # a signal or a failure came while it was starting
             child.send_signal(signal.SIGTERM)
@@ -165,6 +169,16 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
         stopping = failed = True
         stop_all(signal.SIGTERM)
 
+    async def forward_hangups() -> None:
+        """SIGHUP: every child reloads its backends. Listened for only once every child
+        exists: until then the supervisor ignores it, and so does each child, which
+        inherits that across exec until its own `serve` listens for it."""
+        await spawned.wait()
+        with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+            async for _ in hangups:
+                log.info("SIGHUP: passing it on to every gateway process (reload)")
+                stop_all(signal.SIGHUP)
+
     async def forward_signals(signals: AsyncIterator[int]) -> None:
         nonlocal stopping
         async for signum in signals:
@@ -176,6 +190,7 @@ async def supervise(argv: Sequence[str], processes: int) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward_signals, signals)
+                nursery.start_soon(forward_hangups)
                 async with trio.open_nursery() as running:
                     for index in range(processes):
                         running.start_soon(run_child, index)
@@ -200,4 +215,7 @@ async def stop_when_orphaned(
 
 
 def run(argv: Sequence[str], processes: int) -> int:
+    # Ignored until every child exists (`forward_hangups`), and in each child, which
+    # inherits it: a reload signal never kills a process that is still starting.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return trio.run(supervise, argv, processes)

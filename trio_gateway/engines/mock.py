@@ -18,14 +18,39 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
-from trio_gateway.config import GatewayConfig, WorkerConfig
 from trio_gateway.engines.batch_scheduler import BatchScheduler, Sequence
 from trio_gateway.engines.mock_answer import MockAnswer
 from trio_gateway.engines.prefix_cache import PrefixCache
 from trio_gateway.generation import Chunk, GenerationRequest
+
+
+class MockSettings(Protocol):
+    """The `--model` and `--mock-*` settings, as both `GatewayConfig` and `WorkerConfig`
+    carry them; a protocol, so the engines do not import the settings (which import the
+    router, which imports the engines)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def mock_ttft_ms(self) -> float: ...
+    @property
+    def mock_itl_ms(self) -> float: ...
+    @property
+    def mock_max_num_seqs(self) -> int: ...
+    @property
+    def mock_tokens(self) -> int: ...
+    @property
+    def max_model_len(self) -> int: ...
+    @property
+    def mock_prefix_block_tokens(self) -> int: ...
+    @property
+    def mock_prefix_cache_blocks(self) -> int: ...
+    @property
+    def mock_prefill_ms_per_1k_tokens(self) -> float: ...
 
 
 class MockEngine:
@@ -67,7 +92,7 @@ class MockEngine:
         self.sessions: dict[str, str] = {}
 
     @classmethod
-    def from_settings(cls, config: GatewayConfig | WorkerConfig) -> MockEngine:
+    def from_settings(cls, config: MockSettings) -> MockEngine:
         """The mock the `--model` and `--mock-*` settings describe (gateway or worker)."""
         return cls(
             (config.model,),

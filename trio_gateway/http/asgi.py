@@ -28,6 +28,11 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def header_values(scope: Scope, name: bytes) -> list[bytes]:
+    """Every value of a header that may be sent several times (`tracestate`)."""
+    return [bytes(value) for key, value in scope["headers"] if key.lower() == name]
+
+
 def declared_length(scope: Scope) -> int | None:
     """The request's `Content-Length`, None without one (h11 refuses a malformed one before
     the app sees the request; anything else unreadable counts as none)."""

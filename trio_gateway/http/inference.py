@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -34,6 +34,7 @@ from trio_gateway.http.asgi import (
     body_too_large,
     declared_length,
     header,
+    header_values,
     read_body,
     send_error,
 )
@@ -46,6 +47,10 @@ from trio_gateway.metrics import backend_label
 from trio_gateway.openai.errors import http_status, openai_type
 from trio_gateway.openai.schemas import parse_generation_request, parse_json_body
 from trio_gateway.openai.sse import DONE, error_event
+from trio_gateway.trace_context import TraceParent, clean_tracestate, parse_traceparent
+
+if TYPE_CHECKING:
+    from trio_gateway.tracing import RequestSpan
 
 log = logging.getLogger("trio_gateway.inference")
 requests_log = logging.getLogger("trio_gateway.requests")
@@ -88,6 +93,9 @@ async def handle_inference(
     trace_id = client_id.decode("latin-1")[:128] if client_id else flight_id
     request_id_var.set(trace_id)  # every log line of this request, in every task it starts
     id_header = (b"x-request-id", trace_id.encode("latin-1"))
+    # W3C Trace Context: a malformed traceparent is ignored (no 400), tracestate with it.
+    parent = parse_traceparent(header(scope, b"traceparent"))
+    tracestate = None if parent is None else clean_tracestate(header_values(scope, b"tracestate"))
     model_label = "unknown"
     stream = False
     body: dict[str, Any] | None = None  # once parsed: the model a refusal is counted under
@@ -121,12 +129,27 @@ async def handle_inference(
                 session_header=session.decode("latin-1") if session else None,
             ),
             trace_id=trace_id,
+            # As the client sent it; with tracing on, the request's span replaces the parent.
+            traceparent=None if parent is None else parent.header(),
+            tracestate=tracestate,
         )
         gateway.check_model(request.model)
         gateway.check_context_length(request)
         model_label = request.model
     except ClientGone:
         gateway.metrics.request_ended(model_label, endpoint, stream, client_cancelled())
+        if gateway.tracing is not None:
+            _trace_refused(
+                gateway,
+                endpoint,
+                model_label,
+                started_at,
+                parent,
+                tracestate,
+                trace_id,
+                client_cancelled(),
+                None,
+            )
         return
     except GatewayError as error:
         headers = _headers(error, id_header, None)
@@ -136,6 +159,18 @@ async def handle_inference(
         label = _model_label(gateway, body)
         gateway.metrics.request_ended(label, endpoint, stream, error)
         _log_refused(label, endpoint, error, started_at)
+        if gateway.tracing is not None:
+            _trace_refused(
+                gateway,
+                endpoint,
+                label,
+                started_at,
+                parent,
+                tracestate,
+                trace_id,
+                error,
+                http_status(error),
+            )
         return
     finally:
         if reading is not None:
@@ -143,6 +178,12 @@ async def handle_inference(
             # below: no checkpoint in between, so the drain never finds it in neither.
             gateway.ledger.done_reading(reading)
 
+    span: RequestSpan | None = None
+    if gateway.tracing is not None:  # the engine is sent this request's span as its parent
+        span = gateway.tracing.start(
+            endpoint, request.model, started_at, parent, tracestate, trace_id
+        )
+        request = dataclasses.replace(request, traceparent=span.traceparent)
     flight = Flight(flight_id, request.model, endpoint, started_at)
     chunks_in, chunks_out = trio.open_memory_channel[Chunk](gateway.config.stream_buffer)
     reader = ChunkReader(chunks_out, flight, gateway.metrics, keep_text=gateway.config.log_prompts)
@@ -177,7 +218,7 @@ async def handle_inference(
             metrics.queued.labels(request.model).dec()
         metrics.request_ended(request.model, endpoint, request.stream, outcome)
         if flight.backend is not None:  # where it ended; never routed: no backend series
-            label = backend_label(flight.backend.engine)
+            label = backend_label(flight.backend.engine, flight.backend.label)
             metrics.backend_series(label, request.model).request_ended(outcome)
         metrics.duration.labels(request.model).observe(trio.current_time() - started_at)
         if flight.cancel_reason is not None:
@@ -187,6 +228,8 @@ async def handle_inference(
         if outcome is not None and outcome.kind in (ErrorKind.INTERNAL, ErrorKind.UNAVAILABLE):
             log.warning("ended with %s: %s", openai_type(outcome), outcome.message)
         _log_end(gateway, request, flight, reader, outcome, started_at, status)
+        if span is not None:
+            _end_span(span, request, flight, reader, outcome, status)
 
 
 async def _read_body(
@@ -221,6 +264,50 @@ def _model_label(gateway: Gateway, body: dict[str, Any] | None) -> str:
     if isinstance(model, str) and gateway.router.knows(model):
         return model
     return "unknown"
+
+
+def _trace_refused(
+    gateway: Gateway,
+    endpoint: Endpoint,
+    model: str,
+    started_at: float,
+    parent: TraceParent | None,
+    tracestate: str | None,
+    request_id: str,
+    error: GatewayError,
+    status: int | None,
+) -> None:
+    """The span of a request answered before its flight: started and ended at once."""
+    assert gateway.tracing is not None
+    span = gateway.tracing.start(endpoint, model, started_at, parent, tracestate, request_id)
+    span.end(trio.current_time(), outcome=error, status=status)
+
+
+def _end_span(
+    span: RequestSpan,
+    request: GenerationRequest,
+    flight: Flight,
+    reader: ChunkReader,
+    outcome: GatewayError | None,
+    status: int | None,
+) -> None:
+    span.end(
+        trio.current_time(),
+        outcome=outcome,
+        status=status,
+        backend=None if flight.backend is None else backend_label(flight.backend.engine),
+        worker=flight.worker,
+        attempts=flight.attempts,
+        queue_wait=flight.queue_wait,
+        first_at=reader.first_at,
+        started_at=flight.started_at,
+        input_tokens=reader.prompt_tokens,
+        output_tokens=reader.tokens,
+        finish_reason=reader.finish_reason,
+        cancel_reason=flight.cancel_reason,
+        stream=request.stream,
+        max_tokens=request.max_tokens,
+    )
 
 
 def _log_refused(model: str, endpoint: Endpoint, error: GatewayError, started_at: float) -> None:

@@ -72,6 +72,9 @@ class Flight:
     # How long the engine may stay silent: the inactivity timeout, or for a unary request
     # on an engine that answers it whole, the unary timeout (set once routed).
     silence_limit: float = math.inf
+    # Routing, for the request's span: time spent waiting for a slot, backends tried.
+    queue_wait: float = 0.0
+    attempts: int = 0
 
     def cancel(self, reason: str) -> None:
         """Cancel the engine work; the first reason given is the one that counts."""
@@ -163,12 +166,15 @@ async def _route_and_generate(
     last_failure: GatewayError | None = None
     key = RouteKey.of(request)  # its prompt hashed once, whatever the retries
     while True:
+        waiting_from = trio.current_time()
         try:
             backend = await router.acquire(request.model, exclude=tried, key=key)
         except GatewayError:
             if last_failure is not None:
                 raise last_failure from None  # the last backend's failure says more
             raise
+        finally:
+            flight.queue_wait += trio.current_time() - waiting_from
         try:
             await _generate_on(flight, router, backend, request, chunks, whole_answer_timeout)
             return
@@ -194,7 +200,11 @@ async def _generate_in_session(
     whole_answer_timeout: float | None,
 ) -> None:
     """On the session's worker only: no retry elsewhere, the session's state lives there."""
-    backend, session = await sessions.acquire(request)
+    waiting_from = trio.current_time()
+    try:
+        backend, session = await sessions.acquire(request)
+    finally:
+        flight.queue_wait += trio.current_time() - waiting_from
     try:
         await _generate_on(flight, router, backend, request, chunks, whole_answer_timeout)
     finally:
@@ -229,6 +239,7 @@ async def _generate_on(
     if whole_answer_timeout is not None and not backend.engine.streams_unary:
         flight.silence_limit = max(flight.silence_limit, whole_answer_timeout)
     dispatched_at = flight.dispatched_at = trio.current_time()
+    flight.attempts += 1
     verdict = Verdict.NONE  # unless shown otherwise: the client left, shutdown, ...
     try:
         await backend.engine.generate(request, chunks)

@@ -92,7 +92,7 @@ class ChunkReader:
             self._ttft.observe(now - flight.started_at)
             self._metrics.queued.labels(flight.model).dec()
             if flight.backend is not None:
-                label = backend_label(flight.backend.engine)
+                label = backend_label(flight.backend.engine, flight.backend.label)
                 self._backend = self._metrics.backend_series(label, flight.model)
                 self._backend.ttft.observe(now - flight.dispatched_at)
         elif tokens:

@@ -36,6 +36,7 @@ from trio_gateway.plane.frames import (
     OpenSession,
     SessionReply,
 )
+from trio_gateway.trace_context import clean_tracestate, parse_traceparent
 
 
 class ProtocolError(Exception):
@@ -53,6 +54,11 @@ class _RequestFields(msgspec.Struct, frozen=True, omit_defaults=True):
     endpoint: Endpoint
     body: dict[str, Any]
     trace_id: str | None = ""
+    # W3C Trace Context for the worker's engine; absent when the request has none. Optional
+    # both ways, so no protocol version: a v3 peer without these fields ignores them (msgspec
+    # skips unknown keys) and one that has them reads an older frame as carrying none.
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class _GenerateFrame(
@@ -117,7 +123,12 @@ def encode(message: Message) -> str:
     if isinstance(message, Generate):
         request = message.request
         fields = _RequestFields(
-            request.request_id, request.endpoint, request.body, request.trace_id
+            request.request_id,
+            request.endpoint,
+            request.body,
+            request.trace_id,
+            request.traceparent,
+            request.tracestate,
         )
         wire = _GenerateFrame(message.id, fields, message.window, message.session_id)
         return _encoder.encode(wire).decode()
@@ -182,5 +193,15 @@ def _generate(frame: _GenerateFrame) -> Generate:
             f"'generate' frame, 'request': a body the gateway should have refused: {error.message}",
             frame.id,
         ) from None
-    request = dataclasses.replace(request, trace_id=fields.trace_id or "", session_id=None)
+    # A malformed trace context is dropped, as the gateway drops a client's: never a failure.
+    parent = parse_traceparent(fields.traceparent)
+    request = dataclasses.replace(
+        request,
+        trace_id=fields.trace_id or "",
+        session_id=None,
+        traceparent=None if parent is None else parent.header(),
+        tracestate=None
+        if parent is None or fields.tracestate is None
+        else clean_tracestate([fields.tracestate]),
+    )
     return Generate(frame.id, request, frame.window, frame.session_id)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -40,23 +40,51 @@ class Backend:
     engine: Engine
     breaker: CircuitBreaker
     inflight: int = 0
-    # Set by the gateway's override (`--max-inflight`); else the engine's own capacity.
+    # Set by the backend's `capacity` or the gateway's override (`--max-inflight`); else
+    # the engine's own capacity.
     max_inflight: int | None = None
     # The scope of the engine's background work in the gateway's nursery.
     scope: trio.CancelScope | None = None
+    # The configured name (`[[backends]]`): stable, unlike a worker's id after its hello.
+    label: str | None = None
+    weight: int = 1  # its share of the traffic, for the policies that weigh (policies.py)
+    # Models it may serve, of those the engine lists (None: all); and context lengths the
+    # configuration gives, over the engine's own.
+    allowed: frozenset[str] | None = None
+    max_model_len: Mapping[str, int] = field(default_factory=dict)
+    # Out of the router (removed or replaced by a reload): takes no new request, and
+    # `idle` is set once its last one is released.
+    retired: bool = False
+    idle: trio.Event = field(default_factory=trio.Event)
+    up: trio.Event = field(default_factory=trio.Event)  # set once it has connected
 
     @property
     def name(self) -> str:
-        return self.engine.name
+        return self.label if self.label is not None else self.engine.name
 
     @property
     def capacity(self) -> int | None:
         return self.max_inflight if self.max_inflight is not None else self.engine.capacity
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        listed = self.engine.models
+        if self.allowed is None:
+            return listed
+        return tuple(model for model in listed if model in self.allowed)
+
+    @property
+    def context_lengths(self) -> Mapping[str, int]:
+        if not self.max_model_len:
+            return self.engine.context_lengths
+        return {**self.engine.context_lengths, **self.max_model_len}
+
     def has_room(self) -> bool:
         return self.capacity is None or self.inflight < self.capacity
 
     def serves(self, model: str) -> bool:
+        if self.allowed is not None and model not in self.allowed:
+            return False
         return model in self.engine.models
 
 
@@ -90,17 +118,70 @@ class Router:
     def queued(self) -> int:
         return len(self._waiters)
 
-    def add(self, engine: Engine) -> Backend:
-        if self.find(engine.name) is not None:
-            raise ValueError(f"a backend named {engine.name!r} is already routed to")
-        backend = Backend(
+    def add(
+        self,
+        engine: Engine,
+        *,
+        label: str | None = None,
+        capacity: int | None = None,
+        weight: int = 1,
+        allowed: frozenset[str] | None = None,
+        max_model_len: Mapping[str, int] | None = None,
+    ) -> Backend:
+        """Route to `engine` (`backend_for`, then `insert`)."""
+        backend = self.backend_for(
+            engine,
+            label=label,
+            capacity=capacity,
+            weight=weight,
+            allowed=allowed,
+            max_model_len=max_model_len,
+        )
+        self.insert(backend)
+        return backend
+
+    def backend_for(
+        self,
+        engine: Engine,
+        *,
+        label: str | None = None,
+        capacity: int | None = None,
+        weight: int = 1,
+        allowed: frozenset[str] | None = None,
+        max_model_len: Mapping[str, int] | None = None,
+    ) -> Backend:
+        """A backend for `engine`, not routed to yet; under `label` when configured.
+        `capacity` (the backend's own setting) wins over `--max-inflight`, which wins over
+        the engine's figure."""
+        return Backend(
             engine,
             CircuitBreaker(self._breaker_threshold, self._breaker_cooldown),
-            max_inflight=self.max_inflight,
+            max_inflight=capacity if capacity is not None else self.max_inflight,
+            label=label,
+            weight=weight,
+            allowed=allowed,
+            max_model_len=dict(max_model_len or {}),
         )
+
+    def insert(self, backend: Backend) -> None:
+        if self.find(backend.name) is not None:
+            raise ValueError(f"a backend named {backend.name!r} is already routed to")
         self.backends.append(backend)
+        self._reweigh()
         self.wake()
-        return backend
+
+    def _reweigh(self) -> None:
+        """Tell the policy whether weights matter now (`Policy.weighted`)."""
+        self.policy.weighted = any(backend.weight != 1 for backend in self.backends)
+
+    def replace(self, old: Backend, new: Backend) -> None:
+        """`new` takes `old`'s place in one step (no request finds neither): new requests go
+        to `new`, those `old` holds finish there (`remove`)."""
+        index = self.backends.index(old)
+        self.remove(old)
+        self.backends.insert(index, new)
+        self._reweigh()
+        self.wake()
 
     def find(self, name: str) -> Backend | None:
         """By the engine's name (a worker's id once it said hello) or its address."""
@@ -110,13 +191,19 @@ class Router:
         return None
 
     def remove(self, backend: Backend) -> None:
+        """Out of the routing table at once; requests it holds keep their slots until they
+        end, and `backend.idle` is set when the last one is released."""
         self.backends.remove(backend)
         self.policy.forget(backend.name)
+        self._reweigh()
+        backend.retired = True
+        if backend.inflight == 0:
+            backend.idle.set()
 
     def models(self) -> list[str]:
         seen: dict[str, None] = {}
         for backend in self.backends:
-            for model in backend.engine.models:
+            for model in backend.models:
                 seen.setdefault(model)
         return list(seen)
 
@@ -129,7 +216,7 @@ class Router:
         lengths = [
             length
             for backend in self.backends
-            if (length := backend.engine.context_lengths.get(model)) is not None
+            if (length := backend.context_lengths.get(model)) is not None
         ]
         return max(lengths, default=None)
 
@@ -167,6 +254,7 @@ class Router:
         """A backend came back (a worker's fresh hello): its breaker is half-open at once,
         and queued requests look again."""
         backend.breaker.on_reconnect()
+        backend.up.set()
         self.wake()
 
     def try_acquire(
@@ -241,6 +329,8 @@ class Router:
     def release(self, backend: Backend, verdict: Verdict) -> None:
         """Give the slot back, and the backend's breaker what the request's end says."""
         backend.inflight -= 1
+        if backend.retired and backend.inflight == 0:
+            backend.idle.set()
         if verdict is Verdict.SUCCESS:
             backend.breaker.on_success()
         elif verdict is Verdict.BACKEND_FAULT:

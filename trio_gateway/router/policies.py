@@ -2,6 +2,13 @@
 
 Every policy gets the request's `RouteKey`; only `cache_aware` reads it. Each is told when a
 backend leaves the router (`forget`), so what a policy learned of it does not outlive it.
+
+Weights (a backend's `weight`, from its `[[backends]]` entry, 1 by default) are a share of
+the traffic: `round_robin` turns through the candidates in proportion to them (smooth
+weighted round robin, nginx's), `least_inflight` and `power_of_two` compare in-flight counts
+per unit of weight (a backend of weight 2 with 4 in flight is as loaded as one of weight 1
+with 2). `cache_aware` decides on its index and load figures as SGLang's does; only its
+power-of-two fallback (prompts shorter than a block) weighs.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Protocol
 
 from trio_gateway.router.prefix_index import PrefixIndex
@@ -24,8 +32,15 @@ class Candidate(Protocol):
     @property
     def inflight(self) -> int: ...
 
+    @property
+    def weight(self) -> int: ...
+
 
 class Policy(Protocol):
+    # Whether some backend's weight is not 1: set by the router when its table changes, so
+    # that without weights a choice costs what it did before weights existed.
+    weighted: bool
+
     def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
         """Pick one of a non-empty sequence."""
         ...
@@ -38,25 +53,56 @@ class Policy(Protocol):
 class _Stateless:
     """For policies that learn nothing about a backend."""
 
+    weighted = False
+
     def forget(self, backend: str) -> None:
         pass
 
 
-class RoundRobin(_Stateless):
+_inflight = attrgetter("inflight")
+
+
+class RoundRobin:
+    """In turn; with unequal weights, nginx's smooth weighted round robin (each pick adds
+    every candidate's weight to its credit and takes the largest credit back by the total),
+    which spreads a heavy backend's turns rather than giving them in a row."""
+
     def __init__(self) -> None:
+        self.weighted = False
         self._turn = 0
+        self._credit: dict[str, int] = {}
 
     def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
-        chosen = candidates[self._turn % len(candidates)]
-        self._turn += 1
-        return chosen
+        if not self.weighted:
+            chosen = candidates[self._turn % len(candidates)]
+            self._turn += 1
+            return chosen
+        credit = self._credit
+        best: Candidate | None = None
+        best_credit = 0
+        total = 0
+        for candidate in candidates:
+            total += candidate.weight
+            value = credit.get(candidate.name, 0) + candidate.weight
+            credit[candidate.name] = value
+            if best is None or value > best_credit:
+                best, best_credit = candidate, value
+        assert best is not None
+        credit[best.name] = best_credit - total
+        return best
+
+    def forget(self, backend: str) -> None:
+        self._credit.pop(backend, None)
 
 
 class LeastInflight(_Stateless):
-    """The least loaded; ties go to the first listed, so the order of backends matters."""
+    """The least loaded per unit of weight; ties go to the first listed, so the order of
+    backends matters."""
 
     def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
-        return min(candidates, key=lambda c: c.inflight)
+        if not self.weighted:
+            return min(candidates, key=_inflight)
+        return min(candidates, key=lambda c: c.inflight / c.weight)
 
 
 class PowerOfTwo(_Stateless):
@@ -70,7 +116,10 @@ class PowerOfTwo(_Stateless):
         if len(candidates) == 1:
             return candidates[0]
         first, second = self._rng.sample(list(candidates), 2)
-        return first if first.inflight <= second.inflight else second
+        if not self.weighted:
+            return first if first.inflight <= second.inflight else second
+        # Load per unit of weight, compared without a division.
+        return first if first.inflight * second.weight <= second.inflight * first.weight else second
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +188,14 @@ class CacheAware:
         self.on_record = on_record
         self._clock = clock
         self._fallback = PowerOfTwo(rng)
+
+    @property
+    def weighted(self) -> bool:
+        return self._fallback.weighted
+
+    @weighted.setter
+    def weighted(self, value: bool) -> None:
+        self._fallback.weighted = value  # only the fallback weighs (module docstring)
 
     def choose(self, candidates: Sequence[Candidate], key: RouteKey = NO_KEY) -> Candidate:
         hashes = key.hashes(self.options.block_chars)

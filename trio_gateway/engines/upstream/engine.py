@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import trio
 
-from trio_gateway.config import UPSTREAM_MAX_INFLIGHT
+from trio_gateway.backend_urls import redact
+from trio_gateway.backends_config import served_names
 from trio_gateway.engines.upstream.client import (
     KEEPALIVE_EXPIRY,
     UpstreamConnectError,
@@ -42,6 +43,7 @@ from trio_gateway.engines.upstream.client import (
     UpstreamResponse,
 )
 from trio_gateway.engines.upstream.errors import connection_failed, malformed, status_error
+from trio_gateway.engines.upstream.model_alias import AnswerRename
 from trio_gateway.engines.upstream.relay import StreamRelay, unary_chunk
 from trio_gateway.errors import GatewayError, unavailable
 from trio_gateway.generation import Chunk, GenerationRequest
@@ -61,13 +63,9 @@ MODELS_BODY_LIMIT = 4 * 1024 * 1024
 # connection can go back to the pool; a normal upstream sends both in one write.
 DRAIN_TIMEOUT = 1.0
 
-
-def redact(url: str) -> str:
-    """The URL without user:password, fit for logs and for the engine's name."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+# vLLM's default `--max-num-seqs` on most GPUs: more in flight would only wait in the
+# engine's own queue, unbounded, where the gateway can neither time it out nor answer 429.
+UPSTREAM_MAX_INFLIGHT = 256
 
 
 def _context_lengths(models: list[object]) -> dict[str, int]:
@@ -105,6 +103,7 @@ class OpenAIUpstream:
         probe_timeout: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
         max_inflight: int = UPSTREAM_MAX_INFLIGHT,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
         # Called when the upstream answers again: the router lets queued requests look again.
         self.on_available: Callable[[], None] | None = None
@@ -124,7 +123,10 @@ class OpenAIUpstream:
         self.name = name if name is not None else self.url
         self._origin = urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], "", "", ""))
         self._path = parts.path.rstrip("/")
-        self.models = tuple(models)
+        # served name -> the upstream's name (backends_config.py): the request is renamed
+        # once, the answer's bytes back (model_alias.py), `models` lists served names.
+        self._aliases = dict(aliases or {})
+        self.models = served_names(models, self._aliases)
         self.context_lengths: dict[str, int] = {}
         self.available = False
         self.connect_timeout = connect_timeout
@@ -227,12 +229,12 @@ class OpenAIUpstream:
             listed = tuple(
                 m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)
             )
-            self.context_lengths = _context_lengths(data)
+            self.context_lengths = self._served_lengths(_context_lengths(data))
         if listed is None and not self._explicit_models:
             self._went_down("GET /models answered something that is not a model list")
             return False
         if listed is not None and not self._explicit_models:
-            self.models = listed
+            self.models = served_names(listed, self._aliases)
         came_back = not self.available
         self.available = True
         self._last_problem = None
@@ -241,6 +243,27 @@ class OpenAIUpstream:
             if self.on_available is not None:
                 self.on_available()
         return True
+
+    def _served_lengths(self, lengths: dict[str, int]) -> dict[str, int]:
+        """The upstream's context lengths under the names clients use."""
+        if not self._aliases:
+            return lengths
+        served = {name: length for name, length in lengths.items() if name not in self._targets}
+        for alias, target in self._aliases.items():
+            if target in lengths:
+                served[alias] = lengths[target]
+        return served
+
+    @property
+    def _targets(self) -> set[str]:
+        return set(self._aliases.values())
+
+    def _rename(self, request: GenerationRequest) -> AnswerRename | None:
+        """How this request's answer gets its served name back; None: no alias."""
+        target = self._aliases.get(request.model)
+        if target is None or target == request.model:
+            return None
+        return AnswerRename(target, request.model)
 
     def _went_down(self, problem: str) -> None:
         if self.available or problem != self._last_problem:
@@ -271,6 +294,8 @@ class OpenAIUpstream:
         for name in GATEWAY_ONLY_FIELDS:
             body.pop(name, None)
         body["stream"] = request.stream
+        if request.model in self._aliases:
+            body["model"] = self._aliases[request.model]
         if request.stream:
             options = body.get("stream_options")
             body["stream_options"] = {
@@ -293,6 +318,10 @@ class OpenAIUpstream:
                 (b"x-request-id", (request.trace_id or request.request_id).encode("latin-1")),
             ]
         )
+        if request.traceparent is not None:  # checked where it came in: ASCII, no CR/LF
+            headers.append((b"traceparent", request.traceparent.encode()))
+            if request.tracestate is not None:
+                headers.append((b"tracestate", request.tracestate.encode()))
         relayed = _Emitter(send)
         failure: GatewayError | None = None
         try:
@@ -307,7 +336,10 @@ class OpenAIUpstream:
                         await self._relay_stream(request, response, relayed)
                     else:
                         body = await self._read_whole(response)
-                        await relayed.emit(unary_chunk(self.name, body))
+                        chunk = unary_chunk(self.name, body)
+                        if (rename := self._rename(request)) is not None:
+                            chunk.payload = rename(chunk.payload)
+                        await relayed.emit(chunk)
                 except GatewayError as error:
                     failure = error
         except UpstreamConnectError as error:
@@ -336,7 +368,9 @@ class OpenAIUpstream:
             # An answer that is not a stream: an error, or a server that ignored `stream`.
             unary_chunk(self.name, await self._read_whole(response))  # raises its error
             raise malformed(self.name, "a unary answer to a streaming request")
-        relay = StreamRelay(self.name, forward_usage=request.include_usage)
+        relay = StreamRelay(
+            self.name, forward_usage=request.include_usage, rename=self._rename(request)
+        )
         while data := await response.receive_some():
             chunk = relay.feed(data)
             if chunk is not None:

@@ -15,13 +15,16 @@ them. Every other read (the role event, a finish, usage, an error, an event spli
 reads, \r\n line ends, comments) goes through the decoder, and its events through the
 same scans before any is parsed.
 
-What the relay changes: it drops the upstream's `data: [DONE]` (the gateway writes its own,
-after an error event when the stream failed) and the usage-only event when the gateway asked
-for usage on its own account (the client did not).
+What the relay changes: the model's name, when the client asked for an alias (the
+`"model":"..."` member of each event, a byte replace: model_alias.py); it drops the
+upstream's `data: [DONE]` (the gateway writes its own, after an error event when the stream
+failed) and the usage-only event when the gateway asked for usage on its own account (the
+client did not).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -78,9 +81,13 @@ def _needs_parse(value: bytes) -> bool:
 class StreamRelay:
     """One upstream SSE body: `feed` each read, `final` once it ends."""
 
-    def __init__(self, name: str, *, forward_usage: bool) -> None:
+    def __init__(
+        self, name: str, *, forward_usage: bool, rename: Callable[[bytes], bytes] | None = None
+    ) -> None:
         self.name = name
         self.forward_usage = forward_usage
+        # The served model name put back into the events (model_alias.py), when aliased.
+        self.rename = rename
         self.done = False  # `[DONE]` seen: nothing after it counts
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
@@ -104,7 +111,7 @@ class StreamRelay:
             return None
         if self._decoder.idle and (plain := plain_deltas(data)):
             self.tokens += plain
-            return Chunk(tokens=plain, payload=data)
+            return Chunk(tokens=plain, payload=data if self.rename is None else self.rename(data))
         try:
             events = self._decoder.feed(data)
         except SSEDecodeError as error:
@@ -137,6 +144,8 @@ class StreamRelay:
         payload = kept[0] if len(kept) == 1 else b"".join(kept)
         if not payload and not tokens:
             return None
+        if self.rename is not None:
+            payload = self.rename(payload)
         return Chunk(tokens=tokens, payload=payload)
 
     def final(self) -> Chunk:

@@ -73,7 +73,8 @@ def _describe(backend: Backend) -> dict[str, Any]:
     return {
         "id": backend.name,
         "url": engine.url,
-        "models": list(engine.models),
+        "weight": backend.weight,
+        "models": list(backend.models),
         "available": engine.available,
         "inflight": backend.inflight,
         "capacity": backend.capacity,
