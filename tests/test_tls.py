@@ -7,6 +7,7 @@ Every wait here is bounded with `trio.fail_after`; nothing sleeps to let time pa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -201,10 +202,10 @@ async def test_serve_and_worker_say_a_bad_certificate_file_in_one_line(
     missing = str(tmp_path / "missing.pem")
     tls = ("--certfile", server_id.cert, "--keyfile", missing)
     serve = await run("serve", "--port", str(free_port()), *tls)
-    assert serve.returncode == 1
+    assert serve.returncode == 2  # a bad setting, as for any other
     assert one_line(serve).startswith(f"trio-gateway: certfile: cannot load {server_id.cert}")
     for_processes = await run("serve", "--port", str(free_port()), "--processes", "2", *tls)
-    assert for_processes.returncode == 1
+    assert for_processes.returncode == 2
     assert one_line(for_processes).startswith("trio-gateway: certfile: cannot load ")
     worker = await run("worker", "--port", "0", "--metrics-port", "0", *tls)
     assert worker.returncode == 2
@@ -212,6 +213,24 @@ async def test_serve_and_worker_say_a_bad_certificate_file_in_one_line(
     half = await run("check-config", "--certfile", server_id.cert)
     assert half.returncode == 2
     assert one_line(half) == "trio-gateway: certfile: given without keyfile (TLS needs both)"
+    checked = await run("check-config", *tls)
+    assert checked.returncode == 2
+    assert one_line(checked).startswith(f"trio-gateway: certfile: cannot load {server_id.cert}")
+    bundle = ("--worker", "https://127.0.0.1:1/v1", "--upstream-ca-bundle", missing)
+    checked = await run("check-config", *bundle)
+    assert checked.returncode == 2
+    assert one_line(checked).startswith(f"trio-gateway: upstream_ca_bundle: cannot load {missing}")
+
+
+def test_check_config_masks_the_key_password_and_shows_the_paths(
+    server_id: Identity, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--certfile", server_id.cert, "--keyfile", server_id.key]
+    assert cli.main(["check-config", *argv, "--keyfile-password", "hush"]) == 0
+    out = capsys.readouterr().out
+    assert f"certfile = {json.dumps(server_id.cert)}" in out
+    assert 'keyfile_password = "****"' in out
+    assert "hush" not in out
 
 
 async def test_processes_serve_tls_on_the_shared_port(server_id: Identity) -> None:

@@ -32,7 +32,7 @@ from trio_gateway.config import (
     config_from_args,
 )
 from trio_gateway.errors import ErrorKind, GatewayError
-from trio_gateway.gateway import Gateway, describe_backends
+from trio_gateway.gateway import Gateway, describe_backends, upstream_tls, worker_tls
 from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
@@ -80,10 +80,22 @@ def check_tls(hc: HypercornConfig) -> None:
         hc.create_ssl_context()
     except (OSError, ssl.SSLError) as error:
         reason = error.reason if isinstance(error, ssl.SSLError) else error.strerror
-        raise StartupError(
+        raise ConfigError(
             f"certfile: cannot load {hc.certfile} with {hc.keyfile}"
             f"{' and ca_certs ' + str(hc.ca_certs) if hc.ca_certs else ''}: {reason or error}"
         ) from None
+
+
+def check_tls_files(config: GatewayConfig) -> None:
+    """Load every TLS file the settings name (`ConfigError` on the first that fails), as
+    `serve` will: its listener's, and the client side's when a backend is https or wss."""
+    if config.certfile:
+        check_tls(hypercorn_config(config))
+    schemes = {spec.url.split("://", 1)[0] for spec in config.backend_specs()}
+    if "https" in schemes:
+        upstream_tls(config).context()
+    if "wss" in schemes:
+        worker_tls(config).context()
 
 
 # h11 refuses these before the ASGI app sees the request; hypercorn answers them itself.
@@ -336,6 +348,7 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         config.accepted_api_keys()
+        check_tls_files(config)
     except ConfigError as error:
         print(f"trio-gateway: {error}", file=sys.stderr)
         return 2
