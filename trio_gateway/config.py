@@ -111,7 +111,7 @@ class GatewayConfig:
     )
     workers: tuple[str, ...] = setting(
         (),
-        "a backend: ws://HOST:PORT (a worker) or http(s)://HOST:PORT/v1 (an OpenAI "
+        "a backend: ws(s)://HOST:PORT (a worker) or http(s)://HOST:PORT/v1 (an OpenAI "
         "server); none: the in-process mock",
         flag="--worker",
     )
