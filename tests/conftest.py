@@ -1,53 +1,43 @@
+"""Fixtures, plugins and lane markers shared by every lane.
+
+The tests live in three lanes, one folder each: tests/unit (pure: no trio, no socket, no
+process), tests/trio (under trio, in-memory streams, MockClock), tests/system (real sockets on
+127.0.0.1 and real processes). Everything under tests/system carries the `system` marker, so
+`pytest -m "not system"` is the fast lane; tests/unit carries `unit`. Helpers shared between
+test modules live in tests/support (test modules never import each other).
+"""
+
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-import trio
 
-from tests.redis_server import start_redis
-from trio_gateway.engines.mock import MockEngine
-from trio_gateway.generation import Chunk, GenerationRequest
+from tests.support.redis_server import start_redis
 
-pytest_plugins = ["tests.llamacpp_server"]
+pytest_plugins = ["tests.support.llamacpp_server"]
 
-
-class RecordingEngine:
-    """Wraps an engine and records how each `generate` ended: the lifecycle tests' witness."""
-
-    def __init__(self, inner: MockEngine) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.url = inner.url
-        self.on_available: Callable[[], None] | None = None
-        self.models = inner.models
-        self.capacity = inner.capacity
-        self.available = inner.available
-        self.streams_unary = inner.streams_unary
-        self.keeps_session_history = inner.keeps_session_history
-        self.context_lengths = inner.context_lengths
-        self.endings: list[str] = []
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await self.inner.run(task_status=task_status)
-
-    async def generate(
-        self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
-    ) -> None:
-        try:
-            await self.inner.generate(request, send)
-        except trio.Cancelled:
-            self.endings.append("cancelled")
-            raise
-        except BaseException as error:
-            self.endings.append(type(error).__name__)
-            raise
-        self.endings.append("finished")
+TESTS = Path(__file__).parent
+LANES = ("unit", "trio", "system")
+MARKED_LANES = {"unit": pytest.mark.unit, "system": pytest.mark.system}
 
 
-def chat(content: str = "hello", **extra: Any) -> dict[str, Any]:
-    return {"model": "mock", "messages": [{"role": "user", "content": content}], **extra}
+def lane_of(path: Path) -> str | None:
+    """The lane folder `path` is filed in, if any."""
+    try:
+        lane = path.relative_to(TESTS).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return lane if lane in LANES else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The lane markers, set here once rather than by a `pytestmark` in every file."""
+    for item in items:
+        marker = MARKED_LANES.get(lane_of(item.path) or "")
+        if marker is not None:
+            item.add_marker(marker)
 
 
 @pytest.fixture

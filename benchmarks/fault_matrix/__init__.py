@@ -3,7 +3,7 @@
     python -m benchmarks.fault_matrix [--quick] [--only GROUP[,GROUP]] [--seed 16]
 
 Starts `trio-gateway serve` and `trio-gateway worker` processes (and a fake OpenAI upstream,
-`tests/upstream_server.py`, in this process) on ephemeral 127.0.0.1 ports and tries about
+`tests/support/upstream_server.py`, in this process) on ephemeral 127.0.0.1 ports and tries about
 sixty cases of faults against them, each checked through HTTP only (status, body, SSE frames,
 `/metrics`, `/ready`, `/admin/workers`, exit codes, logs): client disconnects at every
 stage, workers killed, stopped and restarted, upstream failure shapes, SIGTERM variants,

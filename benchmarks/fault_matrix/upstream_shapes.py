@@ -1,5 +1,5 @@
 """Upstream failure shapes: a gateway in front of the fake OpenAI upstream
-(`tests/upstream_server.py`), whose model name picks how it fails.
+(`tests/support/upstream_server.py`), whose model name picks how it fails.
 
 Each shape must reach the client as the README's *Remote workers* says: an HTTP status with
 an OpenAI error body before the first byte, an error frame and `[DONE]` after it. The
@@ -28,7 +28,7 @@ from benchmarks.fault_matrix.harness import (
     stop,
 )
 from benchmarks.fault_matrix.raw_http import call, openai_error
-from tests.upstream_server import MockUpstream, running_upstream
+from tests.support.upstream_server import MockUpstream, running_upstream
 
 UPSTREAM_MODELS = [
     "up-a",

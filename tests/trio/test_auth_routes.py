@@ -13,8 +13,8 @@ import trio.testing
 from quart import Response
 from quart_trio import QuartTrio
 
-from tests.asgi_client import Harness, running_gateway
-from tests.conftest import chat
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.bodies import chat
 from trio_gateway.config import GatewayConfig
 from trio_gateway.http import application
 from trio_gateway.http.inference import INFERENCE_ROUTES

@@ -16,8 +16,8 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.asgi_client import Harness, running_gateway
-from tests.conftest import chat
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.bodies import chat
 from trio_gateway.config import GatewayConfig
 from trio_gateway.errors import GatewayError, unavailable
 from trio_gateway.generation import Chunk, GenerationRequest

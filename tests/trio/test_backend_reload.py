@@ -15,8 +15,9 @@ import pytest
 import trio
 import trio.testing
 
-from tests.asgi_client import Harness, running_gateway
-from tests.conftest import RecordingEngine, chat
+from tests.support.asgi_client import Harness, running_gateway
+from tests.support.bodies import chat
+from tests.support.recording_engine import RecordingEngine
 from trio_gateway.backends_config import BackendSpec
 from trio_gateway.config import ConfigError, GatewayConfig
 from trio_gateway.engines.mock import MockEngine

@@ -15,7 +15,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from tests.asgi_client import Exchange, Harness, running_gateway
+from tests.support.asgi_client import Exchange, Harness, running_gateway
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.generation import Chunk, GenerationRequest

@@ -199,8 +199,9 @@ class PrefixSharing:
                     await trio.sleep(RETRY_AFTER_S)
                     continue
                 caught_up = True
-                if entries:
-                    self._last_id = entries[0].identifier
+                # Read on from the newest entry seen, or from the very start of a stream
+                # that was empty: "$" would skip what another replica adds before our read.
+                self._last_id = entries[0].identifier if entries else b"0-0"
                 self._fold(reversed(entries))
                 continue
             answer = await self._call(
