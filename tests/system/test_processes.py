@@ -69,7 +69,7 @@ async def _wait_for_children(process: trio.Process, count: int) -> list[int]:
     assert process.stderr is not None
     seen = b""
     with trio.fail_after(30):
-        while seen.count(b"Running on http") < count:  # http:// or https://
+        while seen.count(b"Running on http://") < count:
             data = await process.stderr.receive_some()
             assert data, f"the gateway exited early: {seen.decode(errors='replace')}"
             seen += data

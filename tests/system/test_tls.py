@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import ssl
+import subprocess
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,9 +29,8 @@ import trustme
 
 from tests.support.asgi_client import Harness, running_gateway
 from tests.support.bodies import chat
+from tests.support.gateway_process import drain_pipe, gateway_command
 from tests.support.upstream_server import expected_text, running_upstream
-from tests.system.test_processes import supervised
-from tests.system.test_startup_errors import free_port, one_line, run
 from trio_gateway import cli
 from trio_gateway.config import ConfigError, GatewayConfig, WorkerConfig
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
@@ -196,6 +198,58 @@ async def test_the_gateway_requires_client_certificates_with_ca_certs(
             assert await list_models(url, trusting(server_id.ca, client_id)) == 200
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def run(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    """`trio-gateway ARGV` to its end."""
+    command = [gateway_command()[0], *argv]
+    with trio.fail_after(30):
+        return await trio.run_process(
+            command, capture_stdout=True, capture_stderr=True, check=False
+        )
+
+
+def one_line(result: subprocess.CompletedProcess[bytes]) -> str:
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1, result.stderr.decode()
+    return lines[0]
+
+
+@asynccontextmanager
+async def processes(*flags: str) -> AsyncIterator[tuple[trio.Process, int]]:
+    """`serve --processes 2 FLAGS` on a free port, once both children listen over HTTPS;
+    every process killed on the way out if still there."""
+    port = free_port()
+    command = [*gateway_command(*flags), "--processes", "2"]
+    command[command.index("--port") + 1] = str(port)
+    children: list[int] = []
+    async with trio.open_nursery() as nursery:
+        process: trio.Process = await nursery.start(
+            partial(trio.run_process, command, stderr=subprocess.PIPE, check=False)
+        )
+        try:
+            assert process.stderr is not None
+            seen = b""
+            with trio.fail_after(30):
+                while seen.count(b"Running on https://") < 2:
+                    data = await process.stderr.receive_some()
+                    assert data, f"the gateway exited early: {seen.decode(errors='replace')}"
+                    seen += data
+            children += [int(pid) for pid in re.findall(rb"started \(pid (\d+)\)", seen)]
+            nursery.start_soon(drain_pipe, process.stderr)
+            yield process, port
+        finally:
+            if process.returncode is None:
+                process.kill()
+            for pid in children:  # each leads its own process group
+                with suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
 async def test_serve_and_worker_say_a_bad_certificate_file_in_one_line(
     tmp_path: Path, server_id: Identity
 ) -> None:
@@ -235,14 +289,14 @@ def test_check_config_masks_the_key_password_and_shows_the_paths(
 
 async def test_processes_serve_tls_on_the_shared_port(server_id: Identity) -> None:
     tls = ("--certfile", server_id.cert, "--keyfile", server_id.key)
-    async with supervised(*tls) as served:
+    async with processes(*tls) as (process, port):
         with trio.fail_after(60):
-            url = f"https://127.0.0.1:{served.port}"
+            url = f"https://127.0.0.1:{port}"
             for _ in range(6):  # a connection each: the kernel spreads them by port
                 text = await stream_chat(url, trusting(server_id.ca))
                 assert len(text.split()) == 20
-            served.process.send_signal(signal.SIGTERM)
-            assert await served.process.wait() == 0
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
 
 
 # -- upstreams over https -------------------------------------------------------------------
