@@ -470,3 +470,16 @@ async def test_a_wss_worker_refuses_what_it_should(
     assert "Traceback" not in caplog.text
     if case == "wrong CA":
         assert "CERTIFICATE_VERIFY_FAILED" in caplog.records[0].getMessage()
+
+
+async def test_a_worker_hosts_an_https_upstream_with_a_custom_ca(server_id: Identity) -> None:
+    with trio.fail_after(WAIT_S):
+        async with running_upstream(certfile=server_id.cert, keyfile=server_id.key) as upstream:
+            for ca_bundle, trusted in ((server_id.ca, True), ("", False)):
+                settings = {"upstream": upstream.url, "upstream_ca_bundle": ca_bundle}
+                async with serving_worker(**settings) as server:
+                    engine = server.engine
+                    assert isinstance(engine, OpenAIUpstream)
+                    await engine.wait_probes(1)
+                    assert engine.available is trusted
+                    assert (engine.models == ("up-a", "up-b")) is trusted
