@@ -23,7 +23,7 @@ from trio_gateway.engines.mock import MockEngine
 from trio_gateway.engines.mock_answer import prompt_token_count
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.errors import model_not_found, unavailable
-from trio_gateway.generation import GenerationRequest
+from trio_gateway.generation import GENERATION_ENDPOINTS, GenerationRequest
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown, Phase
 from trio_gateway.loop_health import count_tasks, sample_event_loop_lag
@@ -288,7 +288,12 @@ class Gateway:
         over the model's context length. The prompt is judged only when every backend that
         may take the request counts it as the gateway does (`counts_prompts_as_the_mock`)
         and says its length: any other one (an upstream) refuses for itself, its 400
-        relayed. Of several lengths the largest counts, as for `max_tokens`."""
+        relayed. Of several lengths the largest counts, as for `max_tokens`. Only the
+        completions: `/tokenize` answers how long a text is whatever its length (its answer
+        says `max_model_len` for the client to judge), and an embedding's input is the
+        engine's to judge."""
+        if request.endpoint not in GENERATION_ENDPOINTS:
+            return
         model = request.model
         check_max_tokens(request, self.router.context_length(model))
         lengths = []

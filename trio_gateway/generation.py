@@ -8,9 +8,13 @@ mock engine, remote workers and OpenAI-compatible upstreams alike.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-Endpoint = Literal["chat", "completion"]
+Endpoint = Literal["chat", "completion", "embeddings", "tokenize", "detokenize"]
+# The endpoints that generate tokens (and may stream); the others are answered whole, in one
+# chunk whose payload is the JSON answer (`openai/non_generative.py`).
+GENERATION_ENDPOINTS: frozenset[Endpoint] = frozenset({"chat", "completion"})
+ENDPOINTS: tuple[Endpoint, ...] = get_args(Endpoint)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,9 +42,22 @@ from trio_gateway.trace_context import TraceParent, format_traceparent
 
 log = logging.getLogger("trio_gateway.tracing")
 
-SPAN_NAMES: dict[Endpoint, str] = {"chat": "chat.completions", "completion": "completions"}
-# gen_ai.operation.name's well-known values for the two endpoints.
-OPERATIONS: dict[Endpoint, str] = {"chat": "chat", "completion": "text_completion"}
+SPAN_NAMES: dict[Endpoint, str] = {
+    "chat": "chat.completions",
+    "completion": "completions",
+    "embeddings": "embeddings",
+    "tokenize": "tokenize",
+    "detokenize": "detokenize",
+}
+# gen_ai.operation.name: its well-known values where there is one (the completions,
+# embeddings), the route's own name for vLLM's tokenizer routes.
+OPERATIONS: dict[Endpoint, str] = {
+    "chat": "chat",
+    "completion": "text_completion",
+    "embeddings": "embeddings",
+    "tokenize": "tokenize",
+    "detokenize": "detokenize",
+}
 # How long the exporter may take to send what is queued when the gateway stops.
 FLUSH_TIMEOUT_S = 5.0
 OTLP_TRACES_PATH = "/v1/traces"

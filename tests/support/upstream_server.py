@@ -84,6 +84,8 @@ class MockUpstream:
     context_lengths: dict[str, int] = field(default_factory=dict)  # vLLM's max_model_len
     api_key: str | None = None
     models_status: int = 200  # what GET /v1/models answers
+    # POST path -> the JSON it answers with 200 (embeddings, vLLM's /tokenize...): as set.
+    whole_answers: dict[str, Any] = field(default_factory=dict)
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)
     generating: int = 0
@@ -167,6 +169,9 @@ class MockUpstream:
             finally:
                 self.generating -= 1
                 self._notify()
+            return
+        if scope["method"] == "POST" and scope["path"] in self.whole_answers:
+            await _json(send, 200, self.whole_answers[scope["path"]], record)
             return
         await _json(send, 404, {"detail": "Not Found"})
 

@@ -17,6 +17,7 @@ from tests.support.asgi_client import Harness, running_gateway
 from tests.support.bodies import chat
 from trio_gateway.config import GatewayConfig
 from trio_gateway.http import application
+from trio_gateway.http.auth import API_ROOT_PATHS
 from trio_gateway.http.inference import INFERENCE_ROUTES
 
 # The only routes anyone may call without a credential: probes and the metrics scrape.
@@ -47,9 +48,12 @@ async def test_every_route_is_guarded_or_listed_open(
     async with running_gateway(guarded()) as harness:
         table = list(routes(harness))
         assert ("POST", "/v1/chat/completions") in table and ("GET", "/admin/workers") in table
+        assert {("POST", "/tokenize"), ("POST", "/detokenize"), ("POST", "/v1/embeddings")} <= set(
+            table
+        )
         for method, path in table:
             response = await harness.request(method, path, client=REMOTE)
-            if path.startswith("/v1/"):
+            if path.startswith("/v1/") or path in API_ROOT_PATHS:
                 assert response.status == 401, (method, path)
                 assert response.json()["error"]["code"] == "invalid_api_key"
             elif path.startswith("/admin/"):
@@ -133,3 +137,52 @@ async def test_a_refused_inference_request_is_counted_and_tagged(
         control = await harness.request("GET", "/v1/models", headers={"x-request-id": "def"})
         assert control.status == 401
         assert control.headers[b"x-request-id"] == b"def"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "//admin/drain",
+        "/admin//drain",
+        "/v1/../admin/drain",
+        "/./admin/drain",
+        "http://127.0.0.1/admin/drain",
+    ],
+)
+async def test_doubled_slashes_reach_no_admin_route_without_the_token(
+    autojump_clock: trio.testing.MockClock, path: str
+) -> None:
+    async with running_gateway(guarded()) as harness:
+        response = await harness.request("POST", path, client=REMOTE)
+        assert response.status == 401, response.status
+        assert harness.gateway.accepting  # nothing drained
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "//v1/models"),
+        ("GET", "/v1//models"),
+        ("GET", "/x/../v1/models"),
+        ("POST", "//tokenize"),
+    ],
+)
+async def test_doubled_slashes_reach_no_api_route_without_a_key(
+    autojump_clock: trio.testing.MockClock, method: str, path: str
+) -> None:
+    async with running_gateway(guarded()) as harness:
+        response = await harness.request(method, path, client=REMOTE)
+        assert response.status == 401, response.status
+
+
+@pytest.mark.parametrize("path", ["//v1/chat/completions", "/v1//completions", "//tokenize"])
+async def test_doubled_slashes_with_a_key_reach_the_inference_handler(
+    autojump_clock: trio.testing.MockClock, path: str
+) -> None:
+    """Not the control app's placeholder for those paths (a 500)."""
+    body = {"model": "mock", "prompt": "hi", "max_tokens": 2}
+    if "chat" in path:
+        body = chat(max_tokens=2)
+    async with running_gateway(guarded()) as harness:
+        response = await harness.request("POST", path, body, headers=KEY)
+        assert response.status == 200, (response.status, bytes(response.body))

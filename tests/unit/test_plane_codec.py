@@ -281,6 +281,7 @@ def test_every_message_type_is_covered() -> None:
                 "streams_unary": True,
                 "context_lengths": {},
                 "keeps_session_history": False,
+                "endpoints": ["chat", "completion"],  # a worker that does not say: the default
             },
         ),
         (
@@ -292,6 +293,7 @@ def test_every_message_type_is_covered() -> None:
                 streams_unary=False,
                 context_lengths={"a": 8192},
                 keeps_session_history=True,
+                endpoints=("chat", "completion", "embeddings", "tokenize", "detokenize"),
             ),
             {
                 "type": "hello",
@@ -302,6 +304,7 @@ def test_every_message_type_is_covered() -> None:
                 "streams_unary": False,
                 "context_lengths": {"a": 8192},
                 "keeps_session_history": True,
+                "endpoints": ["chat", "completion", "embeddings", "tokenize", "detokenize"],
             },
         ),
         (End("r"), {"type": "end", "id": "r"}),
@@ -849,7 +852,7 @@ def test_hello_bad_keeps_session_history_is_connection_level(value: Any) -> None
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("endpoint", "embeddings"),
+        ("endpoint", "rerank"),  # not one of the gateway's
         ("endpoint", None),
         ("endpoint", 1),
         ("request_id", 1),
@@ -934,7 +937,7 @@ def test_bad_request_field_message_names_generate_frame() -> None:
 
 def test_bad_endpoint_message() -> None:
     with pytest.raises(ProtocolError, match=r"bad 'request\.endpoint'"):
-        decode(dumps(generate_frame(endpoint="embeddings")))
+        decode(dumps(generate_frame(endpoint="rerank")))
 
 
 # --- error frame status and code ------------------------------------------------------------

@@ -23,9 +23,9 @@ from typing import Protocol
 import trio
 
 from trio_gateway.engines.batch_scheduler import BatchScheduler, Sequence
-from trio_gateway.engines.mock_answer import MockAnswer
+from trio_gateway.engines.mock_answer import MockAnswer, non_generative
 from trio_gateway.engines.prefix_cache import PrefixCache
-from trio_gateway.generation import Chunk, GenerationRequest
+from trio_gateway.generation import GENERATION_ENDPOINTS, Chunk, GenerationRequest
 
 
 class MockSettings(Protocol):
@@ -133,6 +133,11 @@ class MockEngine:
     async def generate(
         self, request: GenerationRequest, send: trio.MemorySendChannel[Chunk]
     ) -> None:
+        if request.endpoint not in GENERATION_ENDPOINTS:
+            # Embeddings and (de)tokenizing take no batch step: answered at once, whole.
+            max_model_len = self.context_lengths.get(request.model)
+            await send.send(non_generative.answer(request, max_model_len))
+            return
         history = self.sessions.get(request.session_id) if request.session_id else None
         answer: list[str] = []
         if history is not None:

@@ -103,6 +103,7 @@ class RemoteWorker:
     available: bool = False
     streams_unary: bool = True
     keeps_session_history: bool = False
+    endpoints: tuple[str, ...] = ()  # what its hello says its engine answers
     context_lengths: dict[str, int] = field(default_factory=dict)
     connections: int = 0  # how many times a hello was accepted
     # Called when the worker says hello: the router lets queued requests look again.
@@ -167,6 +168,7 @@ class RemoteWorker:
             self.capacity = hello.max_inflight
             self.streams_unary, self.context_lengths = hello.streams_unary, hello.context_lengths
             self.keeps_session_history = hello.keeps_session_history
+            self.endpoints = hello.endpoints
             self._ws = ws
             self.available = True
             self.connections += 1
@@ -332,6 +334,13 @@ class RemoteWorker:
         ws = self._ws
         if ws is None:
             raise unavailable(f"Worker {self.name} is not connected.", retryable=True)
+        if request.endpoint not in self.endpoints:
+            # An older worker: another backend may serve it; not a fault of this one.
+            raise unavailable(
+                f"Worker {self.name} does not serve {request.endpoint} (it predates it).",
+                retryable=True,
+                request_only=True,
+            )
         rid = request.request_id
         stream = _Stream.open(self.window)
         self._streams[rid] = stream

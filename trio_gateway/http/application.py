@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from logging import DEBUG
+from urllib.parse import quote
 
 import trio
 from quart_trio import QuartTrio
@@ -22,7 +23,7 @@ from trio_gateway.http.asgi import (
     read_body,
     send_json,
 )
-from trio_gateway.http.auth import refusal
+from trio_gateway.http.auth import canonical_path, refusal
 from trio_gateway.http.control import create_control_app
 from trio_gateway.http.inference import INFERENCE_ROUTES, handle_inference
 from trio_gateway.openai.errors import encode_error, http_status
@@ -41,6 +42,9 @@ class GatewayApp:
             if _framed_twice(scope):
                 await _refuse_framing(receive, send, self.gateway.config.max_body_bytes)
                 return
+            path = canonical_path(scope["path"])
+            if path != scope["path"]:  # auth and both routers read the same path
+                scope = {**scope, "path": path, "raw_path": quote(path).encode()}
             # Auth, decided here once for both route sets (see `_refuse`).
             refused = refusal(scope, self.gateway.api_keys, self.gateway.config.admin_token)
             endpoint = INFERENCE_ROUTES.get(scope["path"])

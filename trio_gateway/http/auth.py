@@ -2,9 +2,9 @@
 
 `refusal` is asked once per request, by `GatewayApp` before it splits the inference routes
 from the control app, so a route added to either set is guarded by its path alone:
-API keys on /v1/*, the admin token (or, without one, loopback only) on /admin/*, the
-probes and /metrics open. The checks are pure functions of ASGI scope values; the worker
-uses `bearer_token` and `key_accepted` for its own token.
+API keys on /v1/* (and vLLM's /tokenize, /detokenize), the admin token (or, without one,
+loopback only) on /admin/*, the probes and /metrics open. The checks are pure functions of
+ASGI scope values; the worker uses `bearer_token` and `key_accepted` for its own token.
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Collection
 from typing import Any
+from urllib.parse import urlsplit
 
 from trio_gateway.bearer import bearer_token, key_accepted
 from trio_gateway.errors import ErrorKind, GatewayError, invalid_api_key
 from trio_gateway.http.asgi import Scope, header
 
 API_PREFIX = "/v1/"
+# vLLM's tokenizer routes live at the server's root, but they are API calls like any under
+# /v1/: routed to a backend, holding one of its slots, telling which models it serves. So
+# the API key guards them too; an open /tokenize would be a free way round the key.
+API_ROOT_PATHS = frozenset({"/tokenize", "/detokenize"})
 ADMIN_PREFIX = "/admin/"
 
 
@@ -25,9 +30,10 @@ def refusal(
     scope: Scope, api_keys: Collection[str], admin_token: str | None
 ) -> GatewayError | None:
     """Why this request may not go on (401, or 403 for a remote admin caller when no token
-    is set), or None when it may. Empty `api_keys`: /v1/* is open."""
+    is set), or None when it may. Empty `api_keys`: the API is open. `scope["path"]` is
+    already canonical (`canonical_path`, applied by `GatewayApp`)."""
     path: str = scope["path"]
-    if path.startswith(API_PREFIX):
+    if path.startswith(API_PREFIX) or path in API_ROOT_PATHS:
         if api_keys and not key_accepted(bearer_token(header(scope, b"authorization")), api_keys):
             return invalid_api_key()
     elif path.startswith(ADMIN_PREFIX):
@@ -37,6 +43,25 @@ def refusal(
         elif not is_loopback(scope.get("client")):
             return admin_forbidden(token_set=False)
     return None
+
+
+def canonical_path(path: str) -> str:
+    """The one spelling of a request's path that both auth and routing read: the path of an
+    absolute-form target (`POST http://host/admin/drain`, RFC 9112 3.2.2), runs of slashes
+    as one (werkzeug would merge them when routing), `.` and `..` segments removed (RFC 3986
+    5.2.4). Without it, a spelling auth reads as neither /v1/ nor /admin/ could still reach
+    an admin route."""
+    if not path.startswith("/"):
+        path = urlsplit(path).path or "/"
+    segments: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in (".", ""):
+            segments.append(segment)
+    trailing = "/" if path.endswith(("/", "/.", "/..")) and segments else ""
+    return "/" + "/".join(segments) + trailing
 
 
 def admin_forbidden(*, token_set: bool) -> GatewayError:
@@ -50,7 +75,14 @@ def admin_forbidden(*, token_set: bool) -> GatewayError:
     )
 
 
-__all__ = ["admin_forbidden", "bearer_token", "is_loopback", "key_accepted", "refusal"]
+__all__ = [
+    "admin_forbidden",
+    "bearer_token",
+    "canonical_path",
+    "is_loopback",
+    "key_accepted",
+    "refusal",
+]
 
 
 def is_loopback(client: Any) -> bool:

@@ -1,6 +1,8 @@
-"""`/v1/chat/completions` and `/v1/completions` as a lean ASGI handler.
+"""The inference routes as a lean ASGI handler: `/v1/chat/completions` and `/v1/completions`,
+and the ones answered whole on the same path (`/v1/embeddings`, vLLM's `/tokenize` and
+`/detokenize`).
 
-These two routes carry nearly every byte, so they skip the web framework, whose per-request
+The completions carry nearly every byte, so they skip the web framework, whose per-request
 and per-stream cost is measured in the README (docs/architecture.md §1.1). The handler
 validates, opens a flight in the gateway's nursery and writes what the engine produces;
 it never runs engine code itself.
@@ -24,7 +26,7 @@ from trio_gateway.errors import (
     shutting_down,
 )
 from trio_gateway.gateway import Gateway
-from trio_gateway.generation import Chunk, Endpoint, GenerationRequest
+from trio_gateway.generation import GENERATION_ENDPOINTS, Chunk, Endpoint, GenerationRequest
 from trio_gateway.http.asgi import (
     ClientGone,
     Receive,
@@ -45,7 +47,8 @@ from trio_gateway.lifecycle.reader import ChunkReader
 from trio_gateway.logs import request_id_var
 from trio_gateway.metrics import backend_label
 from trio_gateway.openai.errors import http_status, openai_type
-from trio_gateway.openai.schemas import parse_generation_request, parse_json_body
+from trio_gateway.openai.non_generative import parse_request
+from trio_gateway.openai.schemas import parse_json_body
 from trio_gateway.openai.sse import DONE, error_event
 from trio_gateway.trace_context import TraceParent, clean_tracestate, parse_traceparent
 
@@ -58,6 +61,10 @@ requests_log = logging.getLogger("trio_gateway.requests")
 INFERENCE_ROUTES: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completion",
+    # Answered whole (unary only), on the same path: auth, routing, admission, metrics.
+    "/v1/embeddings": "embeddings",
+    "/tokenize": "tokenize",  # vLLM's, at the server root
+    "/detokenize": "detokenize",
 }
 RETRY_AFTER_S = b"5"
 SSE_HEADERS = [
@@ -119,10 +126,10 @@ async def handle_inference(
         if not gateway.accepting:  # the body completed once the drain refused new requests
             raise draining() if gateway.running else shutting_down()
         body = parse_json_body(raw)
-        stream = body.get("stream") is True
+        stream = body.get("stream") is True and endpoint in GENERATION_ENDPOINTS
         session = header(scope, b"x-session-id")
         request = dataclasses.replace(
-            parse_generation_request(
+            parse_request(
                 body,
                 endpoint,
                 flight_id,
@@ -299,7 +306,7 @@ def _end_span(
         worker=flight.worker,
         attempts=flight.attempts,
         queue_wait=flight.queue_wait,
-        first_at=reader.first_at,
+        first_at=reader.first_token_at,
         started_at=flight.started_at,
         input_tokens=reader.prompt_tokens,
         output_tokens=reader.tokens,
@@ -353,7 +360,7 @@ def _log_end(
         "worker": flight.worker,
         "status": status,
         "error_type": "none" if outcome is None else outcome.kind.value,
-        "ttft_s": None if reader.first_at is None else round(reader.first_at - started_at, 6),
+        "ttft_s": None if (at := reader.first_token_at) is None else round(at - started_at, 6),
         "duration_s": round(trio.current_time() - started_at, 6),
         "prompt_tokens": reader.prompt_tokens,
         "completion_tokens": reader.tokens,

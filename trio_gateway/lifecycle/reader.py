@@ -12,7 +12,7 @@ import math
 
 import trio
 
-from trio_gateway.generation import Chunk
+from trio_gateway.generation import GENERATION_ENDPOINTS, Chunk
 from trio_gateway.lifecycle.flight import Flight
 from trio_gateway.metrics import BackendSeries, GatewayMetrics, backend_label
 from trio_gateway.openai.sse import completion_text
@@ -45,6 +45,12 @@ class ChunkReader:
         self._keep_text = keep_text
         self.texts: list[str] = []  # only with keep_text (--log-prompts)
         self._last_at = 0.0
+
+    @property
+    def first_token_at(self) -> float | None:
+        """When the first token came: `first_at`, except for an answer that has no tokens
+        (embeddings, a token list), whose first chunk is the whole answer."""
+        return self.first_at if self._flight.endpoint in GENERATION_ENDPOINTS else None
 
     async def batch(self) -> list[Chunk]:
         """The next chunks, at least one unless the engine is done (then `ended` is set).
@@ -89,12 +95,16 @@ class ChunkReader:
         flight = self._flight
         if self.first_at is None:
             self.first_at = now
-            self._ttft.observe(now - flight.started_at)
+            # An embedding or a token list has no first token: its latency is the duration's.
+            timed = flight.endpoint in GENERATION_ENDPOINTS
+            if timed:
+                self._ttft.observe(now - flight.started_at)
             self._metrics.queued.labels(flight.model).dec()
             if flight.backend is not None:
                 label = backend_label(flight.backend.engine, flight.backend.label)
                 self._backend = self._metrics.backend_series(label, flight.model)
-                self._backend.ttft.observe(now - flight.dispatched_at)
+                if timed:
+                    self._backend.ttft.observe(now - flight.dispatched_at)
         elif tokens:
             gap = (now - self._last_at) / tokens
             self._itl.observe(gap)

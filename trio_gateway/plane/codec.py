@@ -21,7 +21,7 @@ import msgspec
 
 from trio_gateway.errors import GatewayError
 from trio_gateway.generation import Endpoint
-from trio_gateway.openai.schemas import parse_generation_request
+from trio_gateway.openai.non_generative import parse_request
 from trio_gateway.plane.frames import (
     Cancel,
     ChunkFrame,
@@ -187,7 +187,7 @@ def _generate(frame: _GenerateFrame) -> Generate:
     so whatever the client asked (tools, logprobs, n) reaches the worker's engine."""
     fields = frame.request
     try:
-        request = parse_generation_request(fields.body, fields.endpoint, fields.request_id)
+        request = parse_request(fields.body, fields.endpoint, fields.request_id)
     except GatewayError as error:
         raise ProtocolError(
             f"'generate' frame, 'request': a body the gateway should have refused: {error.message}",

@@ -38,6 +38,11 @@ class Hello(msgspec.Struct, frozen=True, tag_field="type", tag="hello"):
     # The engine prepends a session's history itself (the mock), so a session's turn is not
     # the prefix it caches; absent: False.
     keeps_session_history: bool = False
+    # The endpoints the worker's engine answers. Absent: a worker from before embeddings and
+    # (de)tokenizing, which would refuse their `generate` as a bad frame (a 500 held against
+    # it), so the gateway sends them elsewhere instead. Hence no protocol bump: old and new
+    # peers still mix, each sends only what the other reads.
+    endpoints: tuple[str, ...] = ("chat", "completion")
 
 
 class ChunkFrame(

@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_gateway.engines.protocol import Engine
 from trio_gateway.errors import ErrorKind, GatewayError, internal_error
-from trio_gateway.generation import Chunk
+from trio_gateway.generation import ENDPOINTS, Chunk
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, SHUTDOWN, Flight
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
@@ -89,6 +89,7 @@ class GatewayConnection:
                 engine.streams_unary,
                 dict(engine.context_lengths),
                 engine.keeps_session_history,
+                ENDPOINTS,
             )
             await ws.send_message(encode(hello))
             outbox, outgoing = trio.open_memory_channel[Outbound](math.inf)

@@ -3,10 +3,11 @@
 The client's request goes upstream as it came (the gateway's own fields removed; a stream
 asks for usage, which the gateway needs for its metrics), and the answer comes back as the
 upstream wrote it: a stream's events are relayed untouched (`relay.StreamRelay`), a unary
-answer whole (`relay.unary_chunk`). Relaying the unary answer rather than merging streamed
-deltas keeps it equal to the upstream's own, fields nobody here knows included; the price is
-that a unary request shows no progress until it is done, so it is timed as a whole
-(`streams_unary` is False).
+answer whole (`relay.unary_chunk`; embeddings and vLLM's (de)tokenizing likewise,
+`relay.whole_answer_chunk`, at the paths `paths.endpoint_path` gives). Relaying the unary
+answer rather than merging streamed deltas keeps it equal to the upstream's own, fields
+nobody here knows included; the price is that a unary request shows no progress until it
+is done, so it is timed as a whole (`streams_unary` is False).
 
 The upstream's capacity is bounded (`max_inflight`, `--upstream-max-inflight`: vLLM's
 `--max-num-seqs`), so that a burst past what the engine runs at once waits in the gateway's
@@ -44,9 +45,10 @@ from trio_gateway.engines.upstream.client import (
 )
 from trio_gateway.engines.upstream.errors import connection_failed, malformed, status_error
 from trio_gateway.engines.upstream.model_alias import AnswerRename
-from trio_gateway.engines.upstream.relay import StreamRelay, unary_chunk
+from trio_gateway.engines.upstream.paths import endpoint_path
+from trio_gateway.engines.upstream.relay import StreamRelay, unary_chunk, whole_answer_chunk
 from trio_gateway.errors import GatewayError, unavailable
-from trio_gateway.generation import Chunk, GenerationRequest
+from trio_gateway.generation import GENERATION_ENDPOINTS, Chunk, GenerationRequest
 
 log = logging.getLogger("trio_gateway.upstream")
 
@@ -293,9 +295,11 @@ class OpenAIUpstream:
         body = dict(request.body)
         for name in GATEWAY_ONLY_FIELDS:
             body.pop(name, None)
-        body["stream"] = request.stream
         if request.model in self._aliases:
             body["model"] = self._aliases[request.model]
+        if request.endpoint not in GENERATION_ENDPOINTS:
+            return orjson.dumps(body)  # nothing to stream: the body as sent
+        body["stream"] = request.stream
         if request.stream:
             options = body.get("stream_options")
             body["stream_options"] = {
@@ -310,7 +314,8 @@ class OpenAIUpstream:
         pool = self._pool
         if pool is None:
             raise unavailable(f"The upstream {self.name} is not running.", retryable=True)
-        path = self._path + ("/chat/completions" if request.endpoint == "chat" else "/completions")
+        path = endpoint_path(self._path, request.endpoint)
+        generates = request.endpoint in GENERATION_ENDPOINTS
         headers = self._headers(
             [
                 (b"content-type", b"application/json"),
@@ -336,7 +341,8 @@ class OpenAIUpstream:
                         await self._relay_stream(request, response, relayed)
                     else:
                         body = await self._read_whole(response)
-                        chunk = unary_chunk(self.name, body)
+                        read = unary_chunk if generates else whole_answer_chunk
+                        chunk = read(self.name, body)
                         if (rename := self._rename(request)) is not None:
                             chunk.payload = rename(chunk.payload)
                         await relayed.emit(chunk)

@@ -228,3 +228,23 @@ def unary_chunk(name: str, body: bytes) -> Chunk:
         prompt_tokens=_as_int(usage.get("prompt_tokens")),
         payload=body,
     )
+
+
+def whole_answer_chunk(name: str, body: bytes) -> Chunk:
+    """An upstream's answer to a request that generates nothing (embeddings, vLLM's
+    (de)tokenizing) as the one chunk that ends the request: its bytes untouched, and what
+    the gateway counts: the prompt's tokens where the answer says them (`usage`, or
+    `/tokenize`'s `count`), no output tokens."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise malformed(name, "a response that is not JSON") from None
+    if not isinstance(document, dict):
+        raise malformed(name, "a response that is not a JSON object")
+    if "error" in document or document.get("object") == "error":
+        raise inband_error(document)
+    usage = document.get("usage")
+    prompt_tokens = _as_int(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+    if prompt_tokens is None:
+        prompt_tokens = _as_int(document.get("count"))
+    return Chunk(tokens=0, finish_reason="stop", prompt_tokens=prompt_tokens, payload=body)

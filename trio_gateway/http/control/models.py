@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from quart import Response
 from quart_trio import QuartTrio
@@ -16,18 +17,26 @@ from trio_gateway.openai.responses import models_body
 def add_routes(app: QuartTrio, gateway: Gateway) -> None:
     created = int(time.time())
 
+    def listed(models: list[str]) -> dict[str, Any]:
+        # The largest a backend serving it reports, as `max_tokens` is judged against.
+        lengths = {model: gateway.router.context_length(model) for model in models}
+        return models_body(models, created, lengths)
+
     @app.get("/v1/models")
     async def list_models() -> Response:
-        return json_response(models_body(gateway.models, created))
+        return json_response(listed(gateway.models))
 
     @app.get("/v1/models/<path:model>")
     async def get_model(model: str) -> Response:
         if model not in gateway.models:
             return error_response(model_not_found(model))
-        return json_response(models_body([model], created)["data"][0])
+        return json_response(listed([model])["data"][0])
 
     @app.post("/v1/chat/completions")
     @app.post("/v1/completions")
+    @app.post("/v1/embeddings")
+    @app.post("/tokenize")
+    @app.post("/detokenize")
     async def inference() -> Response:
         # Never reached: `GatewayApp` serves these POSTs itself. Declared so that other
         # methods get 405 rather than 404.
