@@ -111,7 +111,7 @@ class GatewayConfig:
     )
     workers: tuple[str, ...] = setting(
         (),
-        "a backend: ws://HOST:PORT (a worker) or http(s)://HOST:PORT/v1 (an OpenAI "
+        "a backend: ws(s)://HOST:PORT (a worker) or http(s)://HOST:PORT/v1 (an OpenAI "
         "server); none: the in-process mock",
         flag="--worker",
     )
@@ -123,6 +123,24 @@ class GatewayConfig:
     worker_token: str = setting("", "the token workers expect in the handshake", secret=True)
     upstream_api_key: str = setting(
         "", "bearer token sent to OpenAI-compatible upstreams", secret=True
+    )
+    upstream_ca_bundle: str = setting(
+        "", "PEM file of the CAs trusted for https:// upstreams; none: the system's store"
+    )
+    upstream_client_cert: str = setting(
+        "", "PEM certificate the gateway presents to https:// upstreams that require one"
+    )
+    upstream_client_key: str = setting(
+        "", "the private key of --upstream-client-cert (none: it is in the certificate's file)"
+    )
+    worker_ca_bundle: str = setting(
+        "", "PEM file of the CAs trusted for wss:// workers; none: the system's store"
+    )
+    worker_client_cert: str = setting(
+        "", "PEM certificate the gateway presents to wss:// workers that require one"
+    )
+    worker_client_key: str = setting(
+        "", "the private key of --worker-client-cert (none: it is in the certificate's file)"
     )
     credit_window: int = setting(32, "chunks a worker may send a request ahead of the client")
     session_timeout_s: float = setting(300.0, "idle seconds before a session closes")
@@ -182,6 +200,12 @@ class GatewayConfig:
     )
     graceful_timeout_s: float = setting(5.0, "hypercorn's last wait once the drain is over")
     backlog: int = setting(2048, "the listening socket's backlog")
+    certfile: str = setting("", "PEM certificate (chain) to serve HTTPS with; none: plain HTTP")
+    keyfile: str = setting("", "the private key of --certfile")
+    keyfile_password: str = setting("", "the password of an encrypted --keyfile", secret=True)
+    ca_certs: str = setting(
+        "", "PEM file of CAs: with it, clients must present a certificate they signed (mTLS)"
+    )
     # Each process runs the whole gateway on its own SO_REUSEPORT socket.
     processes: int = setting(1, "gateway processes sharing the port; metrics summed across")
     reuse_port: bool = setting(False, "bind with SO_REUSEPORT (set for each of --processes)")
@@ -286,6 +310,10 @@ class GatewayConfig:
                 check_backend_url(url)
             except BadURL as error:
                 raise ConfigError(f"workers: {error}") from None
+        _check_tls_settings(self)
+        for kind in ("upstream", "worker"):
+            if getattr(self, f"{kind}_client_key") and not getattr(self, f"{kind}_client_cert"):
+                raise ConfigError(f"{kind}_client_key: given without {kind}_client_cert")
         if self.otlp_endpoint:
             parts = urlsplit(self.otlp_endpoint)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -364,6 +392,23 @@ class WorkerConfig:
         "the mock; its models come from its /v1/models",
     )
     upstream_api_key: str = setting("", "bearer token sent to --upstream", secret=True)
+    upstream_ca_bundle: str = setting(
+        "", "PEM file of the CAs trusted for an https:// --upstream; none: the system's store"
+    )
+    upstream_client_cert: str = setting(
+        "", "PEM certificate presented to an https:// --upstream that requires one"
+    )
+    upstream_client_key: str = setting(
+        "", "the private key of --upstream-client-cert (none: it is in the certificate's file)"
+    )
+    certfile: str = setting(
+        "", "PEM certificate (chain) to serve the request plane as wss:// with; none: ws://"
+    )
+    keyfile: str = setting("", "the private key of --certfile")
+    keyfile_password: str = setting("", "the password of an encrypted --keyfile", secret=True)
+    ca_certs: str = setting(
+        "", "PEM file of CAs: with it, gateways must present a certificate they signed (mTLS)"
+    )
     model: str = setting("mock", "")
     mock_ttft_ms: float = setting(5.0, "")
     mock_itl_ms: float = setting(10.0, "")
@@ -408,6 +453,20 @@ class WorkerConfig:
                 check_backend_url(self.upstream, UPSTREAM_SCHEMES)
             except BadURL as error:
                 raise ConfigError(f"upstream: {error}") from None
+        _check_tls_settings(self)
+        if self.upstream_client_key and not self.upstream_client_cert:
+            raise ConfigError("upstream_client_key: given without upstream_client_cert")
+
+
+def _check_tls_settings(config: GatewayConfig | WorkerConfig) -> None:
+    """The listener's TLS files come as a pair; the others need that pair. (Whether the files
+    load is checked where they are used, at start-up: `tls.py`, hypercorn.)"""
+    if bool(config.certfile) != bool(config.keyfile):
+        given, missing = ("certfile", "keyfile") if config.certfile else ("keyfile", "certfile")
+        raise ConfigError(f"{given}: given without {missing} (TLS needs both)")
+    for name in ("ca_certs", "keyfile_password"):
+        if getattr(config, name) and not config.certfile:
+            raise ConfigError(f"{name}: only with certfile and keyfile (TLS)")
 
 
 def _convert(name: str, kind: type, raw: Any) -> Any:

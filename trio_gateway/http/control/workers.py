@@ -30,7 +30,7 @@ def add_routes(app: QuartTrio, gateway: Gateway) -> None:
         if not isinstance(url, str):
             return error_response(
                 invalid_request(
-                    'Send {"url": "ws://HOST:PORT"} or an OpenAI-compatible "http://HOST:PORT/v1".',
+                    'Send {"url": "ws(s)://HOST:PORT"} or an OpenAI-compatible "http(s)://HOST:PORT/v1".',
                     "url",
                     "invalid_url",
                 )
