@@ -14,7 +14,7 @@ import re
 from collections.abc import Collection
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-WORKER_SCHEMES = ("ws",)
+WORKER_SCHEMES = ("ws", "wss")
 UPSTREAM_SCHEMES = ("http", "https")
 BACKEND_SCHEMES = WORKER_SCHEMES + UPSTREAM_SCHEMES
 # `dns+SCHEME://NAME:PORT/...`: NAME resolved again and again, one backend per address
@@ -26,10 +26,11 @@ CONFIGURED_SCHEMES = BACKEND_SCHEMES + DISCOVERED_SCHEMES
 
 _FORMS = {
     "ws": "ws://HOST:PORT[/PATH]",
+    "wss": "wss://HOST:PORT[/PATH]",
     "http": "http://HOST[:PORT]/PATH",
     "https": "https://HOST[:PORT]/PATH",
 }
-_KINDS = {"ws": "a worker", "http": "an OpenAI-compatible server", "https": ""}
+_KINDS = {"ws": "a worker", "wss": "", "http": "an OpenAI-compatible server", "https": ""}
 _HOST_NAME = re.compile(r"[A-Za-z0-9._~-]+")
 _USERINFO = re.compile(r"//[^/@]*@")
 
@@ -41,7 +42,7 @@ class BadURL(ValueError):
 def check_backend_url(url: str, schemes: Collection[str] = BACKEND_SCHEMES) -> str:
     """`url` itself when it is a backend the gateway can dial, else `BadURL`.
 
-    Accepted: `ws://HOST:PORT[/PATH]` (no user info: the worker token goes in a header)
+    Accepted: `ws(s)://HOST:PORT[/PATH]` (no user info: the worker token goes in a header)
     and `http(s)://HOST[:PORT][/PATH]` (user info allowed), without query or fragment; where
     `schemes` has them, the same prefixed with `dns+`, whose host is a name to resolve and
     whose port is required (an address has no port of its own to fall back on).
@@ -67,9 +68,9 @@ def check_backend_url(url: str, schemes: Collection[str] = BACKEND_SCHEMES) -> s
             raise BadURL(f"{_shown(url)}: a dns+ backend names a host to resolve, not an address")
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise BadURL(f"{_shown(url)}: a backend URL has no query or fragment")
-    if parts.scheme == "ws":
+    if parts.scheme in WORKER_SCHEMES:
         if port is None:
-            raise BadURL(f"{_shown(url)}: a worker URL needs its port: {_FORMS['ws']}")
+            raise BadURL(f"{_shown(url)}: a worker URL needs its port: {expected}")
         if "@" in parts.netloc:
             raise BadURL(
                 f"{_shown(url)}: a worker URL has no user info (give the token with --worker-token)"

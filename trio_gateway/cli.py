@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
@@ -31,7 +32,7 @@ from trio_gateway.config import (
     config_from_args,
 )
 from trio_gateway.errors import ErrorKind, GatewayError
-from trio_gateway.gateway import Gateway, describe_backends
+from trio_gateway.gateway import Gateway, describe_backends, upstream_tls, worker_tls
 from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
@@ -44,6 +45,7 @@ from trio_gateway.processes import (
     stop_when_orphaned,
 )
 from trio_gateway.processes import run as run_processes
+from trio_gateway.tls import ALPN
 from trio_gateway.worker.server import WorkerServer
 
 log = logging.getLogger("trio_gateway")
@@ -57,7 +59,43 @@ def hypercorn_config(config: GatewayConfig) -> HypercornConfig:
     hc.backlog = config.backlog
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
+    if config.certfile:
+        # hypercorn's own TLS: its listener wraps each accepted socket in a `trio.SSLStream`,
+        # the bound `fd://` socket of `serve` included. HTTP/1.1 only: the inference path and
+        # `http/socket_writes.py` are written for it (hypercorn would offer h2 first).
+        hc.certfile = config.certfile
+        hc.keyfile = config.keyfile
+        hc.keyfile_password = config.keyfile_password or None
+        hc.alpn_protocols = list(ALPN)
+        if config.ca_certs:
+            hc.ca_certs = config.ca_certs
+            hc.verify_mode = ssl.CERT_REQUIRED
     return hc
+
+
+def check_tls(hc: HypercornConfig) -> None:
+    """hypercorn loads its certificate only once the lifespan has started: loaded here
+    first, a bad file is one line naming the setting, before any engine starts."""
+    try:
+        hc.create_ssl_context()
+    except (OSError, ssl.SSLError) as error:
+        reason = error.reason if isinstance(error, ssl.SSLError) else error.strerror
+        raise ConfigError(
+            f"certfile: cannot load {hc.certfile} with {hc.keyfile}"
+            f"{' and ca_certs ' + str(hc.ca_certs) if hc.ca_certs else ''}: {reason or error}"
+        ) from None
+
+
+def check_tls_files(config: GatewayConfig) -> None:
+    """Load every TLS file the settings name (`ConfigError` on the first that fails), as
+    `serve` will: its listener's, and the client side's when a backend is https or wss."""
+    if config.certfile:
+        check_tls(hypercorn_config(config))
+    schemes = {spec.url.split("://", 1)[0] for spec in config.backend_specs()}
+    if "https" in schemes:
+        upstream_tls(config).context()
+    if "wss" in schemes:
+        worker_tls(config).context()
 
 
 # h11 refuses these before the ASGI app sees the request; hypercorn answers them itself.
@@ -137,6 +175,8 @@ async def serve(
     socket_writes.install()
     install_error_bodies()
     hc = hypercorn_config(config)
+    if config.certfile:
+        check_tls(hc)
     # hypercorn listens on a socket bound here (shared with the other `--processes` under
     # `reuse_port`): a failure to bind is one line naming the flag, before any engine starts.
     sock = listening_socket(config.host, config.port, config.backlog, reuse_port=config.reuse_port)
@@ -283,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             config = config_from_args(args)
             configure_logging(config.log_level, config.log_format)
+            if config.certfile:
+                check_tls(hypercorn_config(config))
             if config.processes > 1:
                 # Said once here rather than by every child.
                 check_can_listen(config.host, config.port, "--port", reuse_port=True)
@@ -306,6 +348,7 @@ def check_config(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         config.accepted_api_keys()
+        check_tls_files(config)
     except ConfigError as error:
         print(f"trio-gateway: {error}", file=sys.stderr)
         return 2

@@ -37,6 +37,7 @@ from trio_gateway.router.policies import CacheAware, make_policy
 from trio_gateway.router.prefix_sharing import PrefixSharing
 from trio_gateway.sessions.manager import SessionManager
 from trio_gateway.sessions.store import RedisSessionStore
+from trio_gateway.tls import ClientTLS
 
 if TYPE_CHECKING:
     from trio_gateway.tracing import RequestTracing
@@ -104,7 +105,10 @@ def engine_for_spec(spec: BackendSpec, config: GatewayConfig) -> Engine:
     decided from the settings (a worker says its own in its hello; an upstream takes its
     entry's `capacity`, else `--upstream-max-inflight`); `--max-inflight`, when set,
     overrides the engine's figure in the router, and an entry's `capacity` overrides that.
-    The key: the entry's own, else the global `--worker-token` / `--upstream-api-key`."""
+    The key: the entry's own, else the global `--worker-token` / `--upstream-api-key`.
+    TLS (https://, wss://): the `worker_*` or `upstream_*` settings, read here, so a changed
+    backend replaced on a reload reads its CA and certificate files again."""
+    secure = spec.url.startswith(("https://", "wss://"))
     if spec.is_worker:
         from trio_gateway.engines.ws_client import RemoteWorker
 
@@ -114,6 +118,7 @@ def engine_for_spec(spec: BackendSpec, config: GatewayConfig) -> Engine:
             token=token or None,
             window=config.credit_window,
             host_name=spec.host_name or None,
+            ssl_context=worker_tls(config).context() if secure else None,
         )
     from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
@@ -125,6 +130,27 @@ def engine_for_spec(spec: BackendSpec, config: GatewayConfig) -> Engine:
         models=spec.backend_models(),
         aliases=spec.alias_map(),
         max_inflight=spec.capacity or config.upstream_max_inflight,
+        ssl_context=upstream_tls(config).context() if secure else None,
+    )
+
+
+def upstream_tls(config: GatewayConfig) -> ClientTLS:
+    """How https:// upstreams are checked, and the certificate shown to them."""
+    return ClientTLS(
+        config.upstream_ca_bundle,
+        config.upstream_client_cert,
+        config.upstream_client_key,
+        setting="upstream",
+    )
+
+
+def worker_tls(config: GatewayConfig) -> ClientTLS:
+    """How wss:// workers are checked, and the certificate shown to them."""
+    return ClientTLS(
+        config.worker_ca_bundle,
+        config.worker_client_cert,
+        config.worker_client_key,
+        setting="worker",
     )
 
 

@@ -13,7 +13,8 @@ BAD_URLS = [
     "ws://127.0.0.1",  # a worker's port is not implied
     "ws://127.0.0.1:99999",
     "ws://user:secret@127.0.0.1:9001",
-    "wss://127.0.0.1:9001",
+    "wss://127.0.0.1",  # nor a secure one's
+    "wss://user:secret@127.0.0.1:9443",
     "ftp://127.0.0.1/v1",
     "127.0.0.1:9001",
     "http://127.0.0.1:8001/v1?x=1",
@@ -27,6 +28,7 @@ GOOD_URLS = [
     "ws://127.0.0.1:9001",
     "ws://worker-0.workers:9001/",
     "ws://[::1]:9001/plane",
+    "wss://worker-0.workers:9443",
     "http://127.0.0.1:8001/v1",
     "http://vllm/v1",
     "https://api.example.com/v1",

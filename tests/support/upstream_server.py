@@ -43,6 +43,7 @@ client nowhere else.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -425,12 +426,19 @@ def _unary(body: dict[str, Any], chat: bool) -> dict[str, Any]:
 
 @asynccontextmanager
 async def running_upstream(
-    *, graceful_timeout: float = 2.0, **settings: Any
+    *,
+    graceful_timeout: float = 2.0,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+    client_ca: str | None = None,
+    **settings: Any,
 ) -> AsyncIterator[MockUpstream]:
     """A `MockUpstream` on an ephemeral loopback port, stopped on exit.
 
     hypercorn's stop waits up to `graceful_timeout` for open connections, idle keep-alive
     ones included: a test that stops it under a running engine should make that short.
+    With `certfile` and `keyfile` it serves https (its `url` says so); with `client_ca` too,
+    it requires a client certificate signed by that CA.
     """
     upstream = MockUpstream(**settings)
     config = Config()
@@ -438,6 +446,11 @@ async def running_upstream(
     config.graceful_timeout = graceful_timeout
     config.keep_alive_timeout = 5.0
     config.accesslog = None
+    if certfile is not None:
+        config.certfile, config.keyfile = certfile, keyfile
+        if client_ca is not None:
+            config.ca_certs = client_ca
+            config.verify_mode = ssl.CERT_REQUIRED
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         binds: list[str] = await nursery.start(

@@ -3,12 +3,16 @@ and a refused worker leaves routing as it was."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import trio
+import trustme
 
 from tests.support.asgi_client import running_gateway
 from tests.support.backend_url_cases import BAD_URLS
 from tests.support.bodies import chat
+from trio_gateway.config import GatewayConfig
 
 CHAT = "/v1/chat/completions"
 
@@ -45,3 +49,18 @@ async def test_unknown_model_stays_404_after_a_refused_hostless_worker() -> None
             unknown = await harness.request("POST", CHAT, chat(model="nope"))
             assert unknown.status == 404
             assert unknown.json()["error"]["code"] == "model_not_found"
+
+
+async def test_a_worker_whose_tls_files_went_missing_is_a_500_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    async with running_gateway(GatewayConfig(worker_ca_bundle=str(bundle))) as harness:
+        bundle.unlink()  # after start-up: an operator's mistake, not the client's
+        with trio.fail_after(10):
+            answer = await harness.request("POST", "/admin/workers", {"url": "wss://w1:9001"})
+        assert answer.status == 500
+        assert "worker_ca_bundle" in answer.json()["error"]["message"]
+        listed = await harness.request("GET", "/admin/workers")
+        assert [w["id"] for w in listed.json()["workers"]] == ["mock"]

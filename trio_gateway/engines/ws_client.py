@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -97,7 +98,8 @@ class RemoteWorker:
     ping_timeout: float = 5.0
     backoff_max: float = 5.0
     worker_id: str | None = None
-    # The name `url`'s address was resolved from (a `dns+` member): the handshake's Host.
+    # The name `url`'s address was resolved from (a `dns+` member): the handshake's Host,
+    # and the name a wss:// worker's certificate is checked against.
     host_name: str | None = None
     models: tuple[str, ...] = ()
     capacity: int | None = None
@@ -109,6 +111,8 @@ class RemoteWorker:
     connections: int = 0  # how many times a hello was accepted
     # Called when the worker says hello: the router lets queued requests look again.
     on_available: Callable[[], None] | None = None
+    # For wss:// (None: the system's trust store); hostname verification stays on.
+    ssl_context: ssl.SSLContext | None = None
     _ws: WebSocketConnection | None = None
     _streams: dict[str, _Stream] = field(default_factory=dict)
     _session_calls: dict[str, _SessionCall] = field(default_factory=dict)
@@ -129,7 +133,13 @@ class RemoteWorker:
             try:
                 await self._connect_once()
                 backoff = 0.1
-            except* (OSError, HandshakeError, ConnectionClosed, trio.TooSlowError) as group:
+            except* (
+                OSError,
+                HandshakeError,
+                ConnectionClosed,
+                trio.TooSlowError,
+                trio.BrokenResourceError,  # a TLS handshake refused, either way
+            ) as group:
                 log.warning("worker %s: %s", self.url, _describe(group.exceptions[0]))
             except* ProtocolError as group:
                 log.error(
@@ -191,11 +201,26 @@ class RemoteWorker:
         """Like trio-websocket's `open_websocket_url`, but the TCP stream is closed on every
         way out, a handshake cut short included (that path leaked sockets)."""
         url = urlsplit(self.url)
-        if url.scheme != "ws" or url.hostname is None:
-            raise OSError(f"unsupported worker URL {self.url!r}: expected ws://HOST:PORT")
-        port = url.port or 80
+        if url.scheme not in ("ws", "wss") or url.hostname is None:
+            raise OSError(f"unsupported worker URL {self.url!r}: expected ws(s)://HOST:PORT")
+        port = url.port or (443 if url.scheme == "wss" else 80)
+        stream: trio.abc.Stream
         with trio.fail_after(self.connect_timeout):
-            stream = await trio.open_tcp_stream(url.hostname, port)
+            tcp = await trio.open_tcp_stream(url.hostname, port)
+            stream = tcp
+            if url.scheme == "wss":
+                stream = trio.SSLStream(
+                    tcp,
+                    self.ssl_context or ssl.create_default_context(),
+                    server_hostname=self.host_name or url.hostname,
+                    https_compatible=True,
+                )
+                try:
+                    # Here, so that a certificate refused is a failed dial, said as one.
+                    await stream.do_handshake()
+                except BaseException:
+                    await trio.aclose_forcefully(tcp)
+                    raise
         try:
             async with trio.open_nursery() as nursery:
                 with trio.fail_after(self.connect_timeout):
@@ -386,4 +411,6 @@ def _describe(error: BaseException) -> str:
         return f"cannot connect: {error.__cause__}"
     if isinstance(error, trio.TooSlowError):
         return "no hello in time"
+    if isinstance(error, trio.BrokenResourceError) and error.__cause__ is not None:
+        return f"TLS handshake failed: {error.__cause__}"
     return f"{type(error).__name__}: {error}"

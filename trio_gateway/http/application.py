@@ -23,7 +23,7 @@ from trio_gateway.http.asgi import (
     read_body,
     send_json,
 )
-from trio_gateway.http.auth import canonical_path, refusal
+from trio_gateway.http.auth import canonical_path, refusal, routed_path
 from trio_gateway.http.control import create_control_app
 from trio_gateway.http.inference import INFERENCE_ROUTES, handle_inference
 from trio_gateway.openai.errors import encode_error, http_status
@@ -47,7 +47,9 @@ class GatewayApp:
                 scope = {**scope, "path": path, "raw_path": quote(path).encode()}
             # Auth, decided here once for both route sets (see `_refuse`).
             refused = refusal(scope, self.gateway.api_keys, self.gateway.config.admin_token)
-            endpoint = INFERENCE_ROUTES.get(scope["path"])
+            # As the control app would route it, or `//v1/completions` would reach its
+            # placeholder for that path there.
+            endpoint = INFERENCE_ROUTES.get(routed_path(scope["path"]))
             if endpoint is not None and scope["method"] == "POST":
                 await handle_inference(
                     self.gateway, endpoint, scope, receive, send, refused=refused

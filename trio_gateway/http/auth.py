@@ -32,7 +32,7 @@ def refusal(
     """Why this request may not go on (401, or 403 for a remote admin caller when no token
     is set), or None when it may. Empty `api_keys`: the API is open. `scope["path"]` is
     already canonical (`canonical_path`, applied by `GatewayApp`)."""
-    path: str = scope["path"]
+    path = routed_path(scope["path"])
     if path.startswith(API_PREFIX) or path in API_ROOT_PATHS:
         if api_keys and not key_accepted(bearer_token(header(scope, b"authorization")), api_keys):
             return invalid_api_key()
@@ -46,22 +46,36 @@ def refusal(
 
 
 def canonical_path(path: str) -> str:
-    """The one spelling of a request's path that both auth and routing read: the path of an
-    absolute-form target (`POST http://host/admin/drain`, RFC 9112 3.2.2), runs of slashes
-    as one (werkzeug would merge them when routing), `.` and `..` segments removed (RFC 3986
-    5.2.4). Without it, a spelling auth reads as neither /v1/ nor /admin/ could still reach
-    an admin route."""
+    """The path every router reads: that of an absolute-form target (`POST
+    http://host/admin/drain`, RFC 9112 3.2.2), with `.` and `..` segments removed (RFC 3986
+    5.2.4). Empty segments stay: a worker's id in `DELETE /admin/workers/ws://host:9001` is
+    a URL."""
     if not path.startswith("/"):
         path = urlsplit(path).path or "/"
     segments: list[str] = []
-    for segment in path.split("/")[1:]:
+    parts = path.split("/")[1:]
+    for index, segment in enumerate(parts):
+        last = index == len(parts) - 1
         if segment == "..":
             if segments:
                 segments.pop()
-        elif segment not in (".", ""):
+            if last:
+                segments.append("")
+        elif segment == ".":
+            if last:
+                segments.append("")
+        else:
             segments.append(segment)
-    trailing = "/" if path.endswith(("/", "/.", "/..")) and segments else ""
-    return "/" + "/".join(segments) + trailing
+    return "/" + "/".join(segments)
+
+
+def routed_path(path: str) -> str:
+    """The path as werkzeug matches the control app's static route parts: runs of slashes
+    as one, so `//admin/drain` reaches the drain route. What a path is guarded as, and which
+    inference route it names, is read from this spelling."""
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path
 
 
 def admin_forbidden(*, token_set: bool) -> GatewayError:
@@ -82,6 +96,7 @@ __all__ = [
     "is_loopback",
     "key_accepted",
     "refusal",
+    "routed_path",
 ]
 
 

@@ -22,11 +22,10 @@ from trio_gateway.errors import (
     GatewayError,
     client_cancelled,
     draining,
-    internal_error,
     shutting_down,
 )
 from trio_gateway.gateway import Gateway
-from trio_gateway.generation import GENERATION_ENDPOINTS, Chunk, Endpoint, GenerationRequest
+from trio_gateway.generation import GENERATION_ENDPOINTS, Chunk, Endpoint
 from trio_gateway.http.asgi import (
     ClientGone,
     Receive,
@@ -41,6 +40,8 @@ from trio_gateway.http.asgi import (
     send_error,
 )
 from trio_gateway.http.disconnect import AsgiClientGone
+from trio_gateway.http.request_end import end_span, log_end, log_refused, trace_refused
+from trio_gateway.http.writers import response_headers, write_stream, write_unary
 from trio_gateway.lifecycle.flight import CLIENT_DISCONNECTED, HANDLER_EXIT, Flight, run_flight
 from trio_gateway.lifecycle.ledger import BodyRead
 from trio_gateway.lifecycle.reader import ChunkReader
@@ -49,14 +50,12 @@ from trio_gateway.metrics import backend_label
 from trio_gateway.openai.errors import http_status, openai_type
 from trio_gateway.openai.non_generative import parse_request
 from trio_gateway.openai.schemas import parse_json_body
-from trio_gateway.openai.sse import DONE, error_event
-from trio_gateway.trace_context import TraceParent, clean_tracestate, parse_traceparent
+from trio_gateway.trace_context import clean_tracestate, parse_traceparent
 
 if TYPE_CHECKING:
     from trio_gateway.tracing import RequestSpan
 
 log = logging.getLogger("trio_gateway.inference")
-requests_log = logging.getLogger("trio_gateway.requests")
 
 INFERENCE_ROUTES: dict[str, Endpoint] = {
     "/v1/chat/completions": "chat",
@@ -66,12 +65,6 @@ INFERENCE_ROUTES: dict[str, Endpoint] = {
     "/tokenize": "tokenize",  # vLLM's, at the server root
     "/detokenize": "detokenize",
 }
-RETRY_AFTER_S = b"5"
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
 
 
 def _unsupported_media_type(content_type: bytes) -> GatewayError:
@@ -146,7 +139,7 @@ async def handle_inference(
     except ClientGone:
         gateway.metrics.request_ended(model_label, endpoint, stream, client_cancelled())
         if gateway.tracing is not None:
-            _trace_refused(
+            trace_refused(
                 gateway,
                 endpoint,
                 model_label,
@@ -159,15 +152,15 @@ async def handle_inference(
             )
         return
     except GatewayError as error:
-        headers = _headers(error, id_header, None)
+        headers = response_headers(error, id_header, None)
         if http_status(error) in (408, 413):  # the rest of the body stays unread: hypercorn closes
             headers.append((b"connection", b"close"))
         await send_error(send, error, headers)
         label = _model_label(gateway, body)
         gateway.metrics.request_ended(label, endpoint, stream, error)
-        _log_refused(label, endpoint, error, started_at)
+        log_refused(label, endpoint, error, started_at)
         if gateway.tracing is not None:
-            _trace_refused(
+            trace_refused(
                 gateway,
                 endpoint,
                 label,
@@ -214,9 +207,9 @@ async def handle_inference(
         )
         with chunks_out:
             if request.stream:
-                outcome, status = await _write_stream(send, request, flight, reader, id_header)
+                outcome, status = await write_stream(send, request, flight, reader, id_header)
             else:
-                outcome, status = await _write_unary(send, request, flight, reader, id_header)
+                outcome, status = await write_unary(send, request, flight, reader, id_header)
     finally:
         flight.cancel(HANDLER_EXIT)
         gateway.ledger.remove(flight)
@@ -234,9 +227,9 @@ async def handle_inference(
             metrics.disconnects.labels(request.model).inc()
         if outcome is not None and outcome.kind in (ErrorKind.INTERNAL, ErrorKind.UNAVAILABLE):
             log.warning("ended with %s: %s", openai_type(outcome), outcome.message)
-        _log_end(gateway, request, flight, reader, outcome, started_at, status)
+        log_end(gateway, request, flight, reader, outcome, started_at, status)
         if span is not None:
-            _end_span(span, request, flight, reader, outcome, status)
+            end_span(span, request, flight, reader, outcome, status)
 
 
 async def _read_body(
@@ -271,185 +264,3 @@ def _model_label(gateway: Gateway, body: dict[str, Any] | None) -> str:
     if isinstance(model, str) and gateway.router.knows(model):
         return model
     return "unknown"
-
-
-def _trace_refused(
-    gateway: Gateway,
-    endpoint: Endpoint,
-    model: str,
-    started_at: float,
-    parent: TraceParent | None,
-    tracestate: str | None,
-    request_id: str,
-    error: GatewayError,
-    status: int | None,
-) -> None:
-    """The span of a request answered before its flight: started and ended at once."""
-    assert gateway.tracing is not None
-    span = gateway.tracing.start(endpoint, model, started_at, parent, tracestate, request_id)
-    span.end(trio.current_time(), outcome=error, status=status)
-
-
-def _end_span(
-    span: RequestSpan,
-    request: GenerationRequest,
-    flight: Flight,
-    reader: ChunkReader,
-    outcome: GatewayError | None,
-    status: int | None,
-) -> None:
-    span.end(
-        trio.current_time(),
-        outcome=outcome,
-        status=status,
-        backend=None if flight.backend is None else backend_label(flight.backend.engine),
-        worker=flight.worker,
-        attempts=flight.attempts,
-        queue_wait=flight.queue_wait,
-        first_at=reader.first_token_at,
-        started_at=flight.started_at,
-        input_tokens=reader.prompt_tokens,
-        output_tokens=reader.tokens,
-        finish_reason=reader.finish_reason,
-        cancel_reason=flight.cancel_reason,
-        stream=request.stream,
-        max_tokens=request.max_tokens,
-    )
-
-
-def _log_refused(model: str, endpoint: Endpoint, error: GatewayError, started_at: float) -> None:
-    """The end line of a request answered before its flight started (a 4xx, a 503 draining)."""
-    if not requests_log.isEnabledFor(logging.INFO):
-        return
-    fields: dict[str, object] = {
-        "model": model,
-        "endpoint": endpoint,
-        "worker": None,
-        "status": http_status(error),
-        "error_type": error.kind.value,
-        "ttft_s": None,
-        "duration_s": round(trio.current_time() - started_at, 6),
-        "prompt_tokens": None,
-        "completion_tokens": 0,
-    }
-    requests_log.info("request end", extra=fields)
-
-
-def _log_end(
-    gateway: Gateway,
-    request: GenerationRequest,
-    flight: Flight,
-    reader: ChunkReader,
-    outcome: GatewayError | None,
-    started_at: float,
-    status: int | None,
-) -> None:
-    """One line per request, with what an operator greps for; text only if asked.
-
-    `status` is what the client got: 200 for a stream that failed after its headers went
-    out (its `error_type` says how it ended), the error's status when the error was the
-    answer, and with no response at all (the client left first) the outcome's, 499.
-    """
-    if not requests_log.isEnabledFor(logging.INFO):
-        return
-    if status is None:
-        status = 200 if outcome is None else http_status(outcome)
-    fields: dict[str, object] = {
-        "model": request.model,
-        "endpoint": request.endpoint,
-        "worker": flight.worker,
-        "status": status,
-        "error_type": "none" if outcome is None else outcome.kind.value,
-        "ttft_s": None if (at := reader.first_token_at) is None else round(at - started_at, 6),
-        "duration_s": round(trio.current_time() - started_at, 6),
-        "prompt_tokens": reader.prompt_tokens,
-        "completion_tokens": reader.tokens,
-    }
-    if gateway.config.log_prompts:
-        fields["prompt"] = request.prompt
-        fields["completion"] = "".join(reader.texts)
-    requests_log.info("request end", extra=fields)
-
-
-def _headers(
-    error: GatewayError | None, id_header: tuple[bytes, bytes], flight: Flight | None
-) -> list[tuple[bytes, bytes]]:
-    """x-request-id always, x-worker-id once routed, retry-after on 429 and 503."""
-    headers = [id_header]
-    if flight is not None and flight.worker is not None:
-        headers.append((b"x-worker-id", flight.worker.encode()))
-    if error is not None and http_status(error) in (429, 503):
-        headers.append((b"retry-after", RETRY_AFTER_S))
-    return headers
-
-
-async def _write_stream(
-    send: Send,
-    request: GenerationRequest,
-    flight: Flight,
-    reader: ChunkReader,
-    id_header: tuple[bytes, bytes],
-) -> tuple[GatewayError | None, int | None]:
-    """The engine's events as they come, then `[DONE]` (after an error event if it failed);
-    returns how it ended and the status the client got (None: no response).
-
-    Headers go out with the first chunk, so a request that fails before producing anything
-    still gets a real HTTP status (and the SDK's matching exception)."""
-    started = False
-
-    async def start() -> None:
-        nonlocal started
-        started = True
-        headers = [*SSE_HEADERS, *_headers(None, id_header, flight)]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-    while True:
-        batch = await reader.batch()
-        payload = batch[0].payload if len(batch) == 1 else b"".join(c.payload for c in batch)
-        if reader.ended:
-            break
-        if not payload:
-            continue
-        if not started:
-            await start()
-        await send({"type": "http.response.body", "body": payload, "more_body": True})
-
-    error = flight.outcome(reader.finish_reason)
-    if error is not None and error.kind is ErrorKind.CANCELLED:
-        return error, 200 if started else None  # nobody is listening
-    if not started:
-        if error is not None and not payload:  # nothing produced: a plain HTTP error
-            await send_error(send, error, _headers(error, id_header, flight))
-            return error, http_status(error)
-        await start()  # what was produced goes out, then the error event
-    tail = DONE if error is None else error_event(error) + DONE
-    await send({"type": "http.response.body", "body": payload + tail, "more_body": False})
-    return error, 200
-
-
-async def _write_unary(
-    send: Send,
-    request: GenerationRequest,
-    flight: Flight,
-    reader: ChunkReader,
-    id_header: tuple[bytes, bytes],
-) -> tuple[GatewayError | None, int | None]:
-    """The engine's whole answer: the payload of its last chunk; returns how it ended and
-    the status the client got (None: no response)."""
-    body = b""
-    while not reader.ended:
-        for chunk in await reader.batch():
-            if chunk.finish_reason is not None:
-                body = chunk.payload
-    error = flight.outcome(reader.finish_reason)
-    if error is None and not body:
-        error = internal_error("The engine finished without an answer.")
-    if error is not None:
-        if error.kind is ErrorKind.CANCELLED:
-            return error, None
-        await send_error(send, error, _headers(error, id_header, flight))
-        return error, http_status(error)
-    headers = [(b"content-type", b"application/json"), *_headers(None, id_header, flight)]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-    return None, 200

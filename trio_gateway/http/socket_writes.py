@@ -6,7 +6,8 @@ and a checkpoint). A token stream is nothing but small writes, so that per-write
 more than the `send` system call itself, dominates the gateway's CPU (the profile and what the
 fast path saved are in the README). When no write is in progress, the kernel's send buffer
 almost always has room for one SSE event, so `fast_protocol_send` writes it with one
-non-blocking `os.write` and returns. Only what the kernel does not take (a client reading
+non-blocking `os.write` and returns (on plain TCP: a TLS stream always takes hypercorn's
+path, which encrypts). Only what the kernel does not take (a client reading
 slowly) goes through hypercorn's own path, which waits for the socket under its lock and
 shield; a write in progress keeps the lock, so the order of bytes never changes.
 
@@ -64,8 +65,11 @@ async def fast_stream_send(self: H11Protocol, event: StreamEvent) -> None:
 
 async def fast_protocol_send(self: TCPServer, event: Event) -> None:
     if type(event) is RawData and not self.send_lock.locked():
-        sock = getattr(self.stream, "socket", None)  # None on TLS streams
-        if sock is not None:
+        # Plain TCP only: a TLS connection's stream is a `trio.SSLStream`, whose bytes must
+        # be encrypted by it, so they take hypercorn's path (`tests/system/test_tls.py`).
+        stream: object = self.stream
+        if type(stream) is trio.SocketStream:
+            sock = stream.socket
             data = event.data
             try:
                 written = os.write(sock.fileno(), data)

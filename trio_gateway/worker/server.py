@@ -20,6 +20,7 @@ from trio_gateway.engines.protocol import Engine
 from trio_gateway.lifecycle.ledger import InFlightLedger
 from trio_gateway.lifecycle.shutdown import GracefulShutdown
 from trio_gateway.plane.handshake import MAX_MESSAGE_BYTES, refusal
+from trio_gateway.tls import ClientTLS, server_context
 from trio_gateway.worker.connection import GatewayConnection, WorkerParts
 from trio_gateway.worker.metrics import WorkerMetrics
 from trio_gateway.worker.probes import ProbesApp, serve_probes
@@ -33,7 +34,15 @@ def engine_from_settings(config: WorkerConfig) -> Engine:
     if config.upstream:
         from trio_gateway.engines.upstream.engine import OpenAIUpstream
 
-        return OpenAIUpstream(config.upstream, api_key=config.upstream_api_key or None)
+        tls = ClientTLS(
+            config.upstream_ca_bundle, config.upstream_client_cert, config.upstream_client_key
+        )
+        secure = config.upstream.startswith("https://")
+        return OpenAIUpstream(
+            config.upstream,
+            api_key=config.upstream_api_key or None,
+            ssl_context=tls.context() if secure else None,
+        )
     return MockEngine.from_settings(config)
 
 
@@ -49,6 +58,14 @@ class WorkerServer:
         self.worker_id = config.worker_id
         self.port = config.port
         self.metrics_port = config.metrics_port
+        # Built here, before anything listens: a bad file is a `ConfigError`, one line.
+        self.ssl_context = (
+            server_context(
+                config.certfile, config.keyfile, config.ca_certs, config.keyfile_password
+            )
+            if config.certfile
+            else None
+        )
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host = self.config.host
@@ -62,7 +79,7 @@ class WorkerServer:
                     self._handle,
                     host,
                     self.config.port,
-                    None,
+                    self.ssl_context,
                     max_message_size=MAX_MESSAGE_BYTES,
                 )
             )
@@ -72,8 +89,9 @@ class WorkerServer:
                 serve_probes, self.probes, host, self.config.metrics_port
             )
             log.info(
-                "worker %s: request plane ws://%s:%d, metrics http://%s:%d/metrics",
+                "worker %s: request plane %s://%s:%d, metrics http://%s:%d/metrics",
                 self.worker_id,
+                "ws" if self.ssl_context is None else "wss",
                 host,
                 self.port,
                 host,

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from trio_gateway.backend_urls import BadURL, check_backend_url
-from trio_gateway.errors import ErrorKind, GatewayError, invalid_request
+from trio_gateway.config import ConfigError
+from trio_gateway.errors import ErrorKind, GatewayError, internal_error, invalid_request
 from trio_gateway.gateway import Gateway, engine_for_url
 from trio_gateway.http.control.replies import error_response, json_response, shared_port_refusal
 from trio_gateway.router.admission import Backend
 
 ONE_PROCESS_ONLY = "give the workers with --worker"
+log = logging.getLogger("trio_gateway")
 
 
 def add_routes(app: QuartTrio, gateway: Gateway) -> None:
@@ -30,7 +33,7 @@ def add_routes(app: QuartTrio, gateway: Gateway) -> None:
         if not isinstance(url, str):
             return error_response(
                 invalid_request(
-                    'Send {"url": "ws://HOST:PORT"} or an OpenAI-compatible "http://HOST:PORT/v1".',
+                    'Send {"url": "ws(s)://HOST:PORT"} or an OpenAI-compatible "http(s)://HOST:PORT/v1".',
                     "url",
                     "invalid_url",
                 )
@@ -49,7 +52,11 @@ def add_routes(app: QuartTrio, gateway: Gateway) -> None:
                     status_override=409,
                 )
             )
-        engine = engine_for_url(url, gateway.config)
+        try:
+            engine = engine_for_url(url, gateway.config)
+        except ConfigError as error:  # its TLS files went missing or bad since start-up
+            log.warning("cannot add %s: %s", url, error)
+            return error_response(internal_error(f"Cannot add {url}: {error}"))
         await gateway.add_engine(engine)
         backend = gateway.router.find(url)
         assert backend is not None
