@@ -94,6 +94,7 @@ def test_check_backend_url_masks_a_password_and_limits_schemes() -> None:
     "url",
     [
         "dns+ws://trio-gateway-worker:9001",
+        "dns+wss://trio-gateway-worker:9443",
         "dns+http://vllm:8000/v1",
         "dns+https://user:pw@vllm.ns.svc.cluster.local:8443/v1",
     ],
