@@ -24,6 +24,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from hypercorn.utils import LifespanFailureError
 
 from trio_gateway import __version__
+from trio_gateway.backend_engines import describe_backends, upstream_tls, worker_tls
 from trio_gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -32,7 +33,7 @@ from trio_gateway.config import (
     config_from_args,
 )
 from trio_gateway.errors import ErrorKind, GatewayError
-from trio_gateway.gateway import Gateway, describe_backends, upstream_tls, worker_tls
+from trio_gateway.gateway import Gateway
 from trio_gateway.http import socket_writes
 from trio_gateway.http.application import GatewayApp, create_app
 from trio_gateway.lifecycle.shutdown import GracefulShutdown

@@ -18,7 +18,8 @@ import trio
 from trio_gateway.config import GatewayConfig
 from trio_gateway.discovery.resolver import Resolver
 from trio_gateway.engines.protocol import Engine
-from trio_gateway.gateway import EngineFactory, Gateway
+from trio_gateway.fleet import EngineFactory
+from trio_gateway.gateway import Gateway
 from trio_gateway.http.application import GatewayApp
 from trio_gateway.http.asgi import Message
 

@@ -96,7 +96,7 @@ async def main() -> None:
         gateway.refresh_gauges()
         print(gateway.metrics.exposition().decode(), flush=True)
         print("---", flush=True)
-        assert gateway.remove_engine("mock")
+        assert gateway.fleet.remove_engine("mock")
         gateway.refresh_gauges()
         print(gateway.metrics.exposition().decode(), flush=True)
         nursery.cancel_scope.cancel()

@@ -211,7 +211,7 @@ async def test_in_flight_by_backend_and_a_removed_backend_leaves_no_series(
         assert value(scraped, "backend_inflight_requests", backend=SLOW) == 2
         assert value(scraped, "backend_inflight_requests", backend=FAST) == 0
 
-        assert harness.gateway.remove_engine(held.name)
+        assert harness.gateway.fleet.remove_engine(held.name)
         for exchange in streams:
             await exchange.finished.wait()
         scraped = await scrape(harness)
@@ -223,7 +223,7 @@ async def test_in_flight_by_backend_and_a_removed_backend_leaves_no_series(
 
         # Back under the same URL (a restarted worker says another id): the same label.
         back = Replica(SLOW, "worker-e5f6", hold=False)
-        await harness.gateway.add_engine(back)
+        await harness.gateway.fleet.add_engine(back)
         for _ in range(2):
             assert (await harness.request("POST", CHAT, chat(stream=True))).status == 200
         scraped = await scrape(harness)

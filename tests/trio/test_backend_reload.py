@@ -93,7 +93,7 @@ async def test_removed_backend_finishes_its_stream_then_stops(
         assert harness.gateway.router.find("a") is not None
         assert harness.gateway.router.find("a").inflight == 1  # type: ignore[union-attr]
 
-        diff = await harness.gateway.reload_backends([spec("b"), spec("c")])
+        diff = await harness.gateway.fleet.reload_backends([spec("b"), spec("c")])
 
         assert [s.name for s in diff.removed] == ["a"]
         assert [s.name for s in diff.added] == ["c"]
@@ -126,7 +126,7 @@ async def test_changed_backend_is_replaced_without_cutting_its_stream(
         await stream.wait_until(lambda e: len(e.body) > 0)
         old = factory.made["a"][0]
 
-        diff = await harness.gateway.reload_backends([spec("a", weight=3)])
+        diff = await harness.gateway.fleet.reload_backends([spec("a", weight=3)])
 
         assert [s.name for s in diff.changed] == ["a"]
         new = factory.made["a"][1]
@@ -151,7 +151,7 @@ async def test_unchanged_reload_does_nothing_and_a_bad_file_changes_nothing(
 ) -> None:
     factory = Factory()
     async with running_gateway(config(spec("a")), engine_factory=factory) as harness:
-        diff = await harness.gateway.reload_backends([spec("a")])
+        diff = await harness.gateway.fleet.reload_backends([spec("a")])
         assert diff.empty
         assert len(factory.made["a"]) == 1
 
@@ -177,7 +177,7 @@ async def test_reload_reads_the_settings_again(
         diff = await harness.gateway.reload(lambda: changed)
         assert diff is not None and [s.name for s in diff.added] == ["b"]
         assert routed(harness) == ["a", "b"]
-        assert [s.name for s in harness.gateway.configured] == ["a", "b"]
+        assert [s.name for s in harness.gateway.fleet.configured] == ["a", "b"]
         assert harness.gateway.router.queue_size == 1024  # only the backends reload
         assert any("queue_size changed" in message for message in caplog.messages)
 
@@ -198,10 +198,10 @@ async def test_a_backend_that_fails_to_start_is_left_out_and_tried_again(
     broken = BackendSpec(name="x", url="http://broken.test:1/v1", models=("m",))
     broken_a = BackendSpec(name="a", url="http://broken.test:2/v1", models=("m",))
     async with running_gateway(config(spec("a")), engine_factory=factory) as harness:
-        await harness.gateway.reload_backends([spec("a"), broken])
+        await harness.gateway.fleet.reload_backends([spec("a"), broken])
         assert routed(harness) == ["a"]
-        assert [s.name for s in harness.gateway.configured] == ["a"]
-        await harness.gateway.reload_backends([broken_a])  # a changed to what cannot start
+        assert [s.name for s in harness.gateway.fleet.configured] == ["a"]
+        await harness.gateway.fleet.reload_backends([broken_a])  # a changed to what cannot start
         assert routed(harness) == ["a"]
         backend = harness.gateway.router.find("a")
         assert backend is not None and backend.engine is factory.made["a"][0]
@@ -209,5 +209,5 @@ async def test_a_backend_that_fails_to_start_is_left_out_and_tried_again(
             "POST", "/v1/chat/completions", chat(model="m", max_tokens=2)
         )
         assert answer.status == 200
-        diff = await harness.gateway.reload_backends([spec("a"), broken])
+        diff = await harness.gateway.fleet.reload_backends([spec("a"), broken])
         assert [s.name for s in diff.added] == ["x"]  # tried again

@@ -163,7 +163,7 @@ async def test_the_gateway_routes_cache_aware_and_learns_from_sessions(
             assert session_home == other  # the smaller index
             follower = await harness.request("POST", CHAT, chat_body(story, "and then?"))
             assert follower.headers[b"x-worker-id"] == session_home
-            harness.gateway.remove_engine(session_home.decode())
+            harness.gateway.fleet.remove_engine(session_home.decode())
             assert policy.index.size(session_home.decode()) == 0
 
 

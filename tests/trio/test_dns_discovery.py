@@ -142,7 +142,7 @@ async def test_addresses_become_members_configured_as_their_entry(
         assert member.host_name == "vllm.test" and member.member_of == "vllm"
         for backend in harness.gateway.router.backends:
             assert backend.capacity == 3 and backend.weight == 2 and backend.label == "vllm"
-        assert [s.name for s in harness.gateway.configured] == ["vllm"]  # the entry, once
+        assert [s.name for s in harness.gateway.fleet.configured] == ["vllm"]  # the entry, once
         # Both members serve, and every series says the entry's name, not an address.
         for _ in range(2):
             answer = await harness.request("POST", CHAT, chat(model="m", max_tokens=2))
@@ -195,7 +195,7 @@ async def test_a_vanished_address_finishes_its_stream_then_stops(
         assert first.endings == ["finished"]
         await trio.testing.wait_all_tasks_blocked()
         assert first.stopped  # drained, then closed
-        assert [m.name for m in harness.gateway.members("vllm")] == ["vllm/10.0.0.2:8000"]
+        assert [m.name for m in harness.gateway.fleet.members("vllm")] == ["vllm/10.0.0.2:8000"]
 
 
 @pytest.mark.parametrize("failure", ["error", "empty", "timeout"])
@@ -281,7 +281,7 @@ async def test_reload_replaces_members_in_place_and_drains_a_removed_entry(
         config(vllm()), engine_factory=factory, resolver=resolver
     ) as harness:
         olds = [engines[0] for engines in factory.made.values()]
-        diff = await harness.gateway.reload_backends([vllm(capacity=5)])
+        diff = await harness.gateway.fleet.reload_backends([vllm(capacity=5)])
         assert [s.name for s in diff.changed] == ["vllm"]
         assert routed(harness) == ["vllm/10.0.0.1:8000", "vllm/10.0.0.2:8000"]
         assert [b.capacity for b in harness.gateway.router.backends] == [5, 5]
@@ -293,7 +293,7 @@ async def test_reload_replaces_members_in_place_and_drains_a_removed_entry(
 
         stream = harness.start("POST", CHAT, chat(model="m", stream=True, max_tokens=TOKENS))
         await stream.wait_until(lambda e: len(e.body) > 0)
-        await harness.gateway.reload_backends([])
+        await harness.gateway.fleet.reload_backends([])
         assert routed(harness) == []
         await stream.finished.wait()
         assert streamed_tokens(bytes(stream.body)) == TOKENS

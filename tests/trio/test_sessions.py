@@ -196,7 +196,7 @@ async def test_the_worker_expires_its_copy_after_the_gateways_timeout_and_grace(
         engine = server.engine
         assert isinstance(engine, MockEngine) and "orphan" in engine.sessions
         # The gateway forgets the worker (as if the gateway died): nobody closes it.
-        harness.gateway.remove_engine("w1")
+        harness.gateway.fleet.remove_engine("w1")
         await trio.sleep_until(used_at + 10 + WORKER_GRACE_S - 0.01)
         assert "orphan" in engine.sessions
         await trio.sleep_until(used_at + 10 + WORKER_GRACE_S + 0.01)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from trio_gateway.backend_engines import describe_backends, engine_for_url
 from trio_gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -16,7 +17,7 @@ from trio_gateway.config import (
     load_config,
 )
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
-from trio_gateway.gateway import Gateway, describe_backends, engine_for_url
+from trio_gateway.gateway import Gateway
 
 UPSTREAM = "http://10.0.0.7:8001/v1"
 WORKER = "ws://10.0.0.8:9001"

@@ -8,10 +8,11 @@ from typing import Any
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from trio_gateway.backend_engines import engine_for_url
 from trio_gateway.backend_urls import BadURL, check_backend_url
 from trio_gateway.config import ConfigError
 from trio_gateway.errors import ErrorKind, GatewayError, internal_error, invalid_request
-from trio_gateway.gateway import Gateway, engine_for_url
+from trio_gateway.gateway import Gateway
 from trio_gateway.http.control.replies import error_response, json_response, shared_port_refusal
 from trio_gateway.router.admission import Backend
 
@@ -57,7 +58,7 @@ def add_routes(app: QuartTrio, gateway: Gateway) -> None:
         except ConfigError as error:  # its TLS files went missing or bad since start-up
             log.warning("cannot add %s: %s", url, error)
             return error_response(internal_error(f"Cannot add {url}: {error}"))
-        await gateway.add_engine(engine)
+        await gateway.fleet.add_engine(engine)
         backend = gateway.router.find(url)
         assert backend is not None
         return json_response(_describe(backend), 201)
@@ -66,7 +67,7 @@ def add_routes(app: QuartTrio, gateway: Gateway) -> None:
     async def remove_worker(worker_id: str) -> Response:
         if (refusal := shared_port_refusal(gateway, ONE_PROCESS_ONLY)) is not None:
             return refusal
-        if not gateway.remove_engine(worker_id):
+        if not gateway.fleet.remove_engine(worker_id):
             return error_response(
                 GatewayError(
                     ErrorKind.NOT_FOUND, f"No worker {worker_id!r}.", code="worker_not_found"
