@@ -136,6 +136,16 @@ class GatewayConnection:
                         )
                     )
                     continue
+                if message.id in self.generations:
+                    await _send_error(
+                        ws, message.id, internal_error(f"request {message.id} is already running")
+                    )
+                    continue
+                # Registered before its task runs, so a `cancel` or `credit` read next finds
+                # it, and `max_inflight` counts it at once.
+                request = message.request
+                flight = Flight(message.id, request.model, request.endpoint, trio.current_time())
+                self.generations[message.id] = _Generation(flight, CreditWindow(message.window))
                 nursery.start_soon(self._generate, outbox, message)
             elif isinstance(message, Credit):
                 generation = self.generations.get(message.id)
@@ -172,9 +182,8 @@ class GatewayConnection:
             request = dataclasses.replace(request, session_id=frame.session_id)
             frame = Generate(frame.id, request, frame.window, frame.session_id)
             worker.sessions.begin(session)
-        flight = Flight(frame.id, request.model, request.endpoint, trio.current_time())
-        generation = _Generation(flight, CreditWindow(frame.window))
-        self.generations[frame.id] = generation
+        generation = self.generations[frame.id]
+        flight = generation.flight
         worker.ledger.add(flight)
         worker.metrics.active.inc()
         outcome = "cancelled"
@@ -194,7 +203,7 @@ class GatewayConnection:
         finally:
             if session is not None:
                 worker.sessions.end(session)
-            del self.generations[frame.id]
+            self.generations.pop(frame.id, None)
             worker.ledger.remove(flight)
             flight.done.set()
             worker.metrics.active.dec()
@@ -228,11 +237,17 @@ class GatewayConnection:
             nursery.start_soon(produce)
             with receive:
                 async for chunk in receive:
+                    try:
+                        payload = chunk.payload.decode()
+                    except UnicodeDecodeError:  # this request's failure, not the connection's
+                        failure = internal_error("The engine sent an answer that is not UTF-8.")
+                        nursery.cancel_scope.cancel()
+                        break
                     await generation.credit.take()
                     outbox.send_nowait(
                         ChunkFrame(
                             frame.id,
-                            chunk.payload.decode(),
+                            payload,
                             chunk.tokens,
                             chunk.finish_reason,
                             chunk.prompt_tokens,
