@@ -85,3 +85,20 @@ async def test_the_end_line_says_the_status_the_client_got(
         (500, "internal"),
     ]
     assert lines[1].completion_tokens == 3  # type: ignore[attr-defined]
+
+
+async def test_a_long_request_id_is_cut_to_a_valid_header_value(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Cut at 128 characters, it would end in a space: h11 refuses that value, in the answer
+    # and in the request to an upstream (a 500 there).
+    sent = "a" * 127 + " " + "b" * 10
+    async with running_gateway() as harness:
+        response = await harness.request(
+            "POST",
+            "/v1/completions",
+            {"model": "mock", "prompt": "hi", "max_tokens": 1},
+            headers={"x-request-id": sent},
+        )
+        assert response.status == 200
+        assert response.headers[b"x-request-id"] == b"a" * 127

@@ -90,7 +90,10 @@ async def handle_inference(
     started_at = trio.current_time()
     flight_id = uuid.uuid4().hex
     client_id = header(scope, b"x-request-id")
-    trace_id = client_id.decode("latin-1")[:128] if client_id else flight_id
+    # At most 128 characters, and never ending in whitespace (h11 refuses such a header
+    # value, in our answer and in the upstream's request).
+    trace_id = client_id.decode("latin-1")[:128].rstrip(" \t") if client_id else ""
+    trace_id = trace_id or flight_id
     request_id_var.set(trace_id)  # every log line of this request, in every task it starts
     id_header = (b"x-request-id", trace_id.encode("latin-1"))
     # W3C Trace Context: a malformed traceparent is ignored (no 400), tracestate with it.
