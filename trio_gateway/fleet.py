@@ -81,14 +81,18 @@ class Fleet:
             if spec.discovered:
                 await self.nursery.start(self._watch, spec)
 
-    async def add_engine(self, engine: Engine) -> None:
-        """Route to a new backend while running (`POST /admin/workers`)."""
+    async def add_engine(self, engine: Engine) -> Backend:
+        """Route to a new backend while running (`POST /admin/workers`); ValueError when a
+        backend of that name or address is routed to already."""
+        if engine.url is not None and self.router.find(engine.url) is not None:
+            raise ValueError(f"{engine.url} is already routed to")
         backend = self.router.add(engine)
         try:
             await self.nursery.start(self.run_backend, backend)
         except BaseException:
             self.router.remove(backend)
             raise
+        return backend
 
     def remove_engine(self, name: str) -> bool:
         """Stop routing to a backend and stop its engine; its streams end as `unavailable`.

@@ -32,3 +32,20 @@ async def test_admin_workers_api(autojump_clock: trio.testing.MockClock) -> None
         assert [w["id"] for w in listed.json()["workers"]] == ["mock"]
         ok = await harness.request("POST", CHAT, chat(max_tokens=2))
         assert ok.status == 200
+
+
+async def test_an_upstream_added_under_another_spelling_is_one_backend(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The engine keeps a normalised URL (no trailing slash, no password): adding it answers
+    # with that backend, and the same address spelled otherwise is a 409, not a 500.
+    async with running_gateway() as harness:
+        added = await harness.request("POST", "/admin/workers", {"url": "http://127.0.0.1:9/v1/"})
+        assert added.status == 201, added.json()
+        assert added.json()["url"] == "http://127.0.0.1:9/v1"
+        for spelling in ("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1/"):
+            again = await harness.request("POST", "/admin/workers", {"url": spelling})
+            assert again.status == 409, again.json()
+            assert again.json()["error"]["code"] == "duplicate_worker"
+        listed = await harness.request("GET", "/admin/workers")
+        assert len(listed.json()["workers"]) == 2

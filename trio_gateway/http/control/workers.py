@@ -43,24 +43,23 @@ def add_routes(app: QuartTrio, gateway: Gateway) -> None:
             check_backend_url(url)
         except BadURL as error:
             return error_response(invalid_request(f"url: {error}", "url", "invalid_url"))
-        if gateway.router.find(url) is not None:
-            return error_response(
-                GatewayError(
-                    ErrorKind.VALIDATION,
-                    f"{url} is already routed to.",
-                    param="url",
-                    code="duplicate_worker",
-                    status_override=409,
-                )
-            )
         try:
             engine = engine_for_url(url, gateway.config)
         except ConfigError as error:  # its TLS files went missing or bad since start-up
             log.warning("cannot add %s: %s", url, error)
             return error_response(internal_error(f"Cannot add {url}: {error}"))
-        await gateway.fleet.add_engine(engine)
-        backend = gateway.router.find(url)
-        assert backend is not None
+        try:  # the engine's URL is the normalised one (no trailing slash, no password)
+            backend = await gateway.fleet.add_engine(engine)
+        except ValueError:
+            return error_response(
+                GatewayError(
+                    ErrorKind.VALIDATION,
+                    f"{engine.url} is already routed to.",
+                    param="url",
+                    code="duplicate_worker",
+                    status_override=409,
+                )
+            )
         return json_response(_describe(backend), 201)
 
     @app.delete("/admin/workers/<path:worker_id>")
