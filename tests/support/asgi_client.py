@@ -100,8 +100,10 @@ class Harness:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         client: tuple[str, int] = ("127.0.0.1", 50000),
+        root_path: str = "",
     ) -> Exchange:
-        """Start a request in the background; the returned exchange fills in as it runs."""
+        """Start a request in the background; the returned exchange fills in as it runs.
+        `root_path`: as hypercorn's `--root-path` sets it."""
         if body is None:
             body = orjson.dumps(json) if json is not None else b""
         header_list = [(b"content-type", b"application/json")]
@@ -118,7 +120,7 @@ class Harness:
             "path": path,
             "raw_path": path.encode(),
             "query_string": query.encode(),
-            "root_path": "",
+            "root_path": root_path,
             "headers": header_list,
             "client": client,
             "server": ("127.0.0.1", 8000),

@@ -186,3 +186,25 @@ async def test_doubled_slashes_with_a_key_reach_the_inference_handler(
     async with running_gateway(guarded()) as harness:
         response = await harness.request("POST", path, body, headers=KEY)
         assert response.status == 200, (response.status, bytes(response.body))
+
+
+async def test_under_a_root_path_routes_are_judged_as_quart_routes_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # hypercorn --root-path /gw: quart strips the root before routing, so auth must too.
+    async with running_gateway(guarded()) as harness:
+        refused = await harness.request("POST", "/gw/admin/drain", client=REMOTE, root_path="/gw")
+        assert refused.status == 401
+        assert harness.gateway.accepting
+        no_key = await harness.request("GET", "/gw/v1/models", client=REMOTE, root_path="/gw")
+        assert no_key.status == 401
+        served = await harness.request(
+            "POST",
+            "/gw/v1/completions",
+            {"model": "mock", "prompt": "hi", "max_tokens": 1},
+            headers=KEY,
+            root_path="/gw",
+        )
+        assert served.status == 200
+        outside = await harness.request("GET", "/v1/models", headers=KEY, root_path="/gw")
+        assert outside.status == 404

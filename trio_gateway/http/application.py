@@ -23,7 +23,7 @@ from trio_gateway.http.asgi import (
     read_body,
     send_json,
 )
-from trio_gateway.http.auth import canonical_path, refusal, routed_path
+from trio_gateway.http.auth import app_path, canonical_path, refusal
 from trio_gateway.http.control import create_control_app
 from trio_gateway.http.inference import INFERENCE_ROUTES, handle_inference
 from trio_gateway.openai.errors import encode_error, http_status
@@ -49,7 +49,7 @@ class GatewayApp:
             refused = refusal(scope, self.gateway.api_keys, self.gateway.config.admin_token)
             # As the control app would route it, or `//v1/completions` would reach its
             # placeholder for that path there.
-            endpoint = INFERENCE_ROUTES.get(routed_path(scope["path"]))
+            endpoint = INFERENCE_ROUTES.get(app_path(scope))
             if endpoint is not None and scope["method"] == "POST":
                 await handle_inference(
                     self.gateway, endpoint, scope, receive, send, refused=refused

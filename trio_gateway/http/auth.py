@@ -32,7 +32,7 @@ def refusal(
     """Why this request may not go on (401, or 403 for a remote admin caller when no token
     is set), or None when it may. Empty `api_keys`: the API is open. `scope["path"]` is
     already canonical (`canonical_path`, applied by `GatewayApp`)."""
-    path = routed_path(scope["path"])
+    path = app_path(scope)
     if path.startswith(API_PREFIX) or path in API_ROOT_PATHS:
         if api_keys and not key_accepted(bearer_token(header(scope, b"authorization")), api_keys):
             return invalid_api_key()
@@ -69,6 +69,20 @@ def canonical_path(path: str) -> str:
     return "/" + "/".join(segments)
 
 
+def app_path(scope: Scope) -> str:
+    """The path both route sets match, as quart reads it: under a `root_path` (hypercorn's
+    `--root-path`) the rest of the path, or no route at all when it is outside the root;
+    then `routed_path`. Auth and the inference dispatch judge this spelling, so a prefix
+    cannot make an admin route look like an open one."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root:
+        if path == root or not path.startswith(root):
+            return " "  # quart's "no route" (a space is no path): a 404
+        path = path.removeprefix(root)
+    return routed_path(path)
+
+
 def routed_path(path: str) -> str:
     """The path as werkzeug matches the control app's static route parts: runs of slashes
     as one, so `//admin/drain` reaches the drain route. What a path is guarded as, and which
@@ -91,6 +105,7 @@ def admin_forbidden(*, token_set: bool) -> GatewayError:
 
 __all__ = [
     "admin_forbidden",
+    "app_path",
     "bearer_token",
     "canonical_path",
     "is_loopback",
