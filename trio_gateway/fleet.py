@@ -14,7 +14,7 @@ import trio
 from prometheus_client import Counter
 
 from trio_gateway.backends_config import BackendsDiff, BackendSpec, diff_backends
-from trio_gateway.config import GatewayConfig
+from trio_gateway.config import ConfigError, GatewayConfig
 from trio_gateway.discovery.members import dns_name, member_specs
 from trio_gateway.discovery.resolver import Resolver
 from trio_gateway.discovery.watch import DnsWatch
@@ -205,7 +205,11 @@ class Fleet:
 
     async def _add_backend(self, spec: BackendSpec) -> bool:
         """Route to a new configured backend and start it; False when it failed to."""
-        backend = self._backend_for(spec)
+        try:
+            backend = self._backend_for(spec)
+        except ConfigError as error:  # its TLS files, read again for each new engine
+            log.error("backend %s: not added: %s", spec.name, error)
+            return False
         try:
             self.router.insert(backend)
         except ValueError as error:  # its name is taken (e.g. by POST /admin/workers)
@@ -278,10 +282,18 @@ class Fleet:
                 replacing.start_soon(self._replace, spec)
 
     async def _replace(self, spec: BackendSpec) -> None:
-        _, old = self._configured[spec.name]
-        new = self._backend_for(spec)
-        if not await self._start(new):
-            return  # the old definition serves on; the next reload tries again
+        old_spec, old = self._configured[spec.name]
+        try:
+            new = self._backend_for(spec)
+        except ConfigError as error:
+            log.error("backend %s: not replaced: %s", spec.name, error)
+            new = None
+        if new is None or not await self._start(new):
+            # The old definition serves on, and stays the configured one, so that the next
+            # reload sees the change again and tries again.
+            if not spec.member_of and spec.name in self._entries:
+                self._entries[spec.name] = old_spec
+            return
         if not new.engine.available:
             try:
                 with trio.move_on_after(REPLACE_WAIT_S):
@@ -295,9 +307,12 @@ class Fleet:
                     spec.name,
                     REPLACE_WAIT_S,
                 )
+        if self._configured.get(spec.name, (None, None))[1] is not old:
+            self._retire(new)  # removed meanwhile (DELETE /admin/workers, a reload): so be it
+            return
         if old in self.router.backends:
             self.router.replace(old, new)
-        else:  # removed meanwhile by DELETE /admin/workers
+        else:
             self.router.insert(new)
         self._configured[spec.name] = (spec, new)
         self._retire(old)

@@ -211,3 +211,58 @@ async def test_a_backend_that_fails_to_start_is_left_out_and_tried_again(
         assert answer.status == 200
         diff = await harness.gateway.fleet.reload_backends([spec("a"), broken])
         assert [s.name for s in diff.added] == ["x"]  # tried again
+
+
+class TLSGoneFactory(Factory):
+    """As an engine whose TLS files cannot be read any more fails to be made: a ConfigError
+    from the factory (`ClientTLS.context`), for a URL on the host `badtls.test`."""
+
+    def __call__(self, spec: BackendSpec) -> Engine:
+        if "badtls.test" in spec.url:
+            raise ConfigError("upstream_ca_bundle: cannot load /gone.pem")
+        return super().__call__(spec)
+
+
+async def test_an_engine_that_cannot_be_made_leaves_its_entry_as_it_was(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    factory = TLSGoneFactory()
+    bad_b = BackendSpec(name="b", url="http://badtls.test:1/v1", models=("m",), weight=3)
+    bad_c = BackendSpec(name="c", url="http://badtls.test:2/v1", models=("m",))
+    async with running_gateway(config(spec("a"), spec("b")), engine_factory=factory) as harness:
+        fleet = harness.gateway.fleet
+        # a changes as it should; b's new engine cannot be made; c is new and cannot either.
+        await fleet.reload_backends([spec("a", weight=2), bad_b, bad_c])
+        weights = {b.name: b.weight for b in harness.gateway.router.backends}
+        assert weights == {"a": 2, "b": 1}  # b serves on as it was, c is not there
+        assert {s.name: s.weight for s in fleet.configured} == {"a": 2, "b": 1}
+        # Once the files are back, the same file applies: nothing was taken as done.
+        diff = await fleet.reload_backends([spec("a", weight=2), spec("b", weight=3), spec("c")])
+        assert [s.name for s in diff.changed] == ["b"] and [s.name for s in diff.added] == ["c"]
+        weights = {b.name: b.weight for b in harness.gateway.router.backends}
+        assert weights == {"a": 2, "b": 3, "c": 1}
+
+
+class SlowToComeUpFactory(Factory):
+    """A definition of weight 2 is never up: its replacement waits `REPLACE_WAIT_S`."""
+
+    def __call__(self, spec: BackendSpec) -> Engine:
+        engine = super().__call__(spec)
+        if spec.weight == 2:
+            engine.available = False
+        return engine
+
+
+async def test_a_backend_deleted_while_its_new_definition_comes_up_stays_deleted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    factory = SlowToComeUpFactory()
+    async with running_gateway(config(spec("a"), spec("b")), engine_factory=factory) as harness:
+        fleet = harness.gateway.fleet
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fleet.reload_backends, [spec("a"), spec("b", weight=2)])
+            await trio.testing.wait_all_tasks_blocked()
+            assert fleet.remove_engine("b")  # while the replacement waits
+        assert routed(harness) == ["a"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert factory.made["b"][-1].stopped  # the new definition was let go too
