@@ -264,10 +264,11 @@ class Fleet:
                 if self._watches.get(spec.name) is scope:
                     del self._watches[spec.name]
 
-    async def _apply_members(self, entry: BackendSpec, addresses: frozenset[str]) -> None:
+    async def _apply_members(self, entry: BackendSpec, addresses: frozenset[str]) -> bool:
         """Make `entry`'s members one per address: an address that appeared is added, one
         that vanished drained (its streams finish, then its engine stops, as a backend a
-        reload removed), one whose entry changed replaced in place."""
+        reload removed), one whose entry changed replaced in place. False when a new
+        member failed to start (it is tried again at the next resolution)."""
         current = tuple(
             spec for spec, _ in self._configured.values() if spec.member_of == entry.name
         )
@@ -275,11 +276,11 @@ class Fleet:
         for spec in diff.removed:
             _, backend = self._configured.pop(spec.name)
             self._retire(backend)
-        for spec in diff.added:
-            await self._add_backend(spec)
+        added = [await self._add_backend(spec) for spec in diff.added]
         async with trio.open_nursery() as replacing:
             for spec in diff.changed:
                 replacing.start_soon(self._replace, spec)
+        return all(added)
 
     async def _replace(self, spec: BackendSpec) -> None:
         old_spec, old = self._configured[spec.name]

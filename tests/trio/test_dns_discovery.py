@@ -307,8 +307,9 @@ async def test_watch_applies_only_a_changed_set() -> None:
     resolver = FakeResolver("10.0.0.1")
     applied: list[frozenset[str]] = []
 
-    async def apply(addresses: frozenset[str]) -> None:
+    async def apply(addresses: frozenset[str]) -> bool:
         applied.append(addresses)
+        return True
 
     watch = DnsWatch("e", DnsName("e.test", 80), resolver, apply, refresh_s=1.0)
     await watch.refresh()
@@ -347,10 +348,11 @@ async def test_a_set_that_fails_to_apply_is_tried_again(caplog: pytest.LogCaptur
     resolver = FakeResolver("10.0.0.1")
     applied: list[frozenset[str]] = []
 
-    async def apply(addresses: frozenset[str]) -> None:
+    async def apply(addresses: frozenset[str]) -> bool:
         applied.append(addresses)
         if len(applied) == 1:
             raise ValueError("cannot make that member")
+        return True
 
     watch = DnsWatch("e", DnsName("e.test", 80), resolver, apply, refresh_s=1.0)
     await watch.refresh()
@@ -358,4 +360,20 @@ async def test_a_set_that_fails_to_apply_is_tried_again(caplog: pytest.LogCaptur
         "applying appeared 10.0.0.1 failed" in m for m in caplog.messages
     )
     await watch.refresh()
+    assert applied == [frozenset({"10.0.0.1"})] * 2 and watch.known == frozenset({"10.0.0.1"})
+
+
+async def test_a_member_that_failed_to_start_is_tried_at_the_next_resolution() -> None:
+    resolver = FakeResolver("10.0.0.1")
+    applied: list[frozenset[str]] = []
+
+    async def apply(addresses: frozenset[str]) -> bool:
+        applied.append(addresses)
+        return len(applied) > 1  # the first time, a member did not start
+
+    watch = DnsWatch("e", DnsName("e.test", 80), resolver, apply, refresh_s=1.0)
+    await watch.refresh()
+    assert watch.known is None
+    await watch.refresh()  # the same set: applied again, since it was not all applied
+    await watch.refresh()  # now it was: nothing to do
     assert applied == [frozenset({"10.0.0.1"})] * 2 and watch.known == frozenset({"10.0.0.1"})

@@ -32,7 +32,7 @@ class DnsWatch:
         entry: str,
         name: DnsName,
         resolver: Resolver,
-        apply: Callable[[frozenset[str]], Awaitable[None]],
+        apply: Callable[[frozenset[str]], Awaitable[bool]],
         *,
         refresh_s: float,
         on_failure: Callable[[], None] = lambda: None,
@@ -72,11 +72,12 @@ class DnsWatch:
             diff.summary(),
         )
         try:
-            await self._apply(resolved)
+            applied = await self._apply(resolved)
         except Exception:  # a member that cannot be made must not stop the gateway
             log.exception("backend %s: applying %s failed; tried again", self.entry, diff.summary())
             return
-        self.known = resolved
+        if applied:  # else a member failed to start: the next resolution tries it again
+            self.known = resolved
 
     async def _resolve(self) -> frozenset[str] | None:
         problem = ""
