@@ -11,6 +11,8 @@ path and the worker plane are all written for it.
 
 from __future__ import annotations
 
+import functools
+import os
 import ssl
 from dataclasses import dataclass
 
@@ -35,7 +37,13 @@ class ClientTLS:
     setting: str = "upstream"
 
     def context(self) -> ssl.SSLContext:
-        """A client context with hostname verification on (never turned off here)."""
+        """A client context with hostname verification on (never turned off here). Made
+        once for the same files as they are now (their modification times are part of the
+        key) and shared: loading a trust store takes milliseconds on the event loop, and a
+        `dns+` entry may add many members at once. A context may serve many connections."""
+        return _shared_context(self, _files_stamp(self))
+
+    def _make(self) -> ssl.SSLContext:
         try:
             context = ssl.create_default_context(cafile=self.ca_bundle or None)
         except (OSError, ssl.SSLError) as error:
@@ -52,6 +60,21 @@ class ClientTLS:
                     f"{' with ' + self.client_key if self.client_key else ''}: {_reason(error)}"
                 ) from None
         return context
+
+
+def _files_stamp(tls: ClientTLS) -> tuple[float | None, ...]:
+    stamps: list[float | None] = []
+    for path in (tls.ca_bundle, tls.client_cert, tls.client_key):
+        try:
+            stamps.append(os.stat(path).st_mtime if path else None)
+        except OSError:
+            stamps.append(None)  # gone: `_make` says so, and nothing is cached
+    return tuple(stamps)
+
+
+@functools.lru_cache(maxsize=16)
+def _shared_context(tls: ClientTLS, stamp: tuple[float | None, ...]) -> ssl.SSLContext:
+    return tls._make()
 
 
 def server_context(
