@@ -91,16 +91,17 @@ class Log:
 async def exchange(port: int, method: str, path: str, body: Any = None) -> bytes:
     """One request on its own connection, read to the server's close."""
     payload = b"" if body is None else json.dumps(body).encode()
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(
-            f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        received = b""
-        while data := await stream.receive_some():
-            received += data
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            received = b""
+            while data := await stream.receive_some():
+                received += data
     return received
 
 
