@@ -3,9 +3,10 @@
     python benchmarks/gateway_throughput.py [--seconds 10] [--concurrency 1,32,256]
         [--processes 1,2]
 
-Load: streaming chat, 100 tokens at 10 ms per token, 5 ms prefill (as shared/peers runs
-Dynamo). At each concurrency c, `wrk -t1` holds c - p connections for throughput while this
-script's raw-socket client holds p = min(c, 16) and measures TTFT and ITL under that load.
+Load: streaming chat, 100 tokens at 10 ms per token, 5 ms prefill (the load the Dynamo
+comparison used). At each concurrency c, `wrk -t1` holds c - p connections for throughput
+while this script's raw-socket client holds p = min(c, 16) and measures TTFT and ITL under
+that load.
 Tokens/s and CPU are read over a window after a 2 s warm-up, from the gateway's counters.
 `--processes 1,2` measures `serve --processes N` too (CPU and RSS: all N processes).
 TTFT "added" compares with the mock engine's own TTFT, measured in-process without HTTP.

@@ -322,7 +322,7 @@ def wrk_available() -> bool:
 
 
 def run_wrk(port: int, connections: int, seconds: float, body: dict[str, Any]) -> dict[str, Any]:
-    """wrk -t1, as `shared/peers/side_by_side.sh` runs it against Dynamo."""
+    """wrk -t1, one thread: the load generator stays on one of the two cores."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             'wrk.method = "POST"\n'

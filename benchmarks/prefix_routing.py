@@ -364,7 +364,7 @@ def main() -> None:
     }
     print(
         "\nsaved",
-        save("prefix_routing", {"settings": settings, "rows": rows, "env": environment()}),
+        save("prefix_routing", {"settings": settings, "rows": rows, "environment": environment()}),
     )
 
 

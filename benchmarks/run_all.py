@@ -1,4 +1,4 @@
-"""Every benchmark in one command, bounded (about 10 minutes on a 2-core box):
+"""Every benchmark in one command, bounded (about 7 minutes on a 2-core box):
 
     python benchmarks/run_all.py [--quick]
 

@@ -16,7 +16,6 @@ The server runs one request at a time: `--interrupt_requests false` makes the ne
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,8 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL_DIR = REPO / ".llamacpp"
@@ -59,13 +60,6 @@ def _log_tail(path: Path) -> str:
         return f"(no log: {error})"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url + "/models", timeout=1) as response:
@@ -96,7 +90,7 @@ def llamacpp_url(request: pytest.FixtureRequest) -> Iterator[str]:
         if os.environ.get("TRIO_GATEWAY_REQUIRE_LLAMACPP") == "1":
             pytest.fail(message)
         pytest.skip(message)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     fd, name = tempfile.mkstemp(prefix="llamacpp-server-", suffix=".log")
     log_path = Path(name)

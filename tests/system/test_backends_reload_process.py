@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import trio
 
+from tests.support.ports import free_port
 from tests.support.upstream_server import MockUpstream, running_upstream
 
 TOKENS = 40  # the test upstream's "slow" model: a token every 50 ms, about 2 s a stream
@@ -91,16 +91,17 @@ class Log:
 async def exchange(port: int, method: str, path: str, body: Any = None) -> bytes:
     """One request on its own connection, read to the server's close."""
     payload = b"" if body is None else json.dumps(body).encode()
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(
-            f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        received = b""
-        while data := await stream.receive_some():
-            received += data
+    with trio.fail_after(20):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                f"{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            received = b""
+            while data := await stream.receive_some():
+                received += data
     return received
 
 
@@ -220,12 +221,6 @@ async def test_sighup_adds_and_drains_backends_with_streams_intact(tmp_path: Pat
     assert worker_response.startswith(b"HTTP/1.1 200")
     assert b"data: [DONE]" in worker_response and b'"error"' not in worker_response
     assert worker_response.count(b'"finish_reason":"stop"') == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_sighup_reaches_every_child_under_processes(tmp_path: Path) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.support.ports import refused_port
 from tests.support.upstream_server import expected_text, running_upstream
 from trio_gateway.engines.upstream.engine import OpenAIUpstream
 from trio_gateway.errors import GatewayError
@@ -73,17 +73,6 @@ async def until(engine: OpenAIUpstream, condition: Callable[[], bool]) -> None:
     """Wait, one finished /models probe at a time, until `condition()` holds."""
     while not condition():
         await engine.wait_probes(engine.probes + 1)
-
-
-@contextmanager
-def refused_port() -> Iterator[int]:
-    """A port bound but not listening: connecting to it is refused at once."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def text_of(chunks: list[Chunk]) -> str:

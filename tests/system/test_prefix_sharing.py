@@ -7,6 +7,7 @@ import trio
 
 from tests.support.asgi_client import running_gateway
 from tests.support.bodies import chat
+from tests.support.ports import refused_port
 from tests.support.worker_harness import InMemoryWorker, running_worker
 from trio_gateway.config import GatewayConfig
 from trio_gateway.router.prefix_sharing import (
@@ -51,21 +52,29 @@ async def test_two_replicas_learn_what_the_other_routed(redis_url: str) -> None:
 async def test_no_redis_leaves_routing_alone_and_counts_errors() -> None:
     errors: list[None] = []
     failing = trio.Event()
+    applied: list[tuple[str, list[int], float]] = []
 
     def on_error() -> None:
         errors.append(None)
         if len(errors) >= 2:
             failing.set()
 
-    sharing = PrefixSharing(
-        "redis://127.0.0.1:1/0", apply=lambda *a: None, knows=bool, on_error=on_error
-    )
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sharing.run)
-        sharing.publish("w1", [1])  # no I/O, never raises
-        with trio.fail_after(5):
-            await failing.wait()
-        nursery.cancel_scope.cancel()
+    def apply(backend: str, hashes: list[int], now: float) -> None:
+        applied.append((backend, hashes, now))
+
+    with refused_port() as port:
+        sharing = PrefixSharing(
+            f"redis://127.0.0.1:{port}/0", apply=apply, knows=bool, on_error=on_error
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sharing.run)
+            sharing.publish("w1", [1])  # no I/O, never raises
+            with trio.fail_after(5):
+                await failing.wait()
+            nursery.cancel_scope.cancel()
+    assert applied == []  # routing learned nothing from a Redis it never reached
+    assert sharing.received == 0
+    assert sharing.sent == 0
 
 
 async def test_two_cache_aware_replicas_send_a_prefix_to_the_same_worker(redis_url: str) -> None:

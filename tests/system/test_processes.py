@@ -8,7 +8,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -18,14 +17,9 @@ from functools import partial
 import trio
 
 from tests.support.gateway_process import drain_pipe, gateway_command, post, read_response
+from tests.support.ports import free_port
 
 BODY = {"model": "mock", "stream": True, "messages": [{"role": "user", "content": "x"}]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Supervised:

@@ -53,9 +53,10 @@ async def test_sigterm_drains_twenty_streams_and_exits_zero() -> None:
                     await stream.send_all(post(port, body))
                     results.append(await read_response(stream))
 
-            idle = await trio.open_tcp_stream("127.0.0.1", port)  # an idle keep-alive client
-            await idle.send_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
-            assert (await idle.receive_some()).startswith(b"HTTP/1.1 200")
+            with trio.fail_after(10):
+                idle = await trio.open_tcp_stream("127.0.0.1", port)  # an idle keep-alive client
+                await idle.send_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+                assert (await idle.receive_some()).startswith(b"HTTP/1.1 200")
 
             with trio.fail_after(STREAM_SECONDS + 10):
                 async with trio.open_nursery() as streams:

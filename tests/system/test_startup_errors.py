@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.support.ports import free_port
 from trio_gateway.cli import run_until_stopped, serve
 from trio_gateway.config import GatewayConfig
 from trio_gateway.engines.mock import MockEngine
@@ -34,12 +35,6 @@ def taken_port() -> Iterator[int]:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         yield int(sock.getsockname()[1])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def run(*argv: str) -> subprocess.CompletedProcess[bytes]:

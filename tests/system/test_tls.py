@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator
@@ -30,6 +29,7 @@ import trustme
 from tests.support.asgi_client import Harness, running_gateway
 from tests.support.bodies import chat
 from tests.support.gateway_process import drain_pipe, gateway_command
+from tests.support.ports import free_port
 from tests.support.upstream_server import expected_text, running_upstream
 from trio_gateway import cli
 from trio_gateway.config import ConfigError, GatewayConfig, WorkerConfig
@@ -196,12 +196,6 @@ async def test_the_gateway_requires_client_certificates_with_ca_certs(
             with pytest.raises(httpx.HTTPError):
                 await list_models(url, trusting(server_id.ca))
             assert await list_models(url, trusting(server_id.ca, client_id)) == 200
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def run(*argv: str) -> subprocess.CompletedProcess[bytes]:

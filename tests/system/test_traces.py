@@ -116,7 +116,7 @@ async def test_a_client_trace_gets_a_child_span_and_reaches_the_upstream(
     assert attributes["trio_gateway.routing.attempts"] == 1
     assert span.resource.attributes["trio_gateway.routing.policy"] == "power_of_two"
     assert span.resource.attributes["service.name"] == "trio-gateway"
-    assert attributes["trio_gateway.queue_wait_s"] >= 0
+    assert 0 <= attributes["trio_gateway.queue_wait_s"] < 1  # one request, never queued
     assert attributes["trio_gateway.ttft_s"] > 0
     assert attributes["trio_gateway.stream"] is True
     assert "error.type" not in attributes

@@ -17,12 +17,14 @@ import trio
 import trio.testing
 import trustme
 
+from tests.support.ports import refused_port
 from trio_gateway.engines.upstream.client import (
     KEEPALIVE_EXPIRY,
     UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamPool,
     UpstreamProtocolError,
+    UpstreamResponse,
 )
 
 BOUND = 5.0  # seconds any single wait may take before the test fails
@@ -165,8 +167,21 @@ def answer_then_close(count: int, response: bytes = ok(b"hello")) -> Handler:
 
 
 async def get(pool: UpstreamPool, target: str = "/") -> tuple[int, bytes]:
-    async with pool.stream("GET", target) as response:
-        return response.status, await response.read(1 << 20)
+    with trio.fail_after(BOUND):
+        async with pool.stream("GET", target) as response:
+            return response.status, await response.read(1 << 20)
+
+
+async def read(response: UpstreamResponse, limit: int) -> bytes:
+    """`response.read(limit)`, bounded."""
+    with trio.fail_after(BOUND):
+        return await response.read(limit)
+
+
+async def receive(response: UpstreamResponse) -> bytes:
+    """`response.receive_some()`, bounded."""
+    with trio.fail_after(BOUND):
+        return await response.receive_some()
 
 
 # -- bodies ----------------------------------------------------------------------------------
@@ -182,9 +197,9 @@ async def test_a_content_length_body_and_the_request_the_server_saw(server: RawS
             assert response.header(b"Content-Type") == b"text/plain"
             assert response.header(b"x-missing") is None
             assert (b"x-two", b"2") in response.headers
-            assert await response.read(100) == b"hello"
+            assert await read(response, 100) == b"hello"
             assert response.complete
-            assert await response.receive_some() == b""
+            assert await receive(response) == b""
     head, sent = server.peers[0].requests[0]
     assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
     assert f"host: 127.0.0.1:{server.port}\r\n".encode() in head.lower()
@@ -238,9 +253,9 @@ async def test_an_sse_stream_one_read_at_a_time(server: RawServer) -> None:
         assert r.header(b"content-type") == b"text/event-stream"
         for event in events:
             with trio.fail_after(BOUND):
-                assert await r.receive_some() == event
+                assert await receive(r) == event
             await go_send.send(None)
-        assert await r.receive_some() == b""
+        assert await receive(r) == b""
         assert r.complete
 
 
@@ -248,9 +263,9 @@ async def test_read_keeps_what_is_past_its_limit(server: RawServer) -> None:
     server.handler = serve_forever(ok(b"0123456789"))
     async with UpstreamPool(server.url) as pool:
         async with pool.stream("GET", "/") as response:
-            assert await response.read(4) == b"0123"
+            assert await read(response, 4) == b"0123"
             assert not response.complete
-            assert await response.read(100) == b"456789"
+            assert await read(response, 100) == b"456789"
             assert response.complete
         assert pool.idle_connections == 1
 
@@ -280,7 +295,7 @@ async def test_a_head_response_has_no_body_whatever_its_length(server: RawServer
         for _ in range(2):
             async with pool.stream("HEAD", "/") as response:
                 assert response.header(b"content-length") == b"1000"
-                assert await response.receive_some() == b""
+                assert await receive(response) == b""
         assert pool.connections_opened == 1
 
 
@@ -324,7 +339,7 @@ async def test_no_reuse_when_the_connection_must_close(
     async with UpstreamPool(server.url) as pool:
         for _ in range(2):
             async with pool.stream("GET", "/", request_headers) as r:
-                assert await r.read(100) == b"hello"
+                assert await read(r, 100) == b"hello"
         assert pool.connections_opened == 2
         with trio.fail_after(BOUND):
             await server.peers[0].eof.wait()
@@ -342,7 +357,7 @@ async def test_leaving_early_closes_the_connection(server: RawServer) -> None:
     server.handler = handler
     async with UpstreamPool(server.url) as pool:
         async with pool.stream("GET", "/") as response:
-            assert await response.receive_some() == b"data: 1\n\n"
+            assert await receive(response) == b"data: 1\n\n"
         with trio.fail_after(BOUND):
             await server.peers[0].eof.wait()
         assert await get(pool) == (200, b"hello")
@@ -353,7 +368,7 @@ async def test_an_exception_inside_closes_even_a_finished_response(server: RawSe
     async with UpstreamPool(server.url) as pool:
         with pytest.raises(KeyError):
             async with pool.stream("GET", "/") as response:
-                assert await response.read(100) == b"hello"
+                assert await read(response, 100) == b"hello"
                 raise KeyError("the caller's own failure")
         assert pool.idle_connections == 0
         with trio.fail_after(BOUND):
@@ -370,9 +385,9 @@ async def test_cancellation_mid_body_closes_the_connection(server: RawServer) ->
     async with UpstreamPool(server.url) as pool:
         with trio.CancelScope() as scope:
             async with pool.stream("POST", "/", body=b"{}") as response:
-                assert await response.receive_some() == b"data: 1\n\n"
+                assert await receive(response) == b"data: 1\n\n"
                 scope.cancel()
-                await response.receive_some()
+                await receive(response)
         assert scope.cancelled_caught
         with trio.fail_after(BOUND):
             await server.peers[0].eof.wait()
@@ -472,7 +487,7 @@ async def test_idle_connections_expire(
 async def test_at_most_max_idle_are_kept(server: RawServer) -> None:
     async with UpstreamPool(server.url, max_idle=1) as pool:
         async with pool.stream("GET", "/") as first, pool.stream("GET", "/") as second:
-            assert await first.read(100) == await second.read(100) == b"hello"
+            assert await read(first, 100) == await read(second, 100) == b"hello"
         assert pool.idle_connections == 1
         with trio.fail_after(BOUND):
             await server.peers[1].eof.wait()  # the one released first, then pushed out
@@ -483,8 +498,8 @@ async def test_at_most_max_idle_are_kept(server: RawServer) -> None:
 async def test_idle_connections_are_taken_most_recent_first(server: RawServer) -> None:
     async with UpstreamPool(server.url) as pool:
         async with pool.stream("GET", "/") as first, pool.stream("GET", "/") as second:
-            await first.read(100)
-            await second.read(100)
+            await read(first, 100)
+            await read(second, 100)
         # `second` was released first (contexts exit inside out): `first` is on top.
         await get(pool)
         assert [len(peer.requests) for peer in server.peers] == [2, 1]
@@ -495,7 +510,7 @@ async def test_aclose(server: RawServer) -> None:
     await get(pool)
     async with pool.stream("GET", "/") as in_flight:
         await pool.aclose()
-        assert await in_flight.read(100) == b"hello"
+        assert await read(in_flight, 100) == b"hello"
     assert pool.idle_connections == 0
     with trio.fail_after(BOUND):
         for peer in server.peers:
@@ -508,12 +523,10 @@ async def test_aclose(server: RawServer) -> None:
 
 
 async def test_connection_refused() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # nobody listens on it once closed
-    async with UpstreamPool(f"http://127.0.0.1:{port}") as pool:
-        with pytest.raises(UpstreamConnectError, match=f"127.0.0.1:{port}"):
-            await get(pool)
+    with refused_port() as port:
+        async with UpstreamPool(f"http://127.0.0.1:{port}") as pool:
+            with pytest.raises(UpstreamConnectError, match=f"127.0.0.1:{port}"):
+                await get(pool)
 
 
 async def test_a_malformed_status_line(server: RawServer) -> None:
@@ -527,7 +540,7 @@ async def test_a_malformed_chunk_mid_stream(server: RawServer) -> None:
     server.handler = serve_forever(CHUNKED_HEAD + chunk(b"data: 1\n\n") + b"nothex\r\n")
     async with UpstreamPool(server.url) as pool, pool.stream("GET", "/") as response:
         with pytest.raises(UpstreamProtocolError, match="chunk header"):
-            await response.read(100)
+            await read(response, 100)
 
 
 @pytest.mark.parametrize(
@@ -553,7 +566,7 @@ async def test_the_connection_lost_mid_response(
     async with UpstreamPool(server.url) as pool:
         with pytest.raises(UpstreamDisconnected):
             async with pool.stream("GET", "/") as response:
-                await response.read(100)
+                await read(response, 100)
         assert pool.stale_retries == 0
 
 
@@ -580,7 +593,7 @@ async def test_https_with_reuse(server: RawServer, ca: trustme.CA) -> None:
             assert await get(pool) == (200, b"hello")
         assert pool.connections_opened == 1
         async with pool.stream("GET", "/") as response:
-            assert await response.receive_some() == b"hello"
+            assert await receive(response) == b"hello"
     with trio.fail_after(BOUND):
         await server.peers[0].eof.wait()
 
