@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from functools import partial
 
+import trio
+
 from benchmarks.fault_matrix.harness import (
     ADMIN_TOKEN,
     API_KEY,
@@ -222,7 +224,9 @@ async def run(matrix: Matrix) -> None:
             drained = await call(port, "POST", "/admin/drain", None, token)
             try:
                 ready: int | str = await ready_status(port)
-            except OSError:  # nothing was in flight: the drain is over and the process gone
+            except (OSError, trio.BrokenResourceError):
+                # Nothing was in flight: the drain is over and the process gone, or going
+                # (a connection it accepted as it exited is reset).
                 ready = "refused"
             code = await exit_code(gateway, 10)
             c.check(workers.status == 200, f"GET /admin/workers {workers.short()}")
