@@ -45,11 +45,13 @@ class GatewayApp:
             path = canonical_path(scope["path"])
             if path != scope["path"]:  # auth and both routers read the same path
                 scope = {**scope, "path": path, "raw_path": quote(path).encode()}
-            # Auth, decided here once for both route sets (see `_refuse`).
-            refused = refusal(scope, self.gateway.api_keys, self.gateway.config.admin_token)
             # As the control app would route it, or `//v1/completions` would reach its
-            # placeholder for that path there.
-            endpoint = INFERENCE_ROUTES.get(app_path(scope))
+            # placeholder for that path there; auth judges the same spelling.
+            routed = app_path(scope)
+            # Auth, decided here once for both route sets (see `_refuse`).
+            config = self.gateway.config
+            refused = refusal(scope, routed, self.gateway.api_keys, config.admin_token)
+            endpoint = INFERENCE_ROUTES.get(routed)
             if endpoint is not None and scope["method"] == "POST":
                 await handle_inference(
                     self.gateway, endpoint, scope, receive, send, refused=refused

@@ -27,12 +27,11 @@ ADMIN_PREFIX = "/admin/"
 
 
 def refusal(
-    scope: Scope, api_keys: Collection[str], admin_token: str | None
+    scope: Scope, path: str, api_keys: Collection[str], admin_token: str | None
 ) -> GatewayError | None:
     """Why this request may not go on (401, or 403 for a remote admin caller when no token
-    is set), or None when it may. Empty `api_keys`: the API is open. `scope["path"]` is
-    already canonical (`canonical_path`, applied by `GatewayApp`)."""
-    path = app_path(scope)
+    is set), or None when it may. Empty `api_keys`: the API is open. `path` is
+    `app_path(scope)`, the spelling both route sets match (`GatewayApp` reads it once)."""
     if path.startswith(API_PREFIX) or path in API_ROOT_PATHS:
         if api_keys and not key_accepted(bearer_token(header(scope, b"authorization")), api_keys):
             return invalid_api_key()
