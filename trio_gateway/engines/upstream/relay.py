@@ -200,8 +200,8 @@ class StreamRelay:
         return tokens, True
 
 
-def unary_chunk(name: str, body: bytes) -> Chunk:
-    """An upstream's unary answer as the one chunk that carries it whole."""
+def _answer_object(name: str, body: bytes) -> dict[str, Any]:
+    """A whole answer's JSON object; an error the upstream answered with 200 is raised."""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -210,6 +210,12 @@ def unary_chunk(name: str, body: bytes) -> Chunk:
         raise malformed(name, "a response that is not a JSON object")
     if "error" in document or document.get("object") == "error":
         raise inband_error(document)
+    return document
+
+
+def unary_chunk(name: str, body: bytes) -> Chunk:
+    """An upstream's unary answer as the one chunk that carries it whole."""
+    document = _answer_object(name, body)
     choices = document.get("choices")
     reasons = [
         choice.get("finish_reason")
@@ -235,14 +241,7 @@ def whole_answer_chunk(name: str, body: bytes) -> Chunk:
     (de)tokenizing) as the one chunk that ends the request: its bytes untouched, and what
     the gateway counts: the prompt's tokens where the answer says them (`usage`, or
     `/tokenize`'s `count`), no output tokens."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise malformed(name, "a response that is not JSON") from None
-    if not isinstance(document, dict):
-        raise malformed(name, "a response that is not a JSON object")
-    if "error" in document or document.get("object") == "error":
-        raise inband_error(document)
+    document = _answer_object(name, body)
     usage = document.get("usage")
     prompt_tokens = _as_int(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
     if prompt_tokens is None:
