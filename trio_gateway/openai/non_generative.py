@@ -22,6 +22,7 @@ from trio_gateway.openai.schemas import (
     _is_int,
     _type_error,
     parse_generation_request,
+    required_model,
 )
 
 ENCODING_FORMATS = ("float", "base64")
@@ -37,13 +38,7 @@ def parse_request(
     """Any inference route's body, validated for its endpoint (400 on the first problem)."""
     if endpoint in GENERATION_ENDPOINTS:
         return parse_generation_request(body, endpoint, request_id, session_header=session_header)
-    model = body.get("model")
-    if model is None:
-        raise invalid_request(
-            "Missing required parameter: 'model'.", "model", "missing_required_parameter"
-        )
-    if not isinstance(model, str) or not model:
-        raise _type_error("model", "a non-empty string", model)
+    model = required_model(body)
     if endpoint == "embeddings":
         prompt = embeddings_prompt(body)
     elif endpoint == "tokenize":

@@ -218,6 +218,18 @@ def _completion_prompt(body: dict[str, Any]) -> str:
     raise _type_error("prompt", "a string", prompt)
 
 
+def required_model(body: dict[str, Any]) -> str:
+    """The body's `model`: every inference route needs one (400 without)."""
+    model = body.get("model")
+    if model is None:
+        raise invalid_request(
+            "Missing required parameter: 'model'.", "model", "missing_required_parameter"
+        )
+    if not isinstance(model, str) or not model:
+        raise _type_error("model", "a non-empty string", model)
+    return model
+
+
 def parse_generation_request(
     body: dict[str, Any],
     endpoint: Endpoint,
@@ -231,13 +243,7 @@ def parse_generation_request(
     engine as it is, for the engine to judge. The model's existence and its context length
     are the caller's questions (404, `check_max_tokens`), as only it knows the backends.
     """
-    model = body.get("model")
-    if model is None:
-        raise invalid_request(
-            "Missing required parameter: 'model'.", "model", "missing_required_parameter"
-        )
-    if not isinstance(model, str) or not model:
-        raise _type_error("model", "a non-empty string", model)
+    model = required_model(body)
     prompt = _chat_prompt(body) if endpoint == "chat" else _completion_prompt(body)
 
     stream = body.get("stream", False)
